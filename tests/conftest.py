@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny seeded volumes written as NIfTI, made with numpy only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+
+def make_head(shape=(40, 48, 36), seed=0, lesion: bool = False) -> np.ndarray:
+    """A tiny head-like volume (X, Y, Z) float32: ellipsoid brain on a noisy nonzero background."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    vol = np.where(r < 0.8, 100.0, 5.0) + rng.normal(0, 3, shape)
+    if lesion:
+        c = np.array([0.3, 0.1, 0.2]).reshape(3, 1, 1, 1)
+        vol[np.sqrt(((grid - c) ** 2).sum(0)) < 0.2] = 200.0
+    return vol.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_nifti(tmp_path_factory) -> Path:
+    """A 40x48x36 RAS NIfTI at 2 mm, seeded."""
+    path = tmp_path_factory.mktemp("vol") / "tiny.nii.gz"
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(make_head(), affine), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_samples_dir() -> Path:
+    """../shared/real-samples beside the checkout (present in CI)."""
+    here = Path(__file__).resolve().parents[1]
+    for cand in (here.parent / "shared" / "real-samples", here / "shared" / "real-samples"):
+        if cand.is_dir():
+            return cand
+    pytest.fail("../shared/real-samples not found beside the checkout")

@@ -1,0 +1,113 @@
+"""Every default of the project, in frozen dataclasses.
+
+Axis convention (fixed project-wide): a loaded volume is an array in canonical RAS indexed
+``(x, y, z)`` = (left->right, posterior->anterior, inferior->superior). The network input is
+``(N, 1, D, H, W)`` with ``D = z`` (the axial slice axis is the video networks' "time"),
+``H = y`` and ``W = x``. Every tuple named ``*_dhw`` below is in that D, H, W order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+CLASSES: tuple[str, str, str] = ("healthy", "lgg", "hgg")
+"""Class order used everywhere: label index i means ``CLASSES[i]``."""
+
+ARCHS: tuple[str, ...] = ("mc3", "r2plus1d", "r3d")
+"""The three shipped network families (see :mod:`tumortrace.models`)."""
+
+IntensityMode = Literal["zscore", "percentile"]
+AugmentMode = Literal["none", "light", "heavy"]
+DeviceMode = Literal["auto", "cuda", "cpu"]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The one deterministic pipeline shared by training and inference.
+
+    Stored in every model card; inference always uses the card's own copy.
+
+    Attributes:
+        spacing_mm: target voxel size in millimetres, in (D, H, W) = (z, y, x) order.
+        shape_dhw: model grid size (D, H, W) after the brain-centred crop or pad.
+        intensity: ``"zscore"`` over the foreground, or ``"percentile"`` rescale to [0, 1].
+        percentiles: lower/upper percentiles for clipping (both modes clip to these first).
+    """
+
+    spacing_mm: tuple[float, float, float] = (2.5, 1.5, 1.5)
+    shape_dhw: tuple[int, int, int] = (64, 128, 128)
+    intensity: IntensityMode = "zscore"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are rejected by the constructor."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class IOLimits:
+    """Guards for reading user files and uploads."""
+
+    max_decompressed_bytes: int = 1_500_000_000
+    """Cap on bytes after gzip/zip decompression (a gzip bomb stops here)."""
+    max_upload_bytes: int = 1_000_000_000
+    """Cap on the raw bytes of an upload (matches ``.streamlit/config.toml``)."""
+    max_zip_members: int = 5000
+    min_axis: int = 8
+    max_axis: int = 1024
+    min_spacing_mm: float = 0.05
+    max_spacing_mm: float = 20.0
+
+
+@dataclass(frozen=True)
+class SyntheticCohort:
+    """The embedded default training cohort: the seed paper's class balance (260/74/260), halved."""
+
+    counts: tuple[tuple[str, int], ...] = (("healthy", 130), ("lgg", 37), ("hgg", 130))
+    size: Literal["brats", "ixi", "small"] = "small"
+    seed: int = 2024
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one ``python train.py`` run needs. ``train.py`` maps flags onto this."""
+
+    arch: str = "mc3"
+    folds: int = 3
+    test_fraction: float = 0.2
+    val_fraction: float = 0.15
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    cosine: bool = True
+    patience: int = 8
+    dropout: float = 0.3
+    pretrained: bool = False
+    pretrained_path: Path | None = None
+    augment: AugmentMode = "light"
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    device: DeviceMode = "auto"
+    workers: int = 2
+    seed: int = 42
+    out: Path = Path("weights")
+    resume: bool = False
+    refit: bool = False
+    """Ship a model refitted on all data (train+val of every fold) instead of the best fold."""
+    manifest: Path | None = None
+    brats: Path | None = None
+    brats_grades: Path | None = None
+    ixi: Path | None = None
+    data_dir: Path = Path("data")
+    """Where the embedded synthetic cohort and the preprocessed-tensor cache live."""
+    synthetic: SyntheticCohort = field(default_factory=SyntheticCohort)
+    max_steps_per_epoch: int | None = None

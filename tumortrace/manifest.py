@@ -1,0 +1,133 @@
+"""Case records and the manifest CSV (``subject_id,path,label,source``), the universal data input.
+
+Relative paths in a manifest are resolved against the manifest's own folder, so a cohort folder
+can be moved or cloned as a whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tumortrace.config import CLASSES
+from tumortrace.errors import ManifestError
+
+COLUMNS: tuple[str, str, str, str] = ("subject_id", "path", "label", "source")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One subject's volume and its label.
+
+    Attributes:
+        subject_id: unique patient/subject identifier (folds are grouped by it).
+        path: the volume file (absolute once read from a manifest).
+        label: one of :data:`tumortrace.config.CLASSES`.
+        source: where it came from, e.g. ``"synthetic"``, ``"brats2020"``, ``"ixi"``.
+    """
+
+    subject_id: str
+    path: Path
+    label: str
+    source: str
+
+    @property
+    def label_index(self) -> int:
+        """Index of :attr:`label` in :data:`CLASSES`."""
+        return CLASSES.index(self.label)
+
+
+def validate_cases(cases: Iterable[Case], *, check_files: bool = True) -> list[Case]:
+    """Checks labels, duplicate subjects and (optionally) that every file exists.
+
+    Raises:
+        ManifestError: naming every offending row, with the valid choices.
+    """
+    cases = list(cases)
+    if not cases:
+        raise ManifestError("The manifest has no cases; expected at least one row.")
+    seen: set[str] = set()
+    for case in cases:
+        if case.label not in CLASSES:
+            raise ManifestError(
+                f"Unknown label {case.label!r} for subject {case.subject_id!r}; "
+                f"expected one of {list(CLASSES)}."
+            )
+        if case.subject_id in seen:
+            raise ManifestError(
+                f"Duplicate subject {case.subject_id!r} in the manifest; each subject must appear "
+                "once (folds are grouped by subject)."
+            )
+        seen.add(case.subject_id)
+        if check_files and not case.path.exists():
+            raise ManifestError(
+                f"Missing file for subject {case.subject_id!r}: {case.path} does not exist. "
+                "Fix the path or remove the row."
+            )
+    return cases
+
+
+def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Case]:
+    """Reads and validates a manifest CSV.
+
+    Args:
+        path: CSV with header ``subject_id,path,label,source``.
+        check_files: also require every volume file to exist.
+
+    Raises:
+        ManifestError: missing file or columns, unknown label, duplicate subject, missing volume.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"Manifest not found: {path}. Expected a CSV with columns {COLUMNS}.")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ManifestError(
+                    f"Manifest {path} lacks columns {missing}; got {reader.fieldnames}, "
+                    f"expected {list(COLUMNS)}."
+                )
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ManifestError(f"Manifest {path} is not a readable UTF-8 CSV: {err}") from err
+    cases = []
+    for row in rows:
+        p = Path(row["path"].strip())
+        cases.append(
+            Case(
+                subject_id=row["subject_id"].strip(),
+                path=p if p.is_absolute() else (path.parent / p).resolve(),
+                label=row["label"].strip().lower(),
+                source=(row.get("source") or "").strip() or "unknown",
+            )
+        )
+    return validate_cases(cases, check_files=check_files)
+
+
+def write_manifest(cases: Iterable[Case], path: str | Path, *, relative: bool = True) -> Path:
+    """Writes a manifest atomically; paths are stored relative to its folder when possible."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cases = validate_cases(cases, check_files=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            for c in cases:
+                p = Path(c.path)
+                root = path.parent.resolve()
+                if relative and p.is_absolute() and p.is_relative_to(root):
+                    p = p.relative_to(root)
+                writer.writerow([c.subject_id, p.as_posix(), c.label, c.source])
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
