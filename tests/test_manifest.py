@@ -1,0 +1,78 @@
+"""Manifest CSV: round trip, relative paths, and one test per validation rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tumortrace.errors import ManifestError
+from tumortrace.manifest import Case, read_manifest, write_manifest
+
+
+def _cases(tmp_path: Path) -> list[Case]:
+    out = []
+    for i, label in enumerate(["healthy", "lgg", "hgg"]):
+        f = tmp_path / "vols" / f"s{i}.nii.gz"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"x")
+        out.append(Case(f"s{i}", f, label, "synthetic"))
+    return out
+
+
+def test_round_trip_stores_relative_paths(tmp_path):
+    cases = _cases(tmp_path)
+    path = write_manifest(cases, tmp_path / "manifest.csv")
+    text = path.read_text()
+    assert "vols/s0.nii.gz" in text and str(tmp_path) not in text
+    back = read_manifest(path)
+    assert [(c.subject_id, c.path, c.label, c.source) for c in back] == [
+        (c.subject_id, c.path.resolve(), c.label, c.source) for c in cases
+    ]
+    assert [c.label_index for c in back] == [0, 1, 2]
+
+
+def test_moved_folder_still_reads(tmp_path):
+    write_manifest(_cases(tmp_path), tmp_path / "manifest.csv")
+    moved = tmp_path.parent / (tmp_path.name + "-moved")
+    tmp_path.rename(moved)
+    assert all(c.path.is_file() for c in read_manifest(moved / "manifest.csv"))
+
+
+def _write(tmp_path: Path, rows: list[str], header="subject_id,path,label,source") -> Path:
+    p = tmp_path / "m.csv"
+    p.write_text("\n".join([header, *rows]) + "\n")
+    return p
+
+
+def test_missing_volume_file(tmp_path):
+    p = _write(tmp_path, ["a,nope.nii.gz,hgg,x"])
+    with pytest.raises(ManifestError, match=r"Missing file for subject 'a'"):
+        read_manifest(p)
+
+
+def test_unknown_label(tmp_path):
+    _cases(tmp_path)
+    p = _write(tmp_path, ["a,vols/s0.nii.gz,glioblastoma,x"])
+    with pytest.raises(ManifestError, match=r"Unknown label 'glioblastoma'.*healthy"):
+        read_manifest(p)
+
+
+def test_duplicate_subject(tmp_path):
+    _cases(tmp_path)
+    p = _write(tmp_path, ["a,vols/s0.nii.gz,hgg,x", "a,vols/s1.nii.gz,lgg,x"])
+    with pytest.raises(ManifestError, match=r"Duplicate subject 'a'"):
+        read_manifest(p)
+
+
+def test_missing_columns(tmp_path):
+    p = _write(tmp_path, ["a,vols/s0.nii.gz"], header="subject_id,path")
+    with pytest.raises(ManifestError, match=r"lacks columns \['label', 'source'\]"):
+        read_manifest(p)
+
+
+def test_empty_and_absent_manifest(tmp_path):
+    with pytest.raises(ManifestError, match="no cases"):
+        read_manifest(_write(tmp_path, []))
+    with pytest.raises(ManifestError, match="Manifest not found"):
+        read_manifest(tmp_path / "absent.csv")
