@@ -1,0 +1,406 @@
+"""Self-describing weights: ``<name>.safetensors`` (fp16 on disk) beside a ``<name>.json`` card.
+
+The card (:class:`ModelCard`) holds everything needed to rebuild the network and its preprocessing
+(architecture, classes, :class:`~tumortrace.config.PreprocessConfig`, dropout) plus provenance
+(data, folds, metrics, command, git commit, date) and the SHA-256 of the weights file, so a
+tampered or mismatched file is refused before any tensor is used. Nothing here unpickles: weights
+are safetensors and cards are JSON. Every file is written atomically (temporary file + rename), so
+an interrupted run never leaves a half-written weights file or card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from tumortrace.config import CLASSES, PreprocessConfig
+from tumortrace.errors import CheckpointError, ConfigError
+from tumortrace.models import create_model, get_spec, list_models
+
+CARD_FORMAT = 1
+"""Version of the card layout; bumped on an incompatible change."""
+
+_FP16_MAX = float(torch.finfo(torch.float16).max)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a weights file is, how to rebuild it and where it came from.
+
+    Attributes:
+        arch: registry name (:func:`tumortrace.models.list_models`).
+        classes: output order; must equal :data:`tumortrace.config.CLASSES`.
+        preprocess: the exact pipeline inference must use.
+        dropout: head dropout the network was trained with.
+        data: training data description, e.g. ``{"source": "synthetic", "counts": {"hgg": 130}}``.
+        folds: number of cross-validation folds behind :attr:`metrics`.
+        metrics: summary metrics (``{metric: {"mean", "std"}}``) of the cross-validation.
+        command: the exact command line that produced the weights.
+        git_commit: commit of the code that trained them.
+        date: ISO 8601 date-time of training.
+        weights_sha256: SHA-256 of the ``.safetensors`` file (filled in by :func:`save_checkpoint`).
+        shipped: which model this is: ``"best_fold:N"`` or ``"refit"``.
+        notes: free text.
+        params: number of parameters.
+        format_version: card layout version (:data:`CARD_FORMAT`).
+    """
+
+    arch: str
+    classes: tuple[str, ...] = CLASSES
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    dropout: float = 0.3
+    data: dict[str, Any] = field(default_factory=dict)
+    folds: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    git_commit: str = ""
+    date: str = ""
+    weights_sha256: str = ""
+    shipped: str = ""
+    notes: str = ""
+    params: int = 0
+    format_version: int = CARD_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists, NaN becomes ``None``)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["classes"] = list(self.classes)
+        out["preprocess"] = self.preprocess.to_dict()
+        return jsonable(out)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored (newer cards stay readable).
+
+        Raises:
+            CheckpointError: not a dict, no ``arch``, or a field of the wrong type.
+        """
+        if not isinstance(d, dict) or not isinstance(d.get("arch"), str):
+            raise CheckpointError(
+                f"A model card must be a JSON object with a string 'arch'; got {str(d)[:200]!r}."
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        try:
+            if "classes" in kwargs:
+                kwargs["classes"] = tuple(kwargs["classes"])
+            if "preprocess" in kwargs:
+                kwargs["preprocess"] = PreprocessConfig.from_dict(kwargs["preprocess"])
+            for name, kind in (("dropout", float), ("folds", int), ("params", int)):
+                if name in kwargs:
+                    kwargs[name] = kind(kwargs[name])
+            for name in ("data", "metrics"):
+                if not isinstance(kwargs.get(name, {}), dict):
+                    raise TypeError(f"{name!r} must be an object, got {kwargs[name]!r}")
+            return cls(**kwargs)
+        except (TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"Malformed model card for {d.get('arch')!r}: {err}.") from err
+
+    def to_json(self) -> str:
+        """The card as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+def jsonable(obj: Any) -> Any:
+    """Converts tuples, paths, numpy values, tensors and dataclasses for ``json.dumps``.
+
+    Non-finite floats become ``None`` (JSON has no NaN), e.g. an AUC undefined for a missing class.
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        to_dict = getattr(obj, "to_dict", None)
+        return jsonable(to_dict() if callable(to_dict) else dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    return obj
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    Readers see the old file or the new one, never a partial one.
+
+    Raises:
+        ConfigError: the folder cannot be created or written (e.g. an unwritable ``--out``).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise ConfigError(
+            f"Cannot write {path}: {err.strerror or err}. Expected a writable folder; choose "
+            "another output folder (e.g. --out) or fix its permissions."
+        ) from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise ConfigError(f"Cannot write {path}: {err.strerror or err}.") from err
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Writes ``obj`` (through :func:`jsonable`) as indented UTF-8 JSON, atomically."""
+    text = json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def unwrap_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with DDP (``module.``) and ``torch.compile`` prefixes removed."""
+    out = {}
+    for key, value in model.state_dict().items():
+        for prefix in _WRAPPER_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def _to_disk(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().to("cpu")
+    if t.is_floating_point():
+        # fp16 halves the file; a tensor that would overflow fp16 keeps fp32 rather than turn inf.
+        if t.numel() == 0 or float(t.abs().max()) <= _FP16_MAX:
+            t = t.to(torch.float16)
+        else:
+            t = t.to(torch.float32)
+    elif t.dtype != torch.bool:
+        t = t.to(torch.int64)
+    return t.contiguous().clone()
+
+
+def save_checkpoint(
+    model: nn.Module, card: ModelCard, out_dir: str | Path, name: str | None = None
+) -> Path:
+    """Writes ``<out_dir>/<name>.safetensors`` and its card ``<out_dir>/<name>.json``.
+
+    Floating tensors are stored as fp16 (BatchNorm running statistics included);
+    ``num_batches_tracked`` stays int64. The card's ``weights_sha256`` is set to the file's hash.
+    The weights are written before the card, so an interruption in between leaves a card whose hash
+    no longer matches, which :func:`load_checkpoint` refuses.
+
+    Args:
+        model: from :func:`tumortrace.models.create_model` (DDP or compiled wrappers are fine).
+        card: its description; ``card.arch`` names the network.
+        out_dir: output folder (created if needed).
+        name: file stem; default ``card.arch``.
+
+    Returns:
+        Path of the written card (``<out_dir>/<name>.json``).
+
+    Raises:
+        ConfigError: unknown architecture, or an unwritable folder.
+        CheckpointError: the model does not match the card (architecture or number of classes).
+    """
+    get_spec(card.arch)
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    model_arch = getattr(inner, "arch", card.arch)
+    if model_arch != card.arch:
+        raise CheckpointError(
+            f"The model is a {model_arch!r} network but the card says {card.arch!r}; "
+            "pass a card built for this model."
+        )
+    head = getattr(inner, "fc", None)
+    if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
+        if head[-1].out_features != len(card.classes):
+            raise CheckpointError(
+                f"The model has {head[-1].out_features} outputs but the card lists "
+                f"{len(card.classes)} classes {list(card.classes)}."
+            )
+        if isinstance(head[0], nn.Dropout):
+            card = dataclasses.replace(card, dropout=float(head[0].p))
+    tensors = {k: _to_disk(v) for k, v in unwrap_state_dict(model).items()}
+    metadata = {"format": "tumortrace", "arch": card.arch, "classes": json.dumps(card.classes)}
+    blob = save_safetensors_bytes(tensors, metadata=metadata)
+    out_dir = Path(out_dir)
+    stem = name or card.arch
+    atomic_write_bytes(out_dir / f"{stem}.safetensors", blob)
+    card = dataclasses.replace(
+        card,
+        weights_sha256=sha256_bytes(blob),
+        params=card.params or sum(p.numel() for p in model.parameters()),
+    )
+    return atomic_write_bytes(out_dir / f"{stem}.json", card.to_json().encode("utf-8"))
+
+
+def resolve_card_path(path: str | Path, arch: str | None = None) -> Path:
+    """Maps a card path, a weights path or a folder (+ ``arch``) to the card's path.
+
+    Raises:
+        CheckpointError: a folder without ``arch``, or a path that is neither ``.json`` nor
+            ``.safetensors``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if arch is None:
+            cards = sorted(p.name for p in path.glob("*.json"))
+            raise CheckpointError(
+                f"{path} is a folder: also give the architecture (one of {list_models()}); "
+                f"cards there: {cards}."
+            )
+        return path / f"{arch}.json"
+    if path.suffix == ".safetensors":
+        return path.with_suffix(".json")
+    if path.suffix == ".json":
+        return path
+    raise CheckpointError(
+        f"Unsupported weights path {path}; expected a <arch>.json card, its <arch>.safetensors "
+        "file, or a folder holding them."
+    )
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Reads and validates a card (no weights are read).
+
+    Raises:
+        CheckpointError: missing file, invalid JSON, malformed fields, or classes other than
+            :data:`CLASSES`.
+        ConfigError: unknown architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"Model card not found: {path}. Train weights with `python train.py --arch ARCH` or "
+            "point to a folder holding <arch>.json and <arch>.safetensors."
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"Model card {path} is not valid JSON: {err}.") from err
+    card = ModelCard.from_dict(raw)
+    get_spec(card.arch)
+    if tuple(card.classes) != CLASSES:
+        raise CheckpointError(
+            f"Model card {path} has classes {list(card.classes)}; expected {list(CLASSES)} "
+            "(in this order). These weights belong to another task."
+        )
+    return card
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"Unknown device {device!r}; expected 'auto', 'cpu' or 'cuda'.") from err
+
+
+def load_checkpoint(
+    card_path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    arch: str | None = None,
+) -> tuple[nn.Module, ModelCard]:
+    """Rebuilds a network from its card and verified weights, in eval mode.
+
+    Args:
+        card_path: ``<name>.json``, ``<name>.safetensors`` or a folder (then give ``arch``).
+        device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``.
+        dtype: floating dtype of the returned parameters (fp16 on disk is widened).
+        arch: architecture when ``card_path`` is a folder.
+
+    Returns:
+        ``(model, card)``: the model maps ``(N, 1, D, H, W)`` to logits ``(N, 3)`` and is in
+        eval mode.
+
+    Raises:
+        CheckpointError: missing/malformed card, missing weights file, SHA-256 mismatch (tampered or
+            corrupt), architecture mismatch, or missing/unexpected/mis-shaped tensors.
+        ConfigError: unknown architecture or device.
+    """
+    path = resolve_card_path(card_path, arch)
+    card = read_card(path)
+    weights = path.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise CheckpointError(
+            f"Weights file {weights} is missing for card {path}; keep <name>.safetensors beside "
+            "<name>.json (both are written by save_checkpoint)."
+        )
+    blob = weights.read_bytes()
+    digest = sha256_bytes(blob)
+    if digest != card.weights_sha256:
+        raise CheckpointError(
+            f"Weights file {weights} has SHA-256 {digest[:16]}..., but its card expects "
+            f"{card.weights_sha256[:16] or '(none)'}...: the file was modified or corrupted after "
+            "it was saved. Restore the original file or retrain."
+        )
+    try:
+        state = load_safetensors_bytes(blob)
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"Weights file {weights} is not a readable safetensors file: {err}."
+        ) from err
+    if metadata.get("arch", card.arch) != card.arch:
+        raise CheckpointError(
+            f"Weights file {weights} holds a {metadata['arch']!r} network but its card says "
+            f"{card.arch!r}."
+        )
+    model = create_model(card.arch, num_classes=len(card.classes), dropout=card.dropout)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs {card.arch} {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    )
+    if missing or unexpected or bad:
+        raise CheckpointError(
+            f"Weights file {weights} does not fit a {card.arch!r} network: "
+            f"{_summary(missing, 'missing')}{_summary(unexpected, 'unexpected')}"
+            f"{_summary(bad, 'mis-shaped')}The file was saved from another architecture or shape."
+        )
+    model.load_state_dict({k: state[k].to(v.dtype) for k, v in expected.items()})
+    model.to(device=_device(device), dtype=dtype)
+    model.eval()
+    return model, card
+
+
+def _summary(items: list[str], what: str, limit: int = 5) -> str:
+    if not items:
+        return ""
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return f"{len(items)} {what} tensor(s): {', '.join(items[:limit])}{more}. "

@@ -1,0 +1,261 @@
+"""Pure classification metrics on ``(labels, probabilities)``: numpy + scikit-learn, no model code.
+
+Conventions:
+    * ``labels``: ``(N,)`` integer class indices into ``classes``.
+    * ``probs``: ``(N, C)`` class probabilities (rows sum to 1); the prediction is the argmax.
+    * A value that is undefined for the data is ``NaN`` in the records and ``None`` in
+      :meth:`Metrics.to_dict` (JSON has no NaN): e.g. the AUC, recall and F1 of a class absent
+      from ``labels``, or specificity when every case belongs to the class. Macro averages
+      (``balanced_accuracy``, ``macro_f1``, ``auc_macro``) average the defined values only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+from tumortrace.config import CLASSES
+
+NAN = float("nan")
+SCALARS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece")
+"""Summary metrics of :class:`Metrics`, in display order."""
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+@dataclass(frozen=True)
+class PerClass:
+    """One-vs-rest metrics of one class (``NaN`` when undefined)."""
+
+    precision: float
+    recall: float
+    f1: float
+    specificity: float
+    auc: float
+
+    def to_dict(self) -> dict[str, float | None]:
+        """JSON-ready dict; ``NaN`` becomes ``None``."""
+        return {f.name: _num(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Everything reported for one evaluation (a test fold, or a manifest).
+
+    Attributes:
+        accuracy: fraction of correct argmax predictions.
+        balanced_accuracy: mean recall over the classes present in the labels.
+        macro_f1: mean F1 over the classes present in the labels.
+        auc_macro: mean one-vs-rest ROC-AUC over classes where it is defined.
+        ece: top-label expected calibration error (:func:`expected_calibration_error`).
+        per_class: ``{class: PerClass}``.
+        confusion: ``C x C`` counts, rows = true class, columns = predicted class.
+        roc: ``{class: {"fpr": [...], "tpr": [...]}}`` one-vs-rest ROC points (empty if undefined).
+        n: number of cases.
+    """
+
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    auc_macro: float
+    ece: float
+    per_class: dict[str, PerClass]
+    confusion: list[list[int]]
+    roc: dict[str, dict[str, list[float]]]
+    n: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict in the benchmark-file layout (``NaN`` becomes ``None``)."""
+        out: dict[str, Any] = {k: _num(getattr(self, k)) for k in SCALARS}
+        out["per_class"] = {c: pc.to_dict() for c, pc in self.per_class.items()}
+        out["confusion"] = [list(map(int, row)) for row in self.confusion]
+        out["roc"] = {c: {k: list(v) for k, v in r.items()} for c, r in self.roc.items()}
+        out["n"] = self.n
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Metrics:
+        """Inverse of :meth:`to_dict` (``None`` becomes ``NaN``)."""
+
+        def f(x: Any) -> float:
+            return NAN if x is None else float(x)
+
+        return cls(
+            **{k: f(d.get(k)) for k in SCALARS},
+            per_class={
+                c: PerClass(**{k.name: f(v.get(k.name)) for k in fields(PerClass)})
+                for c, v in d["per_class"].items()
+            },
+            confusion=[list(map(int, row)) for row in d["confusion"]],
+            roc={c: {k: list(v) for k, v in r.items()} for c, r in d.get("roc", {}).items()},
+            n=int(d.get("n", 0)),
+        )
+
+
+def _check(labels: Any, probs: Any, n_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or labels.shape != (probs.shape[0],) or probs.shape[0] == 0:
+        raise ValueError(
+            f"Expected labels (N,) and probs (N, C) with N >= 1; got labels {labels.shape} and "
+            f"probs {probs.shape}."
+        )
+    if n_classes is not None and probs.shape[1] != n_classes:
+        raise ValueError(
+            f"probs has {probs.shape[1]} columns; expected one per class, {n_classes}."
+        )
+    if (
+        not np.issubdtype(labels.dtype, np.integer)
+        or labels.min() < 0
+        or labels.max() >= probs.shape[1]
+    ):
+        raise ValueError(
+            f"labels must be integers in [0, {probs.shape[1]}); got {np.unique(labels)[:10]}."
+        )
+    if not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
+        raise ValueError("probs must be finite probabilities in [0, 1] (apply softmax first).")
+    return labels.astype(np.int64), probs
+
+
+def expected_calibration_error(labels: Any, probs: Any, n_bins: int = 15) -> float:
+    """Top-label expected calibration error with equal-width confidence bins.
+
+    ``ECE = sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|``, where the confidence is
+    the largest probability, bin ``b`` holds confidences in ``(b / n_bins, (b + 1) / n_bins]``
+    (bin 0 also holds 0) and empty bins contribute nothing (Guo et al., 2017).
+
+    Args:
+        labels: ``(N,)`` true class indices.
+        probs: ``(N, C)`` probabilities.
+        n_bins: number of equal-width bins over [0, 1].
+    """
+    labels, probs = _check(labels, probs)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}.")
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.digitize(confidence, edges[1:-1], right=True)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den else NAN
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else NAN
+
+
+def compute_metrics(labels: Any, probs: Any, classes: Sequence[str] = CLASSES) -> Metrics:
+    """Per-class and overall metrics of argmax predictions.
+
+    Args:
+        labels: ``(N,)`` true class indices into ``classes``.
+        probs: ``(N, C)`` probabilities, ``C = len(classes)``.
+        classes: class names, in column order.
+
+    Returns:
+        :class:`Metrics`. Precision of a class never predicted is 0 (scikit-learn's
+        ``zero_division=0``) when the class occurs in ``labels``; per-class values of a class absent
+        from ``labels`` are ``NaN`` except precision when it was predicted (then 0).
+
+    Raises:
+        ValueError: shapes, label range or probability values are invalid.
+    """
+    labels, probs = _check(labels, probs, len(classes))
+    k = len(classes)
+    preds = probs.argmax(axis=1)
+    cm = confusion_matrix(labels, preds, labels=list(range(k)))
+    n = int(cm.sum())
+    per_class: dict[str, PerClass] = {}
+    roc: dict[str, dict[str, list[float]]] = {}
+    for i, name in enumerate(classes):
+        tp = cm[i, i]
+        fn = cm[i].sum() - tp
+        fp = cm[:, i].sum() - tp
+        tn = n - tp - fn - fp
+        present = tp + fn > 0
+        precision = _ratio(tp, tp + fp) if tp + fp else (0.0 if present else NAN)
+        recall = _ratio(tp, tp + fn)
+        if present:
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        else:
+            f1 = NAN
+        positives = labels == i
+        if positives.any() and not positives.all():
+            auc = float(roc_auc_score(positives, probs[:, i]))
+            fpr, tpr, _ = roc_curve(positives, probs[:, i], drop_intermediate=True)
+            roc[name] = {
+                "fpr": [round(float(v), 6) for v in fpr],
+                "tpr": [round(float(v), 6) for v in tpr],
+            }
+        else:
+            auc = NAN
+            roc[name] = {"fpr": [], "tpr": []}
+        per_class[name] = PerClass(precision, recall, f1, _ratio(tn, tn + fp), auc)
+    return Metrics(
+        accuracy=float(np.trace(cm) / n),
+        balanced_accuracy=_nanmean([pc.recall for pc in per_class.values()]),
+        macro_f1=_nanmean([pc.f1 for pc in per_class.values()]),
+        auc_macro=_nanmean([pc.auc for pc in per_class.values()]),
+        ece=expected_calibration_error(labels, probs),
+        per_class=per_class,
+        confusion=cm.astype(int).tolist(),
+        roc=roc,
+        n=n,
+    )
+
+
+def summarize(results: Sequence[dict[str, Any] | Metrics]) -> dict[str, dict[str, float | None]]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) across folds.
+
+    Args:
+        results: per-fold :meth:`Metrics.to_dict` dicts (extra numeric keys such as
+            ``train_seconds`` are summarised too; ``fold`` is skipped) or :class:`Metrics`.
+
+    Returns:
+        ``{metric: {"mean", "std"}}`` for the :data:`SCALARS`, every other numeric top-level key,
+        and each per-class value as ``"<class>_<metric>"`` (e.g. ``"hgg_recall"``). Undefined
+        (``None``/``NaN``) fold values are left out; a metric with none defined gets ``None``.
+    """
+    dicts = [r.to_dict() if isinstance(r, Metrics) else r for r in results]
+    columns: dict[str, list[float]] = {}
+
+    def add(key: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float | np.number | type(None)):
+            return
+        columns.setdefault(key, [])
+        if value is not None and math.isfinite(float(value)):
+            columns[key].append(float(value))
+
+    for d in dicts:
+        for key, value in d.items():
+            if key not in ("fold", "per_class"):
+                add(key, value)
+        for cls, values in (d.get("per_class") or {}).items():
+            for metric, value in values.items():
+                add(f"{cls}_{metric}", value)
+    ordered = [k for k in SCALARS if k in columns] + [k for k in columns if k not in SCALARS]
+    out: dict[str, dict[str, float | None]] = {}
+    for key in ordered:
+        values = columns[key]
+        if not values:
+            out[key] = {"mean": None, "std": None}
+        else:
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            out[key] = {"mean": float(np.mean(values)), "std": std}
+    return out
