@@ -1,0 +1,121 @@
+"""Scoring saved weights on a manifest, and ``python -m tumortrace evaluate``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import make_head
+
+from tumortrace.__main__ import main as tumortrace_main
+from tumortrace.checkpoint import ModelCard, save_checkpoint
+from tumortrace.config import CLASSES, PreprocessConfig
+from tumortrace.errors import CheckpointError, ManifestError
+from tumortrace.manifest import Case, read_manifest, write_manifest
+from tumortrace.models import create_model
+from tumortrace.scoring import format_report, score_manifest, score_report
+
+PRE = PreprocessConfig(spacing_mm=(5.0, 4.0, 4.0), shape_dhw=(4, 12, 12))
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("score-cohort")
+    cases = []
+    for k, label in enumerate(CLASSES):
+        for i in range(2):
+            sid = f"{label}-{i}"
+            vol = make_head((24, 28, 20), seed=10 * k + i, lesion=label != "healthy")
+            nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 2.0, 1.0])), folder / f"{sid}.nii.gz")
+            cases.append(Case(sid, folder / f"{sid}.nii.gz", label, "test"))
+    return write_manifest(cases, folder / "manifest.csv")
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("mc3")
+    out = tmp_path_factory.mktemp("weights")
+    return save_checkpoint(model, ModelCard(arch="mc3", preprocess=PRE, shipped="refit"), out)
+
+
+def test_score_manifest_rows_agree_with_metrics(card, manifest):
+    metrics, rows = score_manifest(card, manifest, device="cpu", progress=False)
+    assert [r.subject_id for r in rows] == [c.subject_id for c in read_manifest(manifest)]
+    for r in rows:
+        assert sum(r.probs.values()) == pytest.approx(1.0)
+        assert r.predicted == max(r.probs, key=r.probs.get)
+    assert metrics.accuracy == pytest.approx(np.mean([r.correct for r in rows]))
+    confusion = np.array(metrics.confusion)
+    assert confusion.sum() == 6 and confusion.sum(axis=1).tolist() == [2, 2, 2]
+    for i, cls in enumerate(CLASSES):
+        predicted = sum(r.predicted == cls for r in rows)
+        assert confusion[:, i].sum() == predicted
+
+
+def test_report_text_has_table_and_confusion(card, manifest):
+    text = format_report(score_report(card, manifest, device="cpu", progress=False))
+    assert "macro-F1" in text and "confusion" in text
+    assert all(cls in text for cls in CLASSES)
+
+
+def test_evaluate_cli_json_is_one_document(card, manifest, capsys):
+    argv = ["evaluate", "--weights", str(card), "--manifest", str(manifest), "--format", "json"]
+    assert tumortrace_main([*argv, "--device", "cpu", "--quiet"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # fails on any extra output
+    assert {"accuracy", "macro_f1", "per_class", "confusion", "n", "arch"} <= doc.keys()
+    assert doc["arch"] == "mc3" and doc["n"] == 6 and len(doc["cases"]) == 6
+    assert set(doc["per_class"]) == set(CLASSES)
+    assert np.sum(doc["confusion"]) == 6
+
+
+def test_evaluate_cli_text(card, manifest, capsys):
+    argv = ["evaluate", "--weights", str(card), "--manifest", str(manifest), "--quiet"]
+    assert tumortrace_main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mc3 on ") and "6 cases" in out
+
+
+def test_corrupt_weights_are_refused(card, manifest, tmp_path, capsys):
+    bad_dir = tmp_path / "w"
+    bad_dir.mkdir()
+    (bad_dir / "mc3.json").write_text(card.read_text())
+    blob = bytearray(card.with_suffix(".safetensors").read_bytes())
+    blob[-10:] = b"\x00" * 10
+    (bad_dir / "mc3.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        score_manifest(bad_dir / "mc3.json", manifest, device="cpu", progress=False)
+    argv = ["evaluate", "--weights", str(bad_dir / "mc3.json"), "--manifest", str(manifest)]
+    assert tumortrace_main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "SHA-256" in err and len(err.splitlines()) == 1
+
+
+def test_mismatched_weights_are_refused(card, manifest, tmp_path, capsys):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    torch.manual_seed(0)
+    r3d_card = save_checkpoint(create_model("r3d"), ModelCard(arch="r3d", preprocess=PRE), mixed)
+    # the r3d card now points at mc3 weights (hash updated so only the content mismatches)
+    data = json.loads(r3d_card.read_text())
+    data["weights_sha256"] = json.loads(card.read_text())["weights_sha256"]
+    r3d_card.write_text(json.dumps(data))
+    r3d_card.with_suffix(".safetensors").write_bytes(card.with_suffix(".safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="mc3"):
+        score_manifest(r3d_card, manifest, device="cpu", progress=False)
+    argv = ["evaluate", "--weights", str(r3d_card), "--manifest", str(manifest), "--quiet"]
+    assert tumortrace_main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_manifest_with_missing_volume(card, manifest, tmp_path):
+    cases = read_manifest(manifest)
+    cases[-1] = replace(cases[-1], path=tmp_path / "missing.nii.gz")
+    bad = write_manifest(cases, tmp_path / "bad.csv")
+    with pytest.raises(ManifestError, match="Missing file"):
+        score_manifest(card, bad, device="cpu", progress=False)

@@ -1,0 +1,163 @@
+"""``python train.py --arch mc3 ...``: flags -> ``TrainConfig`` -> ``tumortrace.train.run``.
+
+Nothing else lives here. With no data flag the embedded synthetic cohort is generated once under
+``--data-dir`` and used; ``--manifest``, ``--brats`` and ``--ixi`` select real data (merged when
+several are given). Multi-GPU / multi-node: ``torchrun --nproc_per_node=N train.py ...``.
+Outputs: ``<out>/<arch>.safetensors``, ``<out>/<arch>.json`` (model card) and
+``<out>/benchmarks/<arch>.json``; see ``tumortrace/train.py`` for which model ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tumortrace.config import PreprocessConfig, TrainConfig
+from tumortrace.errors import ConfigError, TumorTraceError
+from tumortrace.models import list_models
+
+DEFAULTS = TrainConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The training CLI; every default is read from :class:`TrainConfig`."""
+    d, pre = DEFAULTS, DEFAULTS.preprocess
+    p = argparse.ArgumentParser(
+        prog="python train.py",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # Not `choices=`: the package validates the name so its error lists the valid ones.
+    p.add_argument("--arch", default=d.arch, help=f"network: one of {', '.join(list_models())}")
+    p.add_argument("--folds", type=int, default=d.folds, help="cross-validation folds (>= 2)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--no-cosine", action="store_true", help="constant learning rate")
+    p.add_argument(
+        "--patience", type=int, default=d.patience,
+        help="stop a fold after this many epochs without a better validation macro-F1 (0: never)",
+    )  # fmt: skip
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--pretrained", action="store_true", help="start from Kinetics-400 weights")
+    p.add_argument("--pretrained-path", type=Path, default=None, help="Kinetics-400 .pth file")
+    p.add_argument("--augment", choices=("light", "heavy", "none"), default=d.augment)
+    p.add_argument(
+        "--input-shape", type=int, nargs=3, metavar=("D", "H", "W"), default=list(pre.shape_dhw),
+        help="model grid (D=axial slices, H, W)",
+    )  # fmt: skip
+    p.add_argument(
+        "--spacing", type=float, nargs="+", metavar="MM", default=list(pre.spacing_mm),
+        help="voxel size in mm: one value, or three in D H W order",
+    )  # fmt: skip
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=d.device)
+    p.add_argument("--workers", type=int, default=d.workers, help="data-loading processes")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", type=Path, default=d.out, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--refit", action="store_true", help="ship a refit on all data")
+    p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap (smoke runs)")
+    g = p.add_argument_group("data (default: the embedded synthetic cohort)")
+    g.add_argument("--manifest", type=Path, default=None, help="CSV subject_id,path,label,source")
+    g.add_argument("--brats", type=Path, default=None, help="BraTS 2019/2020/2021+ folder")
+    g.add_argument("--brats-grades", type=Path, default=None, help="CSV of BraTS 2021+ grades")
+    g.add_argument("--ixi", type=Path, default=None, help="IXI T1 folder (healthy)")
+    g.add_argument("--data-dir", type=Path, default=d.data_dir, help="cohort and cache folder")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Maps parsed flags onto :class:`TrainConfig`.
+
+    Raises:
+        ConfigError: ``--spacing`` with neither one nor three values.
+    """
+    if len(args.spacing) not in (1, 3):
+        raise ConfigError(
+            f"--spacing takes one value or three (D H W) in mm; got {len(args.spacing)}: "
+            f"{args.spacing}."
+        )
+    spacing = tuple(args.spacing * 3 if len(args.spacing) == 1 else args.spacing)
+    preprocess = PreprocessConfig(
+        spacing_mm=spacing,
+        shape_dhw=tuple(args.input_shape),
+        intensity=DEFAULTS.preprocess.intensity,
+        percentiles=DEFAULTS.preprocess.percentiles,
+    )
+    return TrainConfig(
+        arch=args.arch,
+        folds=args.folds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        cosine=not args.no_cosine,
+        patience=args.patience,
+        dropout=args.dropout,
+        pretrained=args.pretrained or args.pretrained_path is not None,
+        pretrained_path=args.pretrained_path,
+        augment=args.augment,
+        preprocess=preprocess,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+        out=args.out,
+        resume=args.resume,
+        refit=args.refit,
+        manifest=args.manifest,
+        brats=args.brats,
+        brats_grades=args.brats_grades,
+        ixi=args.ixi,
+        data_dir=args.data_dir,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+    )
+
+
+def _command(argv: list[str]) -> str:
+    """The command line as typed (torchrun's launcher named when it started this process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", str(world))
+        return shlex.join(["torchrun", f"--nproc_per_node={per_node}", "train.py", *argv])
+    return shlex.join(["python", "train.py", *argv])
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs training; returns the exit code (0 done, 2 bad input, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    cfg = None
+    try:
+        from tumortrace.train import resume_path, run  # torch and torchvision load here
+
+        cfg = config_from_args(args)
+        result = run(cfg, command=_command(argv))
+    except TumorTraceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        where = f" from {resume_path(cfg)}" if cfg is not None else ""
+        print(f"\ninterrupted: run again with --resume to continue{where}", file=sys.stderr)
+        return 130
+    if result.paths:  # rank 0 only
+        s = result.benchmark["summary"]
+        print(
+            f"{result.arch}: {len(result.folds)} folds, macro-F1 {_num(s['macro_f1']['mean'])} "
+            f"± {_num(s['macro_f1']['std'])}, accuracy {_num(s['accuracy']['mean'])}; shipped "
+            f"{result.shipped} -> {result.paths['weights']}, {result.paths['card']}, "
+            f"{result.paths['benchmark']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Score any saved weights on any manifest: ``python -m tumortrace evaluate``.
+
+The volumes are preprocessed with the card's own :class:`~tumortrace.config.PreprocessConfig`
+(exactly as at training), the model runs in eval mode in fp32, and the metrics come from
+:func:`tumortrace.evaluate.compute_metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from tumortrace import checkpoint, data, evaluate
+from tumortrace.config import CLASSES
+from tumortrace.errors import ConfigError
+from tumortrace.manifest import read_manifest
+
+
+@dataclass(frozen=True)
+class CaseScore:
+    """One scored case.
+
+    Attributes:
+        subject_id: the manifest's subject.
+        label: true class name.
+        predicted: arg-max class name.
+        probs: class name -> probability, in :data:`CLASSES` order.
+    """
+
+    subject_id: str
+    label: str
+    predicted: str
+    probs: dict[str, float]
+
+    @property
+    def correct(self) -> bool:
+        """True when the prediction equals the label."""
+        return self.label == self.predicted
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready row."""
+        return {
+            "subject_id": self.subject_id,
+            "label": self.label,
+            "predicted": self.predicted,
+            "correct": self.correct,
+            "probs": self.probs,
+        }
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """Metrics of one weights card on one manifest, with the per-case rows."""
+
+    arch: str
+    card_path: Path
+    manifest_path: Path
+    metrics: evaluate.Metrics
+    cases: tuple[CaseScore, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """One JSON-ready document: the metrics at top level, plus arch, n and the cases."""
+        return checkpoint.jsonable(
+            {
+                "arch": self.arch,
+                "weights": str(self.card_path),
+                "manifest": str(self.manifest_path),
+                "n": len(self.cases),
+                **self.metrics.to_dict(),
+                "cases": [c.to_dict() for c in self.cases],
+            }
+        )
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was given but torch sees no CUDA device; use cpu or auto.")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"Unknown device {device!r}; expected auto, cpu or cuda.")
+    return torch.device(device)
+
+
+def score_manifest(
+    card_path: str | Path,
+    manifest_path: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+    batch_size: int = 4,
+) -> tuple[evaluate.Metrics, list[CaseScore]]:
+    """Scores the weights behind ``card_path`` on every case of ``manifest_path``.
+
+    Args:
+        card_path: ``<arch>.json`` card (or its ``.safetensors``), verified by SHA-256.
+        manifest_path: CSV ``subject_id,path,label,source``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        progress: tqdm bar (stderr) over batches.
+        batch_size: volumes per forward pass.
+
+    Returns:
+        ``(metrics, rows)``: the metrics over all cases and one :class:`CaseScore` per case, in
+        manifest order.
+
+    Raises:
+        CheckpointError: missing, corrupt or mismatched weights or card.
+        ManifestError: bad manifest or a missing volume.
+        InvalidVolumeError: a volume that cannot be read.
+    """
+    _, metrics, rows = _score(card_path, manifest_path, device, progress, batch_size)
+    return metrics, rows
+
+
+@torch.inference_mode()
+def _score(
+    card_path: str | Path, manifest_path: str | Path, device: str, progress: bool, batch_size: int
+) -> tuple[checkpoint.ModelCard, evaluate.Metrics, list[CaseScore]]:
+    dev = _device(device)
+    model, card = checkpoint.load_checkpoint(card_path, device=dev)
+    cases = read_manifest(manifest_path)
+    loader = DataLoader(data.VolumeDataset(cases, card.preprocess), batch_size=batch_size)
+    probs, labels = [], []
+    for x, y in tqdm(loader, desc=f"scoring {card.arch}", unit="batch", disable=not progress):
+        probs.append(torch.softmax(model(x.to(dev)).float(), dim=1).double().cpu())
+        labels.append(y)
+    p = torch.cat(probs).numpy()
+    y_true = torch.cat(labels).numpy().astype(np.int64)
+    metrics = evaluate.compute_metrics(y_true, p, classes=CLASSES)
+    rows = [
+        CaseScore(
+            subject_id=case.subject_id,
+            label=case.label,
+            predicted=CLASSES[int(p[i].argmax())],
+            probs={c: float(p[i, j]) for j, c in enumerate(CLASSES)},
+        )
+        for i, case in enumerate(cases)
+    ]
+    return card, metrics, rows
+
+
+def score_report(
+    card_path: str | Path, manifest_path: str | Path, device: str = "auto", progress: bool = True
+) -> ScoreReport:
+    """:func:`score_manifest` wrapped in a :class:`ScoreReport` (what the CLI prints)."""
+    card, metrics, rows = _score(card_path, manifest_path, device, progress, batch_size=4)
+    return ScoreReport(card.arch, Path(card_path), Path(manifest_path), metrics, tuple(rows))
+
+
+def format_report(report: ScoreReport) -> str:
+    """A readable plain-text table of the metrics, per class and the confusion matrix."""
+    d = report.to_dict()
+
+    def num(v: Any) -> str:
+        return "  n/a" if v is None else f"{v:.3f}"
+
+    lines = [
+        f"{report.arch} on {report.manifest_path} ({d['n']} cases)",
+        f"  accuracy {num(d['accuracy'])}   balanced accuracy {num(d['balanced_accuracy'])}   "
+        f"macro-F1 {num(d['macro_f1'])}   AUC {num(d['auc_macro'])}   ECE {num(d['ece'])}",
+        "",
+        f"  {'class':<8} {'precision':>9} {'recall':>7} {'F1':>6} {'specif.':>7} {'AUC':>6}",
+    ]
+    for cls in CLASSES:
+        pc = d["per_class"][cls]
+        lines.append(
+            f"  {cls:<8} {num(pc['precision']):>9} {num(pc['recall']):>7} {num(pc['f1']):>6} "
+            f"{num(pc['specificity']):>7} {num(pc['auc']):>6}"
+        )
+    lines += ["", "  confusion (rows: true, columns: predicted)"]
+    lines.append("  " + " " * 8 + "".join(f"{c:>8}" for c in CLASSES))
+    for cls, row in zip(CLASSES, d["confusion"], strict=True):
+        lines.append(f"  {cls:<8}" + "".join(f"{v:>8}" for v in row))
+    return "\n".join(lines)
