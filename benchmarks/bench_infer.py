@@ -1,0 +1,258 @@
+"""Inference benchmark: naive (fp32 eager, separate forwards) vs ours (``Predictor.analyze``).
+
+For each network, on one preprocessed input of ``--shape D H W``:
+
+* **naive**: fp32 eager model; a ``torch.no_grad`` forward for the probabilities, then Captum
+  ``LayerGradCam`` (its own forward + backward) for the map; trilinear upsampling; map back.
+* **ours**: :meth:`tumortrace.infer.Predictor.analyze` (BatchNorm folded, channels_last_3d, bf16
+  trunk weights where supported, one forward feeding both the probabilities and Grad-CAM).
+
+Reports medians of ``--repeats`` runs after ``--warmup`` runs: seconds per network and in total
+(preprocessing excluded from both, reported once), the speed-up, achieved GFLOP/s against a matmul
+peak measured in this run (fp32 and bf16), peak RSS, and the largest probability difference from
+fp32. Writes ``weights/benchmarks/inference.json`` (format in DESIGN.md) atomically.
+
+Usage::
+
+    python benchmarks/bench_infer.py                       # random-init networks, 64x128x128
+    python benchmarks/bench_infer.py --weights weights     # the shipped cards
+    python benchmarks/bench_infer.py --shape 32 64 64 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tumortrace.checkpoint import ModelCard, atomic_write_json, load_checkpoint  # noqa: E402
+from tumortrace.config import PreprocessConfig  # noqa: E402
+from tumortrace.explain import cam_to_volume, gradcam_captum  # noqa: E402
+from tumortrace.infer import InferenceSettings, Predictor  # noqa: E402
+from tumortrace.io import Volume, volume_from_array  # noqa: E402
+from tumortrace.models import count_gflops, create_model, list_models  # noqa: E402
+from tumortrace.preprocess import preprocess  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an ``n x n`` matmul (best of ``repeats``) in ``dtype``: the CPU's usable peak."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def brain_volume(
+    shape_dhw: tuple[int, int, int], spacing_dhw: tuple[float, ...], seed: int
+) -> Volume:
+    """A seeded brain-like volume: skull shell, ellipsoid brain, bright lesion, noise, bias field.
+
+    Built on a grid slightly larger than the model grid at the model's spacing (stored LPS, as
+    DICOM-derived files are), so preprocessing resamples, crops and reorients as for real input.
+    """
+    rng = np.random.default_rng(seed)
+    shape_xyz = tuple(round(n * 1.1) for n in shape_dhw[::-1])
+    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape_xyz], indexing="ij"))
+    r = np.sqrt((g**2).sum(0))
+    data = np.where(r < 0.8, 400.0, 30.0)
+    data[(r > 0.82) & (r < 0.9)] = 700.0  # skull
+    lesion = np.sqrt(((g - np.array([0.3, 0.1, 0.2]).reshape(3, 1, 1, 1)) ** 2).sum(0)) < 0.18
+    data[lesion] = 650.0
+    data *= 1.0 + 0.15 * g[0]  # bias field
+    data += rng.normal(0, 12, shape_xyz)
+    sx, sy, sz = spacing_dhw[::-1]
+    affine = np.diag([-sx, -sy, sz, 1.0])  # LPS storage
+    return volume_from_array(data[::-1, ::-1].astype(np.float32), affine, source="bench-phantom")
+
+
+def naive_once(model: torch.nn.Module, x: torch.Tensor, grid) -> tuple[float, np.ndarray]:
+    """fp32 eager: a forward for the probabilities, then Captum Grad-CAM (forward + backward)."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        probs = torch.softmax(model(x).double(), dim=1)[0]
+    target = int(probs.argmax())
+    cam = gradcam_captum(model, x, target)
+    up = F.interpolate(cam[None, None], size=x.shape[-3:], mode="trilinear", align_corners=False)
+    up = up[0, 0].clamp_min(0)
+    up = (up / up.max().clamp_min(1e-12)).numpy()
+    cam_to_volume(up, grid)
+    return time.perf_counter() - start, probs.numpy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=(64, 128, 128), metavar=("D", "H", "W")
+    )
+    parser.add_argument(
+        "--weights", default=None, help="folder of <arch>.json cards (default: random init)"
+    )
+    parser.add_argument("--archs", nargs="+", default=list_models(), choices=list_models())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--out", default=str(ROOT / "weights" / "benchmarks" / "inference.json"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the trunks (ours)")
+    args = parser.parse_args(argv)
+    shape = tuple(args.shape)
+    archs = list(args.archs)
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, shape {shape}", flush=True
+    )
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(
+        f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s", flush=True
+    )
+
+    # Networks and cards: the benchmark shape replaces each card's model grid (the networks are
+    # fully convolutional up to the global pooling, so any grid above the minimum works).
+    def build(arch: str) -> tuple[torch.nn.Module, ModelCard]:
+        if args.weights:
+            model, card = load_checkpoint(Path(args.weights) / f"{arch}.json")
+        else:
+            torch.manual_seed(args.seed)  # the same weights every time it is built
+            model, card = create_model(arch).eval(), ModelCard(arch=arch)
+        config = dataclasses.replace(card.preprocess, shape_dhw=shape)
+        return model, dataclasses.replace(card, preprocess=config)
+
+    models: dict[str, torch.nn.Module] = {}
+    cards: dict[str, ModelCard] = {}
+    for arch in archs:
+        models[arch], cards[arch] = build(arch)
+    config: PreprocessConfig = cards[archs[0]].preprocess
+    volume = brain_volume(shape, config.spacing_mm, args.seed)
+
+    # ours first, so that the peak RSS of the fast path alone is read before the naive models exist.
+    settings = InferenceSettings(precision=args.precision, compile=args.compile)
+    start = time.perf_counter()
+    predictor = Predictor(models, cards, settings)
+    setup_seconds = time.perf_counter() - start
+    print(f"predictor ready in {setup_seconds:.1f} s (compile={args.compile})", flush=True)
+    fast_runs: dict[str, list[float]] = {a: [] for a in archs}
+    analyze_runs: list[float] = []
+    analysis = None
+    for i in range(args.warmup + args.repeats):
+        analysis = predictor.analyze(volume, archs=archs)
+        if i >= args.warmup:
+            for a in archs:
+                fast_runs[a].append(analysis.predictions[a].seconds)
+            analyze_runs.append(analysis.seconds)
+        print(f"ours  run {i}: {analysis.seconds:.2f} s", flush=True)
+    rss_fast = peak_rss_mb()
+
+    prep_runs = []
+    for _ in range(max(1, args.repeats)):
+        start = time.perf_counter()
+        prep = preprocess(volume, config)
+        prep_runs.append(time.perf_counter() - start)
+    x = prep.tensor[None]
+    fast_dtype = "bf16" if predictor._dtype == torch.bfloat16 else "fp32"
+    del predictor, models
+    naive_models = {a: build(a)[0] for a in archs}
+    gflops = {a: count_gflops(naive_models[a], shape) for a in archs}
+
+    naive_runs: dict[str, list[float]] = {a: [] for a in archs}
+    naive_probs: dict[str, np.ndarray] = {}
+    for i in range(args.warmup + args.repeats):
+        for a in archs:
+            seconds, naive_probs[a] = naive_once(naive_models[a], x, prep.grid)
+            if i >= args.warmup:
+                naive_runs[a].append(seconds)
+        print(f"naive run {i} done", flush=True)
+
+    fast = {a: statistics.median(fast_runs[a]) for a in archs}
+    naive = {a: statistics.median(naive_runs[a]) for a in archs}
+    fast["total"] = sum(fast[a] for a in archs)
+    naive["total"] = sum(naive[a] for a in archs)
+    max_diff = max(
+        float(np.abs(analysis.predictions[a].probs - naive_probs[a]).max()) for a in archs
+    )
+    achieved = {
+        "naive": {a: 2 * gflops[a] / naive[a] for a in archs},  # two forwards (+ a head backward)
+        "fast": {a: gflops[a] / fast[a] for a in archs},
+    }
+    result = {
+        "shape": list(shape),
+        "threads": torch.get_num_threads(),
+        "peak_gflops": peak,
+        "naive": naive,
+        "fast": fast,
+        "speedup": naive["total"] / fast["total"],
+        "peak_rss_mb": rss_fast,
+        "peak_rss_mb_with_naive": peak_rss_mb(),
+        "max_prob_diff": max_diff,
+        "gflops_per_forward": gflops,
+        "achieved_gflops": achieved,
+        "fraction_of_peak": {
+            "naive": {a: v / peak["fp32"] for a, v in achieved["naive"].items()},
+            "fast": {a: v / peak[fast_dtype] for a, v in achieved["fast"].items()},
+        },
+        "preprocess_seconds": statistics.median(prep_runs),
+        "analyze_seconds": statistics.median(analyze_runs),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "weights": args.weights or "random-init (create_model)",
+        "settings": {
+            "precision": fast_dtype,
+            "channels_last_3d": settings.channels_last,
+            "fuse_batchnorm": settings.fuse_bn,
+            "trunk_inference_mode": True,
+            "grad_cam": "one forward; backward through the layers after the CAM layer only",
+            "cam_layer": settings.cam_layer,
+            "torch_compile": settings.compile,
+            "predictor_setup_seconds": setup_seconds,
+            "threads": torch.get_num_threads(),
+        },
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "loadavg_1_5_15": list(os.getloadavg()),
+        },
+        "torch": torch.__version__,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(args.out, result)
+
+    print(f"\n{'network':<10}{'naive s':>10}{'ours s':>10}{'speed-up':>10}{'GFLOP/s ours':>14}")
+    for a in [*archs, "total"]:
+        gf = f"{achieved['fast'][a]:.0f}" if a in achieved["fast"] else ""
+        print(f"{a:<10}{naive[a]:>10.2f}{fast[a]:>10.2f}{naive[a] / fast[a]:>9.1f}x{gf:>14}")
+    print(
+        f"preprocess {result['preprocess_seconds']:.2f} s (once, both paths); whole analyze "
+        f"{result['analyze_seconds']:.2f} s; peak RSS {rss_fast:.0f} MiB (ours), "
+        f"{result['peak_rss_mb_with_naive']:.0f} MiB (with naive); max |p - p_fp32| {max_diff:.4f}"
+    )
+    print(f"load average {os.getloadavg()}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""`python -m tumortrace predict`: folders, bad files, CSV/JSON, Grad-CAM NIfTI, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import make_head
+
+from tumortrace.__main__ import main
+from tumortrace.checkpoint import ModelCard, save_checkpoint
+from tumortrace.config import CLASSES, PreprocessConfig
+from tumortrace.infer import collect_inputs
+from tumortrace.models import create_model, list_models
+
+TINY = PreprocessConfig(spacing_mm=(5.0, 3.0, 3.0), shape_dhw=(16, 32, 32))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("weights")
+    for i, arch in enumerate(list_models()):
+        torch.manual_seed(i)
+        save_checkpoint(create_model(arch), ModelCard(arch=arch, preprocess=TINY), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """3 small volumes (RAS, LPS-flipped, with a lesion) + 1 corrupt file + files to skip."""
+    d = tmp_path_factory.mktemp("cohort")
+    ras = np.diag([2.0, 2.0, 2.0, 1.0])
+    lps = np.diag([-2.0, -2.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(make_head(seed=1), ras), d / "a_ras.nii.gz")
+    nib.save(nib.Nifti1Image(make_head(seed=2), lps), d / "b_lps.nii.gz")
+    nib.save(nib.Nifti1Image(make_head(seed=3, lesion=True), ras), d / "c_lesion.nii")
+    lesion_mask = (make_head(seed=3, lesion=True) > 150).astype(np.uint8)
+    nib.save(nib.Nifti1Image(lesion_mask, ras), d / "c_lesion_lesion.nii")  # synth's mask: skipped
+    (d / "d_broken.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 this is not a gzip stream")
+    (d / "manifest.csv").write_text("subject_id,path,label,source\n")  # not a volume: skipped
+    return d
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_collect_inputs_expands_folders(cohort, tmp_path) -> None:
+    names = [p.name for p in collect_inputs([cohort])]
+    assert names == ["a_ras.nii.gz", "b_lps.nii.gz", "c_lesion.nii", "d_broken.nii.gz"]
+    dicom_dir = tmp_path / "series"
+    dicom_dir.mkdir()
+    (dicom_dir / "IM0001").write_bytes(b"x")
+    assert collect_inputs([dicom_dir]) == [dicom_dir]  # a folder of plain files: one DICOM series
+    assert collect_inputs([tmp_path / "missing.nii"]) == [tmp_path / "missing.nii"]
+
+
+@pytest.mark.slow
+def test_folder_with_a_corrupt_file_gives_three_rows_one_error_and_exit_1(
+    cohort, weights_dir, capsys
+) -> None:
+    code, out, err = _run(
+        ["predict", str(cohort), "--weights", str(weights_dir), "--quiet"], capsys
+    )
+    assert code == 1
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 4
+    ok = [r for r in rows if r["status"] == "ok"]
+    bad = [r for r in rows if r["status"] == "error"]
+    assert len(ok) == 3 and len(bad) == 1
+    for r in ok:
+        assert sum(float(r[f"p_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-5)
+        for arch in list_models():
+            assert sum(float(r[f"{arch}_p_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-5)
+            assert r[f"{arch}_label"] in CLASSES
+        assert r["label"] in CLASSES and r["error"] == ""
+    assert bad[0]["path"].endswith("d_broken.nii.gz") and bad[0]["p_healthy"] == ""
+    assert "d_broken.nii.gz" in bad[0]["error"] and len(bad[0]["error"]) > 20
+    err_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and "d_broken.nii.gz" in err_lines[0]
+
+
+def test_json_output_and_cam_maps_on_the_source_grid(cohort, weights_dir, tmp_path, capsys) -> None:
+    cams = tmp_path / "cams"
+    argv = [
+        "predict",
+        str(cohort / "b_lps.nii.gz"),
+        "--weights",
+        str(weights_dir),
+        "--arch",
+        "r3d",
+        "--cam-out",
+        str(cams),
+        "--format",
+        "json",
+        "--quiet",
+    ]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["archs"] == ["r3d"] and doc["n_ok"] == 1 and doc["n_failed"] == 0
+    (result,) = doc["results"]
+    assert result["ok"] and sum(result["probs"].values()) == pytest.approx(1.0)
+    cam_path = Path(result["networks"]["r3d"]["cam"])
+    assert cam_path == cams / "b_lps_r3d_cam.nii.gz"
+    cam, source = nib.load(cam_path), nib.load(cohort / "b_lps.nii.gz")
+    assert cam.shape == source.shape
+    np.testing.assert_allclose(cam.affine, source.affine)
+    data = np.asarray(cam.dataobj)
+    assert data.min() >= 0 and 0 < data.max() <= 1
+
+
+def test_unknown_arch_flag_exits_2_with_the_choices(cohort, weights_dir, capsys) -> None:
+    argv = ["predict", str(cohort), "--weights", str(weights_dir), "--arch", "vgg", "--quiet"]
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and out == ""
+    assert "Unknown architecture" in err and "r2plus1d" in err
+
+
+def test_missing_input_is_an_error_row(weights_dir, tmp_path, capsys) -> None:
+    argv = ["predict", str(tmp_path / "nope.nii.gz"), "--weights", str(weights_dir), "--quiet"]
+    code, out, err = _run(argv, capsys)
+    assert code == 1
+    (row,) = list(csv.DictReader(io.StringIO(out)))
+    assert row["status"] == "error" and "nope.nii.gz" in err
+
+
+@pytest.mark.slow
+def test_subprocess_without_weights_fails_cleanly(cohort, tmp_path) -> None:
+    """The real entry point: one error line, exit 2, no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tumortrace", "predict", str(cohort), "--weights", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "No model cards in" in proc.stderr

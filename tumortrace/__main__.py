@@ -1,0 +1,132 @@
+"""``python -m tumortrace synth|predict|evaluate|bench ...``: argparse only, then the package.
+
+Each subcommand maps its flags onto package calls; a :class:`TumorTraceError` is printed as one line
+on stderr and the exit code is non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tumortrace.errors import TumorTraceError
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from tumortrace.config import CLASSES
+    from tumortrace.synthetic import write_cohort
+
+    cases = write_cohort(
+        Path(args.out),
+        {c: args.n_per_class for c in CLASSES},
+        seed=args.seed,
+        size=args.size,
+        progress=not args.quiet,
+    )
+    print(f"wrote {len(cases)} volumes, {Path(args.out) / 'manifest.csv'} and montage.png")
+    return 0
+
+
+# -- predict: owned by the inference work (fills _cmd_predict) --
+def _cmd_predict(args: argparse.Namespace) -> int:
+    """CSV (or one JSON document) on stdout; one stderr line per bad input; exit 1 if any failed."""
+    from tumortrace.infer import format_rows, predict_paths
+
+    archs = None if args.arch == "all" else [args.arch]
+    rows = predict_paths(
+        args.paths,
+        weights_dir=args.weights,
+        archs=archs,
+        cam_out=args.cam_out,
+        progress=not args.quiet,
+    )
+    sys.stdout.write(format_rows(rows, args.format))
+    sys.stdout.flush()
+    failed = [r for r in rows if not r.ok]
+    for row in failed:
+        print(f"error: {row.path}: {row.error}", file=sys.stderr)
+    if not rows:
+        print("error: no input volumes found in the given paths", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+# -- evaluate: owned by the training work (fills _cmd_evaluate) --
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """A metrics table (or one JSON document) on stdout; progress bar on stderr."""
+    import json
+
+    from tumortrace.scoring import format_report, score_report
+
+    report = score_report(args.weights, args.manifest, device=args.device, progress=not args.quiet)
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), allow_nan=False))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_infer.py"
+    if not script.is_file():
+        raise TumorTraceError(f"{script} not found: `bench` runs from a source checkout.")
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser (one subparser per command)."""
+    parser = argparse.ArgumentParser(prog="python -m tumortrace", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic healthy/LGG/HGG cohort (NIfTI + manifest)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n-per-class", type=int, required=True, help="volumes per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=("brats", "ixi", "small"), default="brats")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("predict", help="classify volumes with the shipped weights")
+    p.add_argument("paths", nargs="+", help="NIfTI files, DICOM folders/zips, or folders")
+    p.add_argument("--weights", default="weights", help="folder with <arch>.json cards")
+    p.add_argument("--arch", default="all", help="all, or one of the architectures")
+    p.add_argument("--cam-out", default=None, help="write Grad-CAM NIfTI maps to this folder")
+    p.add_argument("--format", choices=("json", "csv"), default="csv")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score a weights card on a manifest")
+    p.add_argument("--weights", required=True, help="path to weights/<arch>.json")
+    p.add_argument("--manifest", required=True, help="manifest CSV")
+    p.add_argument("--format", choices=("json", "text"), default="text")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("bench", help="run benchmarks/bench_infer.py (flags pass through)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TumorTraceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
