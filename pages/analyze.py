@@ -1,0 +1,566 @@
+"""Analyze: load a volume, scroll it in three planes, compare the three networks with Grad-CAM.
+
+Speed: the volume and each analysis are kept in this session's state, keyed by the file's SHA-256
+(and the Grad-CAM target), so the networks run once per file and target. Sliders live in a
+fragment (:func:`viewer`), so moving one redraws only the images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import tempfile
+from collections import OrderedDict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from tumortrace import viz
+from tumortrace.config import CLASSES, IOLimits
+from tumortrace.errors import TumorTraceError
+from tumortrace.io import Volume, bytes_sha256, file_sha256, load_upload, load_volume
+
+LOG = logging.getLogger("tumortrace.app")
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES: dict[str, str] = {
+    "Synthetic healthy brain": "healthy.nii.gz",
+    "Synthetic low-grade glioma (LGG)": "lgg.nii.gz",
+    "Synthetic high-grade glioma (HGG)": "hgg.nii.gz",
+}
+ARCH_ORDER = ("r2plus1d", "mc3", "r3d")
+MAX_CACHED = 4  # volumes / analyses per session (a 240x240x155 analysis holds ~110 MB of maps)
+UPLOAD_MIB = IOLimits().max_upload_bytes // 2**20
+LOW_CONFIDENCE = 0.6  # below this top probability a verdict is flagged as low confidence
+
+
+# ----------------------------------------------------------------------------- session caches
+
+
+def _lru(name: str) -> OrderedDict:
+    """A small per-session LRU dict in ``st.session_state``."""
+    if name not in st.session_state:
+        st.session_state[name] = OrderedDict()
+    return st.session_state[name]
+
+
+def _remember(cache: OrderedDict, key: Any, value: Any) -> Any:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > MAX_CACHED:
+        cache.popitem(last=False)
+    return value
+
+
+def _volume_entry(key: str, loader) -> tuple[Volume, dict]:
+    """The volume for ``key`` and its window presets, loading it once per session."""
+    cache = _lru("tt_volumes")
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    volume = loader()
+    return _remember(cache, key, (volume, viz.window_presets(volume.data)))
+
+
+def _analysis(shared, volume: Volume, sha: str, target: str | None):
+    """The analysis of ``volume`` for one Grad-CAM target, running the networks once per key."""
+    cache = _lru("tt_analyses")
+    key = (sha, target, id(shared.predictor))
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    names = ", ".join(viz.ARCH_NAMES.get(a, a) for a in _ordered(shared.predictor.archs))
+    what = f"Grad-CAM for {viz.CLASS_NAMES[target]}" if target else "predictions and Grad-CAM"
+    with st.spinner(f"Running {names}: {what}…"), shared.lock:
+        analysis = shared.predictor.analyze(volume, target=target)
+    return _remember(cache, key, analysis)
+
+
+def _ordered(archs) -> list[str]:
+    """Networks in the paper's order, then any other."""
+    archs = list(archs)
+    return [a for a in ARCH_ORDER if a in archs] + [a for a in archs if a not in ARCH_ORDER]
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def _pick_input() -> tuple[str, Volume, dict] | None:
+    """Input widgets; returns (sha256, volume, window presets) or None (nothing chosen / error)."""
+    source = st.radio(
+        "Input", ["Bundled sample", "Upload a file"], horizontal=True, key="tt_source"
+    )
+    try:
+        if source == "Bundled sample":
+            name = st.selectbox(
+                "Sample volume",
+                list(SAMPLES),
+                index=None,
+                placeholder="Choose a synthetic sample…",
+                key="tt_sample",
+                help="Small synthetic T1 contrast-enhanced phantoms bundled with TumorTrace.",
+            )
+            if name is None:
+                return None
+            path = SAMPLES_DIR / SAMPLES[name]
+            sha = file_sha256(path)
+            volume, presets = _volume_entry(sha, lambda: load_volume(path))
+            return sha, volume, presets
+        upload = st.file_uploader(
+            "MRI volume: NIfTI (.nii, .nii.gz) or a zipped DICOM series (.zip)",
+            type=["nii", "nii.gz", "zip"],
+            max_upload_size=UPLOAD_MIB,
+            key="tt_upload",
+            help="T1 contrast-enhanced works best (what the networks were trained on). "
+            "The file is read in a private temporary folder that is deleted straight away.",
+        )
+        if upload is None:
+            return None
+        ids = _lru("tt_upload_sha")
+        if upload.file_id not in ids:
+            _remember(ids, upload.file_id, bytes_sha256(upload.getvalue()))
+        sha = ids[upload.file_id]
+        volume, presets = _volume_entry(sha, lambda: load_upload(upload.getvalue(), upload.name))
+        return sha, volume, presets
+    except TumorTraceError as err:
+        st.error(str(err), icon=":material/error:")
+    except Exception as err:  # never a traceback in the page; the server log keeps it
+        LOG.exception("unexpected error while reading a volume")
+        st.error(
+            f"Could not read this file ({type(err).__name__}). Expected a 3D NIfTI or a zipped "
+            "DICOM series of one MRI volume. Try another file.",
+            icon=":material/error:",
+        )
+    return None
+
+
+def _facts(volume: Volume) -> None:
+    """Shape, voxel size and orientation of the loaded volume."""
+    x, y, z = volume.data.shape
+    sx, sy, sz = volume.spacing
+    fov = f"{x * sx:.0f}×{y * sy:.0f}×{z * sz:.0f} mm"
+    cols = st.columns(4)
+    source = volume.source.removeprefix("upload:")
+    origin = "uploaded" if volume.source.startswith("upload:") else "bundled sample"
+    cols[0].markdown(f"**Source**  \n{source} ({origin})")
+    cols[1].markdown(f"**Shape (x×y×z)**  \n{x}×{y}×{z} voxels ({fov})")
+    cols[2].markdown(f"**Voxel size**  \n{sx:.2f}×{sy:.2f}×{sz:.2f} mm")
+    cols[3].markdown(
+        f"**Orientation**  \nstored {''.join(volume.orientation)}, shown as RAS",
+        help="Volumes are reoriented to RAS (x: left→right, y: posterior→anterior, "
+        "z: inferior→superior) before display and analysis; the file itself is unchanged.",
+    )
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def _predictions(analysis, cards: dict) -> None:
+    """One column per network (class, probabilities, time), then the ensemble verdict."""
+    archs = _ordered(analysis.predictions)
+    cols = st.columns(len(archs))
+    for col, arch in zip(cols, archs, strict=True):
+        pred = analysis.predictions[arch]
+        p = float(np.max(pred.probs))
+        with col, st.container(border=True):
+            st.markdown(f"#### {viz.ARCH_NAMES.get(arch, arch)}")
+            st.markdown(
+                f"Prediction: **:{_tone(pred.label)}[{viz.CLASS_NAMES[pred.label]}]** "
+                f"({100 * p:.1f} %)" + (" · :orange[low confidence]" if p < LOW_CONFIDENCE else "")
+            )
+            st.plotly_chart(
+                viz.probability_figure(pred.probs),
+                key=f"probs_{arch}",
+                config={"displayModeBar": False},
+            )
+            sha = getattr(cards.get(arch), "weights_sha256", "")[:10]
+            st.caption(f"{pred.seconds:.2f} s · weights `{sha}`")
+    label = viz.CLASS_NAMES[analysis.ensemble_label]
+    p = 100 * float(np.max(analysis.ensemble_probs))
+    if analysis.agree and p >= 100 * LOW_CONFIDENCE:
+        st.success(
+            f"**Ensemble verdict: {label}** ({p:.1f} %, mean of {len(archs)} networks). "
+            "All networks agree.",
+            icon=":material/check_circle:",
+        )
+    else:
+        votes = ", ".join(
+            f"{viz.ARCH_NAMES.get(a, a)}: {viz.CLASS_NAMES[analysis.predictions[a].label]}"
+            for a in archs
+        )
+        why = (
+            f"The networks disagree ({votes})"
+            if not analysis.agree
+            else f"The networks agree, but below {100 * LOW_CONFIDENCE:.0f} % confidence"
+        )
+        st.warning(
+            f"**Ensemble verdict: {label}** ({p:.1f} %, mean of {len(archs)} networks). "
+            f"{why}: treat the result as uncertain.",
+            icon=":material/warning:",
+        )
+    total = sum(analysis.predictions[a].seconds for a in archs)
+    times = " · ".join(
+        f"{viz.ARCH_NAMES.get(a, a)} {analysis.predictions[a].seconds:.2f} s" for a in archs
+    )
+    st.caption(f"Time per network (forward pass + Grad-CAM): {times} · total {total:.2f} s")
+
+
+def _stem(volume: Volume) -> str:
+    """A safe file-name stem for downloads, from the volume's source name."""
+    name = volume.source.removeprefix("upload:")
+    stem = Path(name).name.split(".")[0]
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem) or "volume"
+
+
+def _tone(label: str) -> str:
+    return {"healthy": "green", "lgg": "orange", "hgg": "red"}.get(label, "blue")
+
+
+def _report(volume: Volume, sha: str, analysis, cards: dict) -> dict:
+    """The JSON report: volume identity, ensemble, and per network its prediction and weights."""
+
+    def card_id(arch: str) -> dict:
+        card = cards.get(arch)
+        return {
+            k: getattr(card, k, None)
+            for k in ("arch", "weights_sha256", "date", "git_commit", "shipped")
+        }
+
+    return {
+        "tool": "TumorTrace",
+        "notice": "research demo, not a medical device",
+        "generated_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "volume": {
+            "source": volume.source,
+            "sha256": sha,
+            "shape_xyz": list(volume.data.shape),
+            "spacing_mm": [round(float(s), 4) for s in volume.spacing],
+            "orientation_stored": "".join(volume.orientation),
+        },
+        "classes": list(CLASSES),
+        "ensemble": {
+            "label": analysis.ensemble_label,
+            "probs": {
+                c: round(float(p), 6) for c, p in zip(CLASSES, analysis.ensemble_probs, strict=True)
+            },
+            "agree": bool(analysis.agree),
+        },
+        "networks": [
+            {
+                "arch": arch,
+                "label": pred.label,
+                "probs": {c: round(float(p), 6) for c, p in zip(CLASSES, pred.probs, strict=True)},
+                "seconds": round(float(pred.seconds), 4),
+                "weights": card_id(arch),
+            }
+            for arch, pred in ((a, analysis.predictions[a]) for a in _ordered(analysis.predictions))
+        ],
+    }
+
+
+def _report_csv(report: dict) -> str:
+    """One CSV row per network plus the ensemble, with the weights' identifiers."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        [
+            "source",
+            "sha256",
+            "model",
+            "label",
+            *[f"p_{c}" for c in CLASSES],
+            "seconds",
+            "weights_sha256",
+            "weights_date",
+            "git_commit",
+        ]
+    )
+    vol = report["volume"]
+    for net in report["networks"]:
+        w.writerow(
+            [
+                vol["source"],
+                vol["sha256"],
+                net["arch"],
+                net["label"],
+                *[net["probs"][c] for c in CLASSES],
+                net["seconds"],
+                net["weights"]["weights_sha256"],
+                net["weights"]["date"],
+                net["weights"]["git_commit"],
+            ]
+        )
+    ens = report["ensemble"]
+    w.writerow(
+        [
+            vol["source"],
+            vol["sha256"],
+            "ensemble",
+            ens["label"],
+            *[ens["probs"][c] for c in CLASSES],
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
+    return buf.getvalue()
+
+
+def _cam_nifti_bytes(expl, volume: Volume) -> bytes:
+    """Grad-CAM map as .nii.gz bytes on the file's own stored grid (written in a temp dir)."""
+    from tumortrace.infer import save_cam_nifti
+
+    with tempfile.TemporaryDirectory(prefix="tumortrace-cam-") as tmp:
+        path = save_cam_nifti(expl, volume, Path(tmp) / "cam.nii.gz")
+        return Path(path).read_bytes()
+
+
+# ----------------------------------------------------------------------------- viewer
+
+
+def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
+    """Voxel of highest mean Grad-CAM inside the head (where the viewer opens), or the centre."""
+    shape = volume.data.shape
+    if analysis is None or not analysis.explanations:
+        return tuple(s // 2 for s in shape)
+    if float(np.max(analysis.ensemble_probs)) < LOW_CONFIDENCE:  # heat of a guess: no focus
+        return tuple(s // 2 for s in shape)
+    mean = np.mean([e.cam_volume for e in analysis.explanations.values()], axis=0)
+    mean = mean * (volume.data > viz.otsu_threshold(volume.data[::2, ::2, ::2]))  # in the head
+    if not np.any(mean > 0):
+        return tuple(s // 2 for s in shape)
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mean)), mean.shape))
+
+
+@st.fragment
+def viewer(sha: str, volume: Volume, presets: dict, shared, base) -> None:
+    """Three planes with slice sliders, and the per-network Grad-CAM of one plane.
+
+    Runs as a fragment: its sliders rerun this function only, never the networks (the analyses
+    come from the session cache).
+    """
+    data = volume.data
+    starts = _lru("tt_start")  # computed once per file: a full-volume pass is too slow per step
+    if (sha, base is None) not in starts:
+        _remember(starts, (sha, base is None), _centre_of_attention(base, volume))
+    start = starts[(sha, base is None)]
+    c1, c2, c3 = st.columns([1.3, 1.3, 1.0])
+    preset = c1.selectbox(
+        "Window",
+        [*viz.WINDOW_PRESETS, "manual"],
+        key="tt_window",
+        help="Intensity window. MRI has no fixed units, so presets come from this volume's "
+        "histogram: brain = tissue 1st-99th percentile.",
+    )
+    convention = c2.radio(
+        "Display convention",
+        viz.CONVENTIONS,
+        horizontal=True,
+        key="tt_convention",
+        format_func=str.capitalize,
+        help="Radiological: patient's left on the screen's right. Neurological: left on left.",
+    )
+    crosshair = c3.toggle(
+        "Crosshair",
+        value=True,
+        key="tt_crosshair",
+        help="Dashed lines show where the other two planes cut this one.",
+    )
+    if preset == "manual":
+        full = presets["full range"]
+        m1, m2 = st.columns(2)
+        level = m1.slider("Level", full.low, full.high, presets["brain"].level, key="tt_level")
+        width = m2.slider(
+            "Width", full.width / 200, full.width, presets["brain"].width, key="tt_width"
+        )
+        window = viz.Window(level, width)
+    else:
+        window = presets[preset]
+
+    # Slice sliders are keyed by file so a new volume opens at its own centre of attention.
+    positions = {}
+    planes = st.columns(3)
+    point = list(start)
+    for plane, col in zip(viz.PLANES, planes, strict=True):
+        axis = viz.plane_layout(plane).fixed_axis
+        n = viz.slice_count(data.shape, plane)
+        key = f"tt_slice_{plane}_{sha[:12]}"
+        if key in st.session_state:
+            point[axis] = int(st.session_state[key]) - 1  # sliders count from 1, like captions
+        positions[plane] = (col, key, n, axis)
+    for plane, (col, key, n, axis) in positions.items():
+        with col:
+            img = viz.render_slice(
+                data,
+                plane,
+                point[axis],
+                window,
+                spacing_xyz=volume.spacing,
+                convention=convention,
+                crosshair_xyz=point if crosshair else None,
+            )
+            mm = (point[axis] - (n - 1) / 2) * volume.spacing[axis]
+            st.image(
+                viz.encode_png(img),
+                caption=f"{plane.capitalize()} · slice {point[axis] + 1}/{n} "
+                f"({mm:+.0f} mm from centre)",
+                width="stretch",
+            )
+            st.slider(
+                f"{plane.capitalize()} slice",
+                1,
+                n,
+                start[axis] + 1,
+                key=key,
+                label_visibility="collapsed",
+            )
+
+    if shared is None or base is None:
+        return
+    st.markdown("##### Grad-CAM: where each network looked")
+    o1, o2, o3, o4, o5 = st.columns([1.3, 1.3, 1, 1, 0.8])
+    cam_plane = o2.radio(
+        "Plane",
+        viz.PLANES,
+        horizontal=True,
+        key="tt_cam_plane",
+        format_func=str.capitalize,
+        help="Which plane the comparison shows; its slider above picks the slice.",
+    )
+    target = o1.selectbox(
+        "Explain class",
+        [None, *CLASSES],
+        key="tt_target",
+        format_func=lambda c: (
+            "each network's own prediction" if c is None else f"why {viz.CLASS_NAMES[c]}?"
+        ),
+        help="Grad-CAM answers 'which regions raised the score of this class?'",
+    )
+    opacity = o3.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="tt_opacity")
+    threshold = o4.slider(
+        "Hide heat below",
+        0.0,
+        0.9,
+        0.2,
+        0.05,
+        key="tt_threshold",
+        help="Grad-CAM values (0-1, per network) below this are not drawn.",
+    )
+    cmap = o5.selectbox("Colour map", viz.COLORMAPS, key="tt_cmap")
+    analysis = base if target is None else _analysis(shared, volume, sha, target)
+    axis = viz.plane_layout(cam_plane).fixed_axis
+    archs = _ordered(analysis.explanations)
+    st.caption(
+        f"{cam_plane.capitalize()} slice {point[axis] + 1} (follows the {cam_plane} slider above), "
+        f"same slice in every column. Colour: low → high attention, relative to each network's "
+        "own maximum. No colour outside the box each network sees (the brain-centred crop)."
+    )
+    cols = st.columns(len(archs))
+    for col, arch in zip(cols, archs, strict=True):
+        expl = analysis.explanations[arch]
+        pred = analysis.predictions[arch]
+        img = viz.render_slice(
+            data,
+            cam_plane,
+            point[axis],
+            window,
+            spacing_xyz=volume.spacing,
+            convention=convention,
+            heat_xyz=expl.cam_volume,
+            opacity=opacity,
+            threshold=threshold,
+            cmap=cmap,
+        )
+        with col:
+            st.image(
+                viz.encode_png(img),
+                caption=f"{viz.ARCH_NAMES.get(arch, arch)} · Grad-CAM for "
+                f"{viz.CLASS_NAMES[expl.target]} · predicted {viz.CLASS_NAMES[pred.label]}",
+                width="stretch",
+            )
+            st.download_button(
+                "Grad-CAM map (.nii.gz)",
+                data=lambda e=expl: _cam_nifti_bytes(e, volume),
+                file_name=f"{_stem(volume)}_{arch}_gradcam_{expl.target}.nii.gz",
+                mime="application/gzip",
+                key=f"dl_cam_{arch}",
+                on_click="ignore",
+                icon=":material/download:",
+            )
+    st.image(viz.colorbar_image(cmap, 256, 10), caption="low → high", width=256)
+
+
+# ----------------------------------------------------------------------------- page
+
+st.title("Analyze a brain MRI")
+st.caption(
+    "Classifies a 3D T1 contrast-enhanced volume as healthy, low-grade glioma (LGG) or "
+    "high-grade glioma (HGG) with three networks, and shows where each one looked. "
+    "Research demo, not a medical device."
+)
+picked = _pick_input()
+if picked is None:
+    st.info("Choose a bundled sample or upload a volume to begin.", icon=":material/upload_file:")
+    st.stop()
+
+sha, volume, presets = picked
+_facts(volume)
+
+shared = base = None
+try:
+    shared = st.session_state["get_predictor"]()
+except KeyError:
+    st.error("Start the app with `streamlit run app.py` (this page needs its sidebar and weights).")
+except TumorTraceError as err:
+    st.warning(f"{err}\n\nThe viewer below still works; predictions need weights.")
+
+cards = {}
+if shared is not None:
+    cards = shared.predictor.cards
+    try:
+        base = _analysis(shared, volume, sha, None)
+    except TumorTraceError as err:
+        st.error(str(err), icon=":material/error:")
+    except Exception as err:
+        LOG.exception("unexpected error while analysing a volume")
+        st.error(
+            f"The networks could not analyse this volume ({type(err).__name__}). "
+            "Try another file; the details are in the server log.",
+            icon=":material/error:",
+        )
+
+if base is not None:
+    st.subheader("Networks")
+    _predictions(base, cards)
+
+st.subheader("Viewer")
+viewer(sha, volume, presets, shared, base)
+
+if base is not None:
+    st.subheader("Report")
+    report = _report(volume, sha, base, cards)
+    stem = _stem(volume)
+    d1, d2, _ = st.columns([1, 1, 3])
+    d1.download_button(
+        "Report (.json)",
+        json.dumps(report, indent=2),
+        f"{stem}_tumortrace.json",
+        "application/json",
+        key="dl_json",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    d2.download_button(
+        "Report (.csv)",
+        _report_csv(report),
+        f"{stem}_tumortrace.csv",
+        "text/csv",
+        key="dl_csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )

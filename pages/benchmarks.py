@@ -1,0 +1,192 @@
+"""Benchmarks: the stored cross-fold results of our networks, and the published figures apart.
+
+Reads ``<weights>/benchmarks/<arch>.json`` (per-fold metrics, confusion matrices, ROC points,
+training curves), ``inference.json`` (CPU cost) and ``published.json`` (figures transcribed from
+two papers). Nothing is computed from a model here; the page only displays stored files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from tumortrace import viz
+from tumortrace.config import CLASSES
+
+ROOT = Path(__file__).resolve().parent.parent
+NOT_ARCH = {"inference", "published"}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _read_json(path: str, mtime_ns: int) -> dict | None:
+    """A JSON file as a dict, or None when unreadable (``mtime_ns`` only keys the cache)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _load(path: Path) -> dict | None:
+    return _read_json(str(path), path.stat().st_mtime_ns) if path.is_file() else None
+
+
+def _benchmarks(folder: Path) -> tuple[dict[str, dict], list[str]]:
+    """``{arch: record}`` of every readable benchmark file, and the names of unreadable ones."""
+    benches: dict[str, dict] = {}
+    broken: list[str] = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if path.stem in NOT_ARCH:
+            continue
+        record = _load(path)
+        if record is None or not isinstance(record.get("folds"), list):
+            broken.append(path.name)
+            continue
+        benches[str(record.get("arch", path.stem))] = record
+    order = [a for a in ("r2plus1d", "mc3", "r3d") if a in benches]
+    return {a: benches[a] for a in order + [a for a in benches if a not in order]}, broken
+
+
+def _rows_height(n_rows: int) -> int:
+    """Pixel height that shows a dataframe's ``n_rows`` rows without an inner scroll bar."""
+    return 35 * (n_rows + 1) + 3
+
+
+def _data_line(bench: dict) -> str:
+    data = bench.get("data", {})
+    counts = ", ".join(
+        f"{viz.CLASS_NAMES.get(c, c)} {n}" for c, n in data.get("counts", {}).items()
+    )
+    shape = "×".join(str(s) for s in bench.get("input_shape", []))
+    spacing = "×".join(str(s) for s in bench.get("spacing_mm", []))
+    return (
+        f"data: **{data.get('source', 'unknown')}** ({counts or 'counts not stored'}) · "
+        f"{len(bench.get('folds', []))} folds · input D×H×W {shape or '?'} at {spacing or '?'} mm"
+    )
+
+
+def _network_tab(arch: str, bench: dict) -> None:
+    """Per-fold table, confusion matrix, ROC curves and training curves of one network."""
+    folds = bench["folds"]
+    st.markdown(_data_line(bench))
+    st.dataframe(viz.per_fold_table(bench), hide_index=True)
+    labels = ["all folds", *[f"fold {f.get('fold', i)}" for i, f in enumerate(folds)]]
+    choice = st.selectbox("Folds shown", labels, key=f"bench_fold_{arch}")
+    chosen = folds if choice == "all folds" else [folds[labels.index(choice) - 1]]
+    aucs = {
+        c: viz.mean_std(viz.fold_values(chosen, "auc", c))[0]
+        for c in CLASSES
+        if viz.mean_std(viz.fold_values(chosen, "auc", c))[2]
+    }
+    c1, c2 = st.columns(2)
+    title = "summed over folds" if len(chosen) > 1 else choice
+    c1.plotly_chart(
+        viz.confusion_figure(viz.summed_confusion(chosen), title=f"Confusion matrix ({title})"),
+        key=f"cm_{arch}",
+    )
+    c2.plotly_chart(
+        viz.roc_figure([f.get("roc", {}) for f in chosen], aucs=aucs, title="ROC, one vs rest"),
+        key=f"roc_{arch}",
+    )
+    curves = [f.get("curves", []) for f in chosen]
+    if any(curves):
+        st.plotly_chart(
+            viz.training_curves_figure(curves, title="Training curves"), key=f"curves_{arch}"
+        )
+    else:
+        st.caption("No training curves stored.")
+
+
+def _published(path: Path) -> None:
+    """The two papers' figures, in their own section, never merged with our tables."""
+    st.header("Published results (not measured here)")
+    pub = _load(path)
+    if pub is None:
+        st.info(f"No readable published-results file at {path}.")
+        return
+    st.warning(
+        "Published on BraTS (T1ce) + IXI (T1) by other authors, with their own data splits. "
+        "**Not measured by TumorTrace**; shown for context only.",
+        icon=":material/menu_book:",
+    )
+    sources = pub.get("sources", {})
+    st.markdown("##### Seed paper, Tables 1 and 2 (per class, test set)")
+    st.caption(sources.get("seed_paper", ""))
+    seed = pub.get("seed_paper", {})
+    cols = st.columns(max(1, len(seed)))
+    for col, (arch, record) in zip(cols, seed.items(), strict=False):
+        df = pd.DataFrame.from_dict(record.get("per_class", {}), orient="index")
+        df.index = [viz.CLASS_NAMES.get(c, c) for c in df.index]
+        col.markdown(f"**{viz.ARCH_NAMES.get(arch, arch)}**")
+        col.dataframe(df)
+    chat = pub.get("chatterjee2022", {})
+    st.markdown("##### Chatterjee et al. 2022 (Scientific Reports)")
+    st.caption(sources.get("chatterjee2022", ""))
+    best = chat.get("best", {})
+    if best:
+        m1, m2, m3 = st.columns(3)
+        pre = "pre-trained" if best.get("pretrained") else "from scratch"
+        m1.metric("Best model", f"{viz.ARCH_NAMES.get(best.get('model'), best.get('model'))}")
+        m1.caption(pre)
+        m2.metric("Accuracy (published)", f"{100 * best.get('accuracy', float('nan')):.2f} %")
+        m3.metric("Macro-F1 (published)", f"{best.get('macro_f1', float('nan')):.4f}")
+    order = chat.get("per_class_order", ["precision", "recall", "specificity", "f1"])
+    rows = []
+    for variant, per_class in chat.get("per_class", {}).items():
+        arch, _, init = variant.rpartition("_")
+        for cls, values in per_class.items():
+            row = {"network": viz.ARCH_NAMES.get(arch, arch), "weights": init}
+            row["class"] = viz.CLASS_NAMES.get(cls, cls)
+            row.update(dict(zip(order, values, strict=False)))
+            rows.append(row)
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, height=_rows_height(len(rows)))
+
+
+st.title("Benchmarks")
+folder = Path(st.session_state.get("weights_dir", ROOT / "weights")) / "benchmarks"
+benches, broken = _benchmarks(folder)
+if broken:
+    st.error(
+        f"Unreadable benchmark files in {folder}: {', '.join(broken)}. Expected the JSON layout "
+        "written by train.py (see DESIGN.md); re-run training or remove them."
+    )
+if not benches:
+    st.info(
+        f"No benchmark files in `{folder}` yet. They are written by `python train.py --arch NAME` "
+        "(one `<arch>.json` per network, with every fold's metrics).",
+        icon=":material/info:",
+    )
+else:
+    st.caption(
+        "Measured by TumorTrace: stratified, subject-grouped cross-validation; each fold's "
+        "metrics are on its own held-out test part. Mean ± sample standard deviation over folds."
+    )
+    st.header("Summary")
+    summary = viz.summary_table(benches)
+    n_overall = len(viz.OVERALL_METRICS)
+    st.dataframe(summary.iloc[:n_overall], height=_rows_height(n_overall))
+    st.markdown("**Per class** (one class against the rest)")
+    st.dataframe(summary.iloc[n_overall:], height=_rows_height(len(summary) - n_overall))
+    st.header("Per network")
+    tabs = st.tabs([viz.ARCH_NAMES.get(a, a) for a in benches])
+    for tab, (arch, bench) in zip(tabs, benches.items(), strict=True):
+        with tab:
+            _network_tab(arch, bench)
+    st.header("Cost")
+    inference = _load(folder / "inference.json")
+    st.dataframe(viz.cost_table(benches, inference), hide_index=True)
+    if inference:
+        shape = "×".join(str(s) for s in inference.get("shape", []))
+        st.caption(
+            f"CPU seconds per volume from benchmarks/bench_infer.py at D×H×W {shape}, "
+            f"{inference.get('threads', '?')} threads; 'fast' = {inference.get('settings', {})}."
+        )
+    else:
+        st.caption("No inference.json: run `python -m tumortrace bench` for CPU timings.")
+
+published = folder / "published.json"
+_published(published if published.is_file() else ROOT / "weights" / "benchmarks" / "published.json")

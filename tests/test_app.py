@@ -1,0 +1,270 @@
+"""The Streamlit app through ``AppTest``: every page, uploads, errors, the fast slider path.
+
+The app reads its weights from ``$TUMORTRACE_WEIGHTS_DIR``; these tests point it at tiny untrained
+networks (16x32x32 model grid) written once per session by :mod:`app_fixtures`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+import tomllib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from app_fixtures import make_benchmark_files, make_tiny_weights
+from conftest import make_head
+from streamlit.testing.v1 import AppTest
+
+from tumortrace import viz
+from tumortrace.config import IOLimits
+from tumortrace.infer import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+TIMEOUT = 180  # first analysis loads three networks on a shared 2-core machine
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    folder = make_tiny_weights(tmp_path_factory.mktemp("weights"))
+    make_benchmark_files(folder)
+    return folder
+
+
+@pytest.fixture
+def app(tiny_weights, monkeypatch) -> AppTest:
+    monkeypatch.setenv("TUMORTRACE_WEIGHTS_DIR", str(tiny_weights))
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def head_nifti_gz() -> bytes:
+    """A 40x48x36 head with a bright lesion, as .nii.gz bytes."""
+    img = nib.Nifti1Image(make_head((40, 48, 36), lesion=True), np.diag([3.0, 3.0, 3.0, 1.0]))
+    return gzip.compress(img.to_bytes())
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.run()
+    at.radio(key="tt_source").set_value("Upload a file").run()
+    at.file_uploader(key="tt_upload").set_value((name, data, "application/octet-stream"))
+    return at.run()
+
+
+def cam_captions(at: AppTest) -> list[str]:
+    return [c for img in at.image for c in img.captions if "Grad-CAM for" in c]
+
+
+def prediction_lines(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith("Prediction:")]
+
+
+class Recorder:
+    """Wraps a function and keeps its calls (the app's modules are shared with the test)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, *args, **kwargs):
+        out = self.fn(*args, **kwargs)
+        self.calls.append((args, kwargs, out))
+        return out
+
+
+def test_upload_cap_matches_iolimits():
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == IOLimits().max_upload_bytes // 2**20
+    assert config["client"]["showErrorDetails"] == "none"  # no tracebacks for users
+
+
+def test_analyze_page_renders_empty(app):
+    app.run()
+    no_exception(app)
+    assert any("Choose a bundled sample" in i.value for i in app.info)
+    sidebar = " ".join(m.value for m in app.sidebar.markdown)
+    assert "R(2+1)D-18" in sidebar and "MC3-18" in sidebar and "R3D-18" in sidebar
+    assert any("not a medical device" in w.value for w in app.sidebar.warning)
+
+
+def test_upload_gives_three_predictions_with_overlays(app, head_nifti_gz, monkeypatch):
+    render = Recorder(viz.render_slice)
+    monkeypatch.setattr(viz, "render_slice", render)
+    upload(app, "head.nii.gz", head_nifti_gz)
+    no_exception(app)
+    assert not app.error, [e.value for e in app.error]
+    assert len(prediction_lines(app)) == 3
+    assert [c.split(" · ")[0] for c in cam_captions(app)] == ["R(2+1)D-18", "MC3-18", "R3D-18"]
+    overlays = [(a, k, out) for a, k, out in render.calls if k.get("heat_xyz") is not None]
+    assert len(overlays) == 3
+    for args, kwargs, out in overlays:
+        heat = kwargs["heat_xyz"]
+        assert heat.shape == (40, 48, 36)  # Grad-CAM on the uploaded volume's own grid
+        assert heat.max() > 0
+        plain = viz.render_slice(
+            args[0], args[1], args[2], args[3], **(kwargs | {"heat_xyz": None})
+        )
+        if viz.extract_slice(heat, args[1], args[2], kwargs["convention"]).max() >= 0.2:
+            assert not np.array_equal(out, plain)  # the overlay is drawn on this slice
+    facts = " ".join(m.value for m in app.markdown)
+    assert "40×48×36 voxels" in facts and "3.00×3.00×3.00 mm" in facts
+    assert any("Ensemble verdict" in x.value for x in [*app.success, *app.warning])
+    labels = [b.label for b in app.get("download_button")]
+    assert labels.count("Grad-CAM map (.nii.gz)") == 3
+    assert "Report (.json)" in labels and "Report (.csv)" in labels
+
+
+def test_slider_redraws_without_rerunning_networks(app, head_nifti_gz, monkeypatch):
+    calls = Recorder(Predictor.analyze)
+    monkeypatch.setattr(Predictor, "analyze", lambda self, *a, **k: calls(self, *a, **k))
+    upload(app, "head.nii.gz", head_nifti_gz)
+    assert len(calls.calls) == 1
+    axial = next(s for s in app.slider if s.key.startswith("tt_slice_axial"))
+    axial.set_value(4).run()
+    no_exception(app)
+    assert "slice 4/36" in app.image[0].captions[0]
+    assert all("Grad-CAM for" in c for c in cam_captions(app))
+    assert len(calls.calls) == 1  # the analysis came from the session cache
+    app.selectbox(key="tt_target").set_value("hgg").run()
+    assert len(calls.calls) == 2 and calls.calls[-1][1].get("target") == "hgg"
+    assert all("Grad-CAM for HGG" in c for c in cam_captions(app))
+    app.selectbox(key="tt_target").set_value(None).run()
+    app.selectbox(key="tt_target").set_value("hgg").run()
+    assert len(calls.calls) == 2  # both targets cached
+
+
+def test_corrupt_upload_shows_error_and_page_keeps_working(app, head_nifti_gz):
+    upload(app, "broken.nii.gz", b"this is not a NIfTI file at all" * 10)
+    no_exception(app)
+    assert app.error, "a corrupt file must produce a visible error"
+    assert "Traceback" not in app.error[0].value
+    assert not prediction_lines(app)
+    app.file_uploader(key="tt_upload").set_value(
+        ("head.nii.gz", head_nifti_gz, "application/octet-stream")
+    )
+    app.run()
+    no_exception(app)
+    assert not app.error
+    assert len(prediction_lines(app)) == 3
+
+
+def test_2d_upload_is_rejected_with_the_io_message(app):
+    flat = nib.Nifti1Image(np.ones((32, 32), np.float32), np.eye(4))
+    upload(app, "flat.nii", flat.to_bytes())
+    no_exception(app)
+    assert app.error and "3D" in app.error[0].value
+
+
+def test_missing_weights_keep_the_viewer(tmp_path, monkeypatch, head_nifti_gz):
+    monkeypatch.setenv("TUMORTRACE_WEIGHTS_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    upload(at, "head.nii.gz", head_nifti_gz)
+    no_exception(at)
+    assert any("No trained weights" in w.value for w in at.warning)
+    assert len(at.image) == 3 and not cam_captions(at)  # the three planes, no predictions
+
+
+def test_benchmarks_page_renders_stored_files(app):
+    app.run()
+    app.switch_page("pages/benchmarks.py").run()
+    no_exception(app)
+    assert not app.error
+    summary = app.dataframe[0].value
+    assert list(summary.columns) == ["MC3-18", "R3D-18"]
+    assert "±" in summary.loc["accuracy", "MC3-18"]
+    headers = [h.value for h in app.header]
+    assert "Published results (not measured here)" in headers
+    assert any("Not measured by TumorTrace" in w.value for w in app.warning)
+    published = {m.label: m.value for m in app.metric}
+    assert published["Accuracy (published)"] == "96.98 %"
+    assert published["Macro-F1 (published)"] == "0.9345"
+    assert len(app.get("plotly_chart")) >= 4
+
+
+def test_benchmarks_page_without_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUMORTRACE_WEIGHTS_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("pages/benchmarks.py").run()
+    no_exception(at)
+    assert any("No benchmark files" in i.value for i in at.info)
+    # the published figures still show, from the copy shipped in weights/benchmarks/
+    assert "Published results (not measured here)" in [h.value for h in at.header]
+
+
+def test_about_page_renders_cards(app):
+    app.run()
+    app.switch_page("pages/about.py").run()
+    no_exception(app)
+    assert [e.label for e in app.expander] == [
+        "R(2+1)D-18 (`r2plus1d`)",
+        "MC3-18 (`mc3`)",
+        "R3D-18 (`r3d`)",
+    ]
+    text = " ".join(m.value for m in app.markdown)
+    assert "synthetic (test)" in text and "Untrained test weights." in text
+    assert any("not a medical device" in e.value for e in app.error)
+
+
+def test_downloads_report_and_gradcam_nifti(app, head_nifti_gz, tiny_weights, monkeypatch):
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    files, deferred = {}, {}
+    add, add_deferred = MediaFileManager.add, MediaFileManager.add_deferred
+
+    def record(self, data, mimetype, coordinates, file_name=None, **kw):
+        files[file_name] = data
+        return add(self, data, mimetype, coordinates, file_name, **kw)
+
+    def record_deferred(self, fn, mimetype, coordinates, file_name=None, **kw):
+        deferred[file_name] = fn
+        return add_deferred(self, fn, mimetype, coordinates, file_name, **kw)
+
+    monkeypatch.setattr(MediaFileManager, "add", record)
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record_deferred)
+    upload(app, "my scan.nii.gz", head_nifti_gz)
+    no_exception(app)
+    report = json.loads(files["my_scan_tumortrace.json"])
+    assert report["volume"]["sha256"] == hashlib.sha256(head_nifti_gz).hexdigest()
+    assert report["notice"] == "research demo, not a medical device"
+    assert [n["arch"] for n in report["networks"]] == ["r2plus1d", "mc3", "r3d"]
+    for net in report["networks"]:
+        card = json.loads((tiny_weights / f"{net['arch']}.json").read_text())
+        assert net["weights"]["weights_sha256"] == card["weights_sha256"]
+        assert net["weights"]["date"] == card["date"]
+        assert sum(net["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+    rows = list(csv.DictReader(io.StringIO(files["my_scan_tumortrace.csv"].decode())))
+    assert [r["model"] for r in rows] == ["r2plus1d", "mc3", "r3d", "ensemble"]
+    cam_name = next(n for n in deferred if n.startswith("my_scan_mc3_gradcam_"))
+    cam = nib.Nifti1Image.from_bytes(gzip.decompress(deferred[cam_name]()))
+    assert cam.shape == (40, 48, 36)
+    values = np.asarray(cam.dataobj)
+    assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0
+
+
+def test_sample_picker_runs_the_networks(app):
+    app.run()
+    app.selectbox(key="tt_sample").set_value("Synthetic high-grade glioma (HGG)").run()
+    no_exception(app)
+    assert not app.error
+    assert "hgg.nii.gz" in " ".join(m.value for m in app.markdown)
+    assert len(prediction_lines(app)) == 3 and len(cam_captions(app)) == 3
+
+
+@pytest.mark.parametrize("label", ["healthy", "lgg", "hgg"])
+def test_bundled_samples_are_small_and_reproducible(label):
+    spec = importlib.util.spec_from_file_location("make_samples", ROOT / "scripts/make_samples.py")
+    make_samples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_samples)
+    path = ROOT / "samples" / f"{label}.nii.gz"
+    assert path.stat().st_size < 1_500_000
+    assert make_samples.sample_bytes(label) == path.read_bytes()

@@ -1,0 +1,248 @@
+"""tumortrace.viz: display orientation, windowing, overlays, figures and benchmark tables."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tumortrace import viz
+from tumortrace.config import CLASSES
+from tumortrace.errors import ConfigError, InvalidVolumeError
+
+SHAPE = (10, 12, 8)  # (X, Y, Z): distinct sizes catch transposes
+
+
+def marker_volume(point: tuple[int, int, int]) -> np.ndarray:
+    vol = np.zeros(SHAPE, dtype=np.float32)
+    vol[point] = 1.0
+    return vol
+
+
+def where(img: np.ndarray) -> tuple[int, int]:
+    r, c = np.argwhere(img == img.max())[0]
+    return int(r), int(c)
+
+
+# Right (high x), anterior (high y), superior (high z) corner of the volume.
+RAS_CORNER = (SHAPE[0] - 1, SHAPE[1] - 1, SHAPE[2] - 1)
+
+
+@pytest.mark.parametrize(
+    ("plane", "convention", "expected_shape", "expected_rc"),
+    [
+        # axial radiological: anterior at top, patient right on the screen's left
+        ("axial", "radiological", (12, 10), (0, 0)),
+        ("axial", "neurological", (12, 10), (0, 9)),
+        ("coronal", "radiological", (8, 10), (0, 0)),
+        ("coronal", "neurological", (8, 10), (0, 9)),
+        # sagittal: superior at top, anterior on the left, in both conventions
+        ("sagittal", "radiological", (8, 12), (0, 0)),
+        ("sagittal", "neurological", (8, 12), (0, 0)),
+    ],
+)
+def test_extract_slice_orientation(plane, convention, expected_shape, expected_rc):
+    vol = marker_volume(RAS_CORNER)
+    index = RAS_CORNER[viz.plane_layout(plane).fixed_axis]
+    img = viz.extract_slice(vol, plane, index, convention)
+    assert img.shape == expected_shape
+    assert where(img) == expected_rc
+    assert viz.display_position(SHAPE, plane, RAS_CORNER, convention) == expected_rc
+
+
+@pytest.mark.parametrize(
+    ("plane", "convention", "expected"),
+    [
+        ("axial", "radiological", ("A", "P", "R", "L")),
+        ("axial", "neurological", ("A", "P", "L", "R")),
+        ("coronal", "radiological", ("S", "I", "R", "L")),
+        ("coronal", "neurological", ("S", "I", "L", "R")),
+        ("sagittal", "radiological", ("S", "I", "A", "P")),
+        ("sagittal", "neurological", ("S", "I", "A", "P")),
+    ],
+)
+def test_edge_labels(plane, convention, expected):
+    assert tuple(viz.edge_labels(plane, convention)) == expected
+
+
+@pytest.mark.parametrize("plane", viz.PLANES)
+@pytest.mark.parametrize("convention", viz.CONVENTIONS)
+def test_labels_agree_with_pixels(plane, convention):
+    """A voxel at the 'right' (resp. 'anterior', 'superior') end lands at the edge so labelled."""
+    letter_point = {
+        "R": (SHAPE[0] - 1, 5, 4),
+        "L": (0, 5, 4),
+        "A": (5, SHAPE[1] - 1, 4),
+        "P": (5, 0, 4),
+        "S": (5, 5, SHAPE[2] - 1),
+        "I": (5, 5, 0),
+    }
+    labels = viz.edge_labels(plane, convention)
+    fixed = viz.plane_layout(plane).fixed_axis
+    for edge, letter in labels._asdict().items():
+        point = letter_point[letter]
+        img = viz.extract_slice(marker_volume(point), plane, point[fixed], convention)
+        r, c = where(img)
+        side = {"top": r == 0, "bottom": r == img.shape[0] - 1}
+        side |= {"left": c == 0, "right": c == img.shape[1] - 1}
+        assert side[edge], (plane, convention, edge, letter, (r, c))
+
+
+def test_slice_count():
+    assert [viz.slice_count(SHAPE, p) for p in viz.PLANES] == [8, 12, 10]
+
+
+def test_extract_slice_rejects_bad_input():
+    vol = np.zeros(SHAPE, np.float32)
+    with pytest.raises(InvalidVolumeError, match=r"outside the axial range 0\.\.7"):
+        viz.extract_slice(vol, "axial", 8)
+    with pytest.raises(InvalidVolumeError, match="Expected a 3D"):
+        viz.extract_slice(np.zeros((4, 4)), "axial", 0)
+    with pytest.raises(ConfigError, match="Unknown plane 'oblique'"):
+        viz.extract_slice(vol, "oblique", 0)
+    with pytest.raises(ConfigError, match="Unknown display convention 'surgical'"):
+        viz.extract_slice(vol, "axial", 0, "surgical")
+
+
+def test_window_presets_ignore_nonzero_background():
+    rng = np.random.default_rng(0)
+    vol = rng.normal(200.0, 5.0, (30, 30, 30)).astype(np.float32)  # background at 200
+    vol[8:22, 8:22, 8:22] = rng.normal(1000.0, 50.0, (14, 14, 14))  # tissue
+    presets = viz.window_presets(vol)
+    assert set(presets) == set(viz.WINDOW_PRESETS)
+    assert presets["brain"].low > 500  # window sits on the tissue, not on the background
+    assert presets["full range"].low == pytest.approx(vol.min())
+    assert presets["full range"].high == pytest.approx(vol.max())
+    assert presets["high contrast"].width < presets["full range"].width
+
+
+def test_apply_window_maps_bounds():
+    window = viz.Window.from_range(10.0, 20.0)
+    out = viz.apply_window(np.array([[0.0, 10.0, 15.0, 20.0, 99.0]]), window)
+    assert out.dtype == np.uint8
+    assert out.tolist() == [[0, 0, 127, 255, 255]]
+    with pytest.raises(ConfigError, match="Window width must be positive"):
+        viz.apply_window(out, viz.Window(0.0, 0.0))
+
+
+def test_blend_overlay_threshold_and_opacity():
+    gray = np.full((2, 2), 100, np.uint8)
+    heat = np.array([[0.1, 0.5], [1.0, 0.0]], np.float32)
+    out = viz.blend_overlay(gray, heat, opacity=1.0, threshold=0.3, cmap="jet")
+    assert out.shape == (2, 2, 3)
+    assert out[0, 0].tolist() == [100, 100, 100]  # below the threshold: grey shows through
+    lut = viz.colormap_lut("jet")
+    assert out[1, 0].tolist() == lut[255].tolist()  # full opacity: the colour itself
+    none = viz.blend_overlay(gray, heat, opacity=0.0, threshold=0.0)
+    assert (none == 100).all()
+
+
+def test_blend_overlay_rejects_bad_settings():
+    gray = np.zeros((2, 2), np.uint8)
+    with pytest.raises(ConfigError, match="does not match the slice"):
+        viz.blend_overlay(gray, np.zeros((3, 2)))
+    with pytest.raises(ConfigError, match="must lie in"):
+        viz.blend_overlay(gray, np.zeros((2, 2)), opacity=1.5)
+    with pytest.raises(ConfigError, match="Unknown colour map 'rainbow'"):
+        viz.blend_overlay(gray, np.zeros((2, 2)), cmap="rainbow")
+    with pytest.raises(ConfigError, match="Unknown colour map 'rainbow'"):
+        viz.colormap_lut("rainbow")
+
+
+def test_display_size_keeps_physical_proportions():
+    # 100 rows at 2 mm and 100 cols at 1 mm: twice as tall as wide.
+    assert viz.display_size((100, 100), (2.0, 1.0), min_long_side=0) == (200, 100)
+    assert viz.display_size((10, 20), (1.0, 1.0), min_long_side=200) == (100, 200)
+
+
+def test_render_slice_labels_overlay_and_png():
+    rng = np.random.default_rng(1)
+    vol = rng.normal(100, 10, (40, 48, 36)).astype(np.float32)
+    heat = np.zeros_like(vol)
+    heat[10:30, 10:30, 10:30] = 1.0
+    window = viz.window_presets(vol)["auto"]
+    plain = viz.render_slice(vol, "axial", 18, window, spacing_xyz=(1, 1, 2), labels=False)
+    assert plain.shape[2] == 3
+    assert (plain[..., 0] == plain[..., 1]).all()  # grey only
+    labelled = viz.render_slice(vol, "axial", 18, window, spacing_xyz=(1, 1, 2))
+    yellow = (labelled[..., 0] > 200) & (labelled[..., 1] > 200) & (labelled[..., 2] < 120)
+    assert yellow.any()  # the orientation letters
+    over = viz.render_slice(
+        vol, "axial", 18, window, heat_xyz=heat, opacity=0.8, threshold=0.5, labels=False
+    )
+    colour = np.abs(over[..., 0].astype(int) - over[..., 2].astype(int)) > 60
+    assert colour.any()
+    png = viz.encode_png(over)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), over)
+    with pytest.raises(ConfigError, match="differs from the volume"):
+        viz.render_slice(vol, "axial", 0, window, heat_xyz=heat[:-1])
+
+
+def test_render_slice_crosshair_marks_the_point():
+    vol = np.zeros((32, 32, 32), np.float32)
+    img = viz.render_slice(
+        vol, "axial", 5, viz.Window(0.5, 1.0), labels=False, crosshair_xyz=(8, 20, 5)
+    )
+    scale = img.shape[0] / 32  # enlarged to 256 pixels
+    row, col = (
+        int((p + 0.5) * scale) for p in viz.display_position(vol.shape, "axial", (8, 20, 5))
+    )
+    assert img[row, :, 2].max() > 200  # horizontal dashed line at the coronal position
+    assert img[:, col, 2].max() > 200  # vertical one at the sagittal position
+    assert img[:8, col, 2].max() == 0  # stops short of the edge, where the letters go
+
+
+def test_probability_figure():
+    fig = viz.probability_figure([0.1, 0.2, 0.7])
+    assert list(fig.data[0].x) == pytest.approx([10, 20, 70])
+    assert list(fig.data[0].y) == ["Healthy", "LGG", "HGG"]
+    with pytest.raises(ConfigError, match="Got 2 probabilities for 3 classes"):
+        viz.probability_figure([0.5, 0.5])
+
+
+def test_confusion_roc_and_curves_figures():
+    fig = viz.confusion_figure([[5, 1, 0], [2, 3, 1], [0, 0, 6]])
+    assert np.asarray(fig.data[0].z)[0].tolist() == pytest.approx([500 / 6, 100 / 6, 0])
+    with pytest.raises(ConfigError, match="does not match classes"):
+        viz.confusion_figure([[1, 2], [3, 4]])
+    roc = {c: {"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1]} for c in CLASSES}
+    fig = viz.roc_figure([roc, roc], aucs={"lgg": 0.9})
+    assert len(fig.data) == 2 * len(CLASSES) + 1  # per fold and class, plus chance
+    assert any("AUC 0.900" in (t.name or "") for t in fig.data)
+    curves = [[{"epoch": e, "train_loss": 1 / (e + 1), "val_accuracy": 0.5} for e in range(3)]]
+    fig = viz.training_curves_figure(curves)
+    assert {t.name for t in fig.data} == {"train loss", "val accuracy"}
+
+
+def _fold(acc: float, lgg_recall: float) -> dict:
+    return {
+        "fold": 0,
+        "accuracy": acc,
+        "macro_f1": acc - 0.1,
+        "per_class": {"lgg": {"recall": lgg_recall}},
+        "confusion": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+        "train_seconds": 10.0,
+    }
+
+
+def test_summary_and_fold_tables():
+    bench = {"arch": "mc3", "folds": [_fold(0.8, 0.5), _fold(0.9, 0.7)], "params": 2_000_000}
+    table = viz.summary_table({"mc3": bench})
+    assert table.loc["accuracy", "MC3-18"] == "0.850 ± 0.071"  # sample std of (0.8, 0.9)
+    assert table.loc["LGG recall", "MC3-18"] == "0.600 ± 0.141"
+    assert table.loc["HGG auc", "MC3-18"] == "—"  # not stored: shown as missing, never as 0
+    folds = viz.per_fold_table(bench)
+    assert len(folds) == 2 and folds["accuracy"].tolist() == [0.8, 0.9]
+    assert viz.summed_confusion(bench["folds"]) == [[2, 0, 0], [0, 2, 0], [0, 0, 2]]
+    cost = viz.cost_table({"mc3": bench}, {"naive": {"mc3": 3.0}, "fast": {"mc3": 1.0}})
+    row = cost.iloc[0].to_dict()
+    assert row["parameters (M)"] == 2.0 and row["CPU s (fast)"] == 1.0
+    assert row["train s / fold"] == 10.0
+
+
+def test_mean_std_edge_cases():
+    assert viz.mean_std([0.5]) == (0.5, 0.0, 1)
+    mean, std, n = viz.mean_std([None, float("nan")])
+    assert n == 0 and np.isnan(mean) and np.isnan(std)

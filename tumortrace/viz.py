@@ -1,0 +1,811 @@
+"""Pixels and figures for the app: windowing, slicing, Grad-CAM overlays, plotly charts, tables.
+
+No streamlit and no model code live here, so every function is testable on plain arrays.
+
+Display conventions. Volumes arrive canonical RAS, indexed ``(x, y, z)`` = (left->right,
+posterior->anterior, inferior->superior). A displayed slice is an image ``(rows, cols)``:
+
+* axial (fixed z): anterior at the top;
+* coronal and sagittal (fixed y / fixed x): superior at the top;
+* sagittal: anterior on the screen's left (the patient faces left);
+* axial and coronal columns follow the chosen convention: **radiological** shows the patient's
+  left on the screen's right (as if facing the patient), **neurological** shows it on the left
+  (as if looking from behind).
+
+Every rendered image carries its orientation letters at the four edges, so the convention in use
+can always be read off the image itself.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal, NamedTuple
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from PIL import Image, ImageDraw, ImageFont
+from plotly.subplots import make_subplots
+
+from tumortrace.config import CLASSES
+from tumortrace.errors import ConfigError, InvalidVolumeError
+
+Plane = Literal["axial", "coronal", "sagittal"]
+Convention = Literal["radiological", "neurological"]
+
+PLANES: tuple[Plane, Plane, Plane] = ("axial", "coronal", "sagittal")
+CONVENTIONS: tuple[Convention, Convention] = ("radiological", "neurological")
+WINDOW_PRESETS: tuple[str, ...] = ("brain", "auto", "full range", "high contrast")
+"""Names accepted by :func:`window_presets` (the app adds "manual")."""
+
+CLASS_COLORS: dict[str, str] = {"healthy": "#2e7d32", "lgg": "#f9a825", "hgg": "#c62828"}
+CLASS_NAMES: dict[str, str] = {"healthy": "Healthy", "lgg": "LGG", "hgg": "HGG"}
+"""How the class ids read on screen (LGG/HGG are the clinical abbreviations)."""
+
+ARCH_NAMES: dict[str, str] = {"r2plus1d": "R(2+1)D-18", "mc3": "MC3-18", "r3d": "R3D-18"}
+"""Display names of the networks (the paper's names)."""
+
+# Colour maps as anchor points (position in [0, 1], RGB 0..255); matplotlib is not a dependency.
+_CMAP_ANCHORS: dict[str, list[tuple[float, tuple[int, int, int]]]] = {
+    "jet": [
+        (0.0, (0, 0, 128)),
+        (0.11, (0, 0, 255)),
+        (0.36, (0, 255, 255)),
+        (0.62, (255, 255, 0)),
+        (0.87, (255, 0, 0)),
+        (1.0, (128, 0, 0)),
+    ],
+    "hot": [(0.0, (10, 0, 0)), (0.37, (255, 0, 0)), (0.75, (255, 255, 0)), (1.0, (255, 255, 255))],
+    "inferno": [
+        (0.0, (0, 0, 4)),
+        (0.25, (87, 16, 110)),
+        (0.5, (188, 55, 84)),
+        (0.75, (249, 142, 9)),
+        (1.0, (252, 255, 164)),
+    ],
+}
+COLORMAPS: tuple[str, ...] = tuple(_CMAP_ANCHORS)
+
+
+class Window(NamedTuple):
+    """An intensity window: values in ``[level - width/2, level + width/2]`` map to black..white."""
+
+    level: float
+    width: float
+
+    @classmethod
+    def from_range(cls, low: float, high: float) -> Window:
+        """Window covering ``[low, high]`` (a zero-width range is widened to 1)."""
+        width = float(high) - float(low)
+        if not math.isfinite(width) or width <= 0:
+            width = 1.0
+        return cls(level=float(low) + width / 2.0, width=width)
+
+    @property
+    def low(self) -> float:
+        """Lower bound (maps to black)."""
+        return self.level - self.width / 2.0
+
+    @property
+    def high(self) -> float:
+        """Upper bound (maps to white)."""
+        return self.level + self.width / 2.0
+
+
+class EdgeLabels(NamedTuple):
+    """Direction letters at the top, bottom, left and right edges of a displayed slice."""
+
+    top: str
+    bottom: str
+    left: str
+    right: str
+
+
+class PlaneLayout(NamedTuple):
+    """How a plane maps volume axes to display rows and columns.
+
+    Attributes:
+        fixed_axis: the volume axis held constant (the slice index runs along it).
+        row_axis: volume axis along display rows; ``row_flip`` puts its high end at the top.
+        col_axis: volume axis along display columns; ``col_flip`` puts its high end on the left.
+    """
+
+    fixed_axis: int
+    row_axis: int
+    row_flip: bool
+    col_axis: int
+    col_flip: bool
+
+
+def _check_plane(plane: str) -> None:
+    if plane not in PLANES:
+        raise ConfigError(f"Unknown plane {plane!r}; expected one of {list(PLANES)}.")
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ConfigError(
+            f"Unknown display convention {convention!r}; expected one of {list(CONVENTIONS)}."
+        )
+
+
+def plane_layout(plane: Plane, convention: Convention = "radiological") -> PlaneLayout:
+    """The axis mapping of one plane under one convention (see the module docstring).
+
+    Raises:
+        ConfigError: unknown plane or convention.
+    """
+    _check_plane(plane)
+    _check_convention(convention)
+    radiological = convention == "radiological"
+    if plane == "axial":
+        return PlaneLayout(
+            fixed_axis=2, row_axis=1, row_flip=True, col_axis=0, col_flip=radiological
+        )
+    if plane == "coronal":
+        return PlaneLayout(
+            fixed_axis=1, row_axis=2, row_flip=True, col_axis=0, col_flip=radiological
+        )
+    return PlaneLayout(fixed_axis=0, row_axis=2, row_flip=True, col_axis=1, col_flip=True)
+
+
+def edge_labels(plane: Plane, convention: Convention = "radiological") -> EdgeLabels:
+    """Orientation letters (R/L, A/P, S/I) at the edges of a displayed slice.
+
+    Example: axial, radiological -> ``EdgeLabels(top="A", bottom="P", left="R", right="L")``.
+    """
+    layout = plane_layout(plane, convention)
+    low_high = {0: ("L", "R"), 1: ("P", "A"), 2: ("I", "S")}  # letters at low / high index
+    row_low, row_high = low_high[layout.row_axis]
+    col_low, col_high = low_high[layout.col_axis]
+    top, bottom = (row_high, row_low) if layout.row_flip else (row_low, row_high)
+    left, right = (col_high, col_low) if layout.col_flip else (col_low, col_high)
+    return EdgeLabels(top=top, bottom=bottom, left=left, right=right)
+
+
+def slice_count(shape_xyz: Sequence[int], plane: Plane) -> int:
+    """Number of slices of ``plane`` in a volume of shape (X, Y, Z)."""
+    return int(shape_xyz[plane_layout(plane).fixed_axis])
+
+
+def extract_slice(
+    volume_xyz: np.ndarray, plane: Plane, index: int, convention: Convention = "radiological"
+) -> np.ndarray:
+    """One slice in display orientation.
+
+    Args:
+        volume_xyz: (X, Y, Z) canonical RAS array (any dtype; also works for Grad-CAM maps).
+        plane: "axial", "coronal" or "sagittal".
+        index: slice index along the plane's fixed axis, ``0 <= index < slice_count``.
+        convention: "radiological" or "neurological".
+
+    Returns:
+        (rows, cols) view-free copy: axial (Y, X), coronal (Z, X), sagittal (Z, Y).
+
+    Raises:
+        InvalidVolumeError: the array is not 3D or the index is out of range.
+    """
+    if volume_xyz.ndim != 3:
+        raise InvalidVolumeError(
+            f"Expected a 3D (X, Y, Z) array to slice, got shape {volume_xyz.shape}."
+        )
+    layout = plane_layout(plane, convention)
+    n = volume_xyz.shape[layout.fixed_axis]
+    if not 0 <= int(index) < n:
+        raise InvalidVolumeError(f"Slice {index} is outside the {plane} range 0..{n - 1}.")
+    sl = np.take(volume_xyz, int(index), axis=layout.fixed_axis)  # remaining axes keep order
+    remaining = [a for a in range(3) if a != layout.fixed_axis]
+    if remaining.index(layout.row_axis) != 0:
+        sl = sl.T
+    if layout.row_flip:
+        sl = sl[::-1, :]
+    if layout.col_flip:
+        sl = sl[:, ::-1]
+    return np.ascontiguousarray(sl)
+
+
+def display_position(
+    shape_xyz: Sequence[int],
+    plane: Plane,
+    point_xyz: Sequence[int],
+    convention: Convention = "radiological",
+) -> tuple[int, int]:
+    """Where voxel ``point_xyz`` lands (row, col) in the displayed slice of ``plane``."""
+    layout = plane_layout(plane, convention)
+    r = int(point_xyz[layout.row_axis])
+    c = int(point_xyz[layout.col_axis])
+    if layout.row_flip:
+        r = int(shape_xyz[layout.row_axis]) - 1 - r
+    if layout.col_flip:
+        c = int(shape_xyz[layout.col_axis]) - 1 - c
+    return r, c
+
+
+def pixel_spacing(spacing_xyz: Sequence[float], plane: Plane) -> tuple[float, float]:
+    """Millimetres per displayed (row, col) pixel for ``plane``."""
+    layout = plane_layout(plane)
+    return float(spacing_xyz[layout.row_axis]), float(spacing_xyz[layout.col_axis])
+
+
+def display_size(
+    shape_rc: tuple[int, int], spacing_rc: tuple[float, float], min_long_side: int = 256
+) -> tuple[int, int]:
+    """Output (rows, cols) in pixels with square physical pixels and a readable size.
+
+    Anisotropic voxels are stretched so 1 pixel is the same distance in both directions; small
+    slices are enlarged so the long side is at least ``min_long_side`` pixels.
+    """
+    rows_mm = shape_rc[0] * spacing_rc[0]
+    cols_mm = shape_rc[1] * spacing_rc[1]
+    base = min(spacing_rc)
+    rows, cols = rows_mm / base, cols_mm / base
+    scale = max(1.0, min_long_side / max(rows, cols))
+    return max(1, round(rows * scale)), max(1, round(cols * scale))
+
+
+def _subsample(data: np.ndarray, max_voxels: int = 400_000) -> np.ndarray:
+    """A deterministic strided subsample (for fast statistics on big volumes)."""
+    step = max(1, math.ceil((data.size / max_voxels) ** (1 / 3)))
+    sub = data[::step, ::step, ::step] if data.ndim == 3 else data.ravel()[::step]
+    sub = np.asarray(sub, dtype=np.float32).ravel()
+    return sub[np.isfinite(sub)]
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1D sample (splits background from tissue without assuming zero)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0 or values.min() == values.max():
+        return float(values.min()) if values.size else 0.0
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers) / np.maximum(w0, 1)
+    m1 = ((hist * centers).sum() - np.cumsum(hist * centers)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+def window_presets(volume_xyz: np.ndarray) -> dict[str, Window]:
+    """The window presets of one volume (MRI has no fixed units, so all are data-driven).
+
+    * ``brain``: 1st-99th percentile of the tissue voxels (above Otsu's threshold): grey/white
+      matter contrast, background black.
+    * ``auto``: 0.5th-99.5th percentile of every voxel.
+    * ``full range``: minimum to maximum.
+    * ``high contrast``: 40th-99.8th percentile of the tissue: narrow, makes enhancing or bright
+      lesions stand out.
+
+    Args:
+        volume_xyz: (X, Y, Z) array.
+
+    Returns:
+        ``{preset name: Window}`` for every name in :data:`WINDOW_PRESETS`.
+    """
+    sample = _subsample(volume_xyz)
+    if sample.size == 0:
+        raise InvalidVolumeError("The volume has no finite voxel to compute a display window from.")
+    tissue = sample[sample > otsu_threshold(sample)]
+    if tissue.size < 16:
+        tissue = sample
+    p_all = np.percentile(sample, [0.5, 99.5])
+    p_tis = np.percentile(tissue, [1.0, 99.0, 40.0, 99.8])
+    return {
+        "brain": Window.from_range(p_tis[0], p_tis[1]),
+        "auto": Window.from_range(p_all[0], p_all[1]),
+        "full range": Window.from_range(float(sample.min()), float(sample.max())),
+        "high contrast": Window.from_range(p_tis[2], p_tis[3]),
+    }
+
+
+def apply_window(image: np.ndarray, window: Window) -> np.ndarray:
+    """Maps intensities through a window to 8-bit grey.
+
+    Args:
+        image: (rows, cols) array of any real dtype.
+        window: the level/width; values below ``low`` are black, above ``high`` white.
+
+    Returns:
+        (rows, cols) uint8.
+    """
+    if window.width <= 0:
+        raise ConfigError(f"Window width must be positive, got {window.width}.")
+    scaled = (image.astype(np.float32) - np.float32(window.low)) * np.float32(255.0 / window.width)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def colormap_lut(name: str = "jet") -> np.ndarray:
+    """A (256, 3) uint8 lookup table for one of :data:`COLORMAPS`.
+
+    Raises:
+        ConfigError: unknown colour map name.
+    """
+    if name not in _CMAP_ANCHORS:
+        raise ConfigError(f"Unknown colour map {name!r}; expected one of {list(COLORMAPS)}.")
+    anchors = _CMAP_ANCHORS[name]
+    pos = np.array([a[0] for a in anchors])
+    rgb = np.array([a[1] for a in anchors], dtype=np.float64)
+    x = np.linspace(0, 1, 256)
+    lut = np.stack([np.interp(x, pos, rgb[:, k]) for k in range(3)], axis=1)
+    return np.round(lut).astype(np.uint8)
+
+
+_LUTS: dict[str, np.ndarray] = {name: colormap_lut(name) for name in COLORMAPS}
+
+
+def blend_overlay(
+    gray: np.ndarray,
+    heat: np.ndarray,
+    opacity: float = 0.45,
+    threshold: float = 0.2,
+    cmap: str = "jet",
+) -> np.ndarray:
+    """Colours a heat map over a grey image.
+
+    Args:
+        gray: (rows, cols) uint8 windowed slice.
+        heat: (rows, cols) float in [0, 1] (a Grad-CAM slice on the same grid).
+        opacity: overlay opacity in [0, 1] where shown.
+        threshold: heat below this value is not drawn (the grey image shows through).
+        cmap: one of :data:`COLORMAPS`.
+
+    Returns:
+        (rows, cols, 3) uint8 RGB.
+
+    Raises:
+        ConfigError: shapes differ, or opacity/threshold outside [0, 1].
+    """
+    if gray.shape != heat.shape:
+        raise ConfigError(f"Overlay shape {heat.shape} does not match the slice {gray.shape}.")
+    if not (0.0 <= opacity <= 1.0 and 0.0 <= threshold <= 1.0):
+        raise ConfigError(
+            f"Opacity and threshold must lie in [0, 1], got opacity={opacity}, "
+            f"threshold={threshold}."
+        )
+    if cmap not in _LUTS:
+        raise ConfigError(f"Unknown colour map {cmap!r}; expected one of {list(COLORMAPS)}.")
+    h = np.nan_to_num(heat.astype(np.float32), nan=0.0)
+    np.clip(h, 0.0, 1.0, out=h)
+    color = _LUTS[cmap][(h * 255).astype(np.uint8)].astype(np.float32)
+    alpha = np.where(h >= threshold, np.float32(opacity), np.float32(0.0))[..., None]
+    if threshold == 0.0:
+        alpha = alpha * (h > 0)[..., None]
+    base = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
+    out = base + alpha * (color - base)
+    return out.astype(np.uint8)
+
+
+_FONT_CACHE: dict[int, ImageFont.ImageFont | ImageFont.FreeTypeFont] = {}
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    if size not in _FONT_CACHE:
+        try:
+            _FONT_CACHE[size] = ImageFont.load_default(size=size)
+        except (TypeError, OSError):  # Pillow built without FreeType: fixed bitmap font
+            _FONT_CACHE[size] = ImageFont.load_default()
+    return _FONT_CACHE[size]
+
+
+def _draw_labels(img: Image.Image, labels: EdgeLabels) -> None:
+    """Writes the four orientation letters at the middle of each edge, with a dark outline."""
+    draw = ImageDraw.Draw(img)
+    size = max(12, min(img.size) // 16)
+    font = _font(size)
+    w, h = img.size
+    pad = max(2, size // 4)
+    spots = {
+        labels.top: (w / 2, pad, "mt"),
+        labels.bottom: (w / 2, h - pad, "mb"),
+        labels.left: (pad, h / 2, "lm"),
+        labels.right: (w - pad, h / 2, "rm"),
+    }
+    for text, (x, y, anchor) in spots.items():
+        draw.text(
+            (x, y),
+            text,
+            fill=(255, 236, 64),
+            font=font,
+            anchor=anchor,
+            stroke_width=max(1, size // 8),
+            stroke_fill=(0, 0, 0),
+        )
+
+
+def _draw_crosshair(img: Image.Image, row: float, col: float) -> None:
+    """Thin dashed lines marking where the other two planes cut this one.
+
+    The lines stop short of the edges so they never run through the orientation letters.
+    """
+    draw = ImageDraw.Draw(img)
+    w, h = img.size
+    color = (0, 200, 255)
+    dash = max(4, min(w, h) // 40)
+    margin = 2 * max(12, min(w, h) // 16)  # twice the label font size
+    for x0 in range(margin, w - margin, 2 * dash):
+        draw.line([(x0, row), (min(w - margin, x0 + dash), row)], fill=color, width=1)
+    for y0 in range(margin, h - margin, 2 * dash):
+        draw.line([(col, y0), (col, min(h - margin, y0 + dash))], fill=color, width=1)
+
+
+def render_slice(
+    volume_xyz: np.ndarray,
+    plane: Plane,
+    index: int,
+    window: Window,
+    *,
+    spacing_xyz: Sequence[float] = (1.0, 1.0, 1.0),
+    convention: Convention = "radiological",
+    heat_xyz: np.ndarray | None = None,
+    opacity: float = 0.45,
+    threshold: float = 0.2,
+    cmap: str = "jet",
+    labels: bool = True,
+    crosshair_xyz: Sequence[int] | None = None,
+    min_long_side: int = 256,
+) -> np.ndarray:
+    """One displayable slice: windowed, optionally with a heat-map overlay, labelled.
+
+    Args:
+        volume_xyz: (X, Y, Z) canonical intensities.
+        plane, index, convention: which slice and how it is oriented (see :func:`extract_slice`).
+        window: the intensity window.
+        spacing_xyz: voxel size in mm, so the image keeps its true proportions.
+        heat_xyz: optional (X, Y, Z) heat map in [0, 1] on the same grid (a Grad-CAM volume).
+        opacity, threshold, cmap: overlay settings (see :func:`blend_overlay`).
+        labels: draw the orientation letters at the edges.
+        crosshair_xyz: optional voxel (x, y, z) whose other-plane lines are drawn.
+        min_long_side: enlarge small slices to at least this many pixels.
+
+    Returns:
+        (rows, cols, 3) uint8 RGB image.
+    """
+    gray = apply_window(extract_slice(volume_xyz, plane, index, convention), window)
+    if heat_xyz is not None:
+        if heat_xyz.shape != volume_xyz.shape:
+            raise ConfigError(
+                f"Heat map shape {heat_xyz.shape} differs from the volume {volume_xyz.shape}; "
+                "map it onto the volume grid first."
+            )
+        rgb = blend_overlay(
+            gray, extract_slice(heat_xyz, plane, index, convention), opacity, threshold, cmap
+        )
+    else:
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+    spacing_rc = pixel_spacing(spacing_xyz, plane)
+    out_rc = display_size(gray.shape, spacing_rc, min_long_side)
+    img = Image.fromarray(rgb)
+    if out_rc != gray.shape:
+        img = img.resize((out_rc[1], out_rc[0]), Image.Resampling.BILINEAR)
+    if crosshair_xyz is not None:
+        r, c = display_position(volume_xyz.shape, plane, crosshair_xyz, convention)
+        _draw_crosshair(
+            img, (r + 0.5) * out_rc[0] / gray.shape[0], (c + 0.5) * out_rc[1] / gray.shape[1]
+        )
+    if labels:
+        _draw_labels(img, edge_labels(plane, convention))
+    return np.asarray(img)
+
+
+def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of a (rows, cols) or (rows, cols, 3) uint8 image (level 1: fast, lossless)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def colorbar_image(cmap: str = "jet", width: int = 256, height: int = 12) -> np.ndarray:
+    """A horizontal (height, width, 3) uint8 colour bar, low (left) to high (right)."""
+    lut = colormap_lut(cmap)
+    idx = np.linspace(0, 255, width).astype(np.uint8)
+    return np.repeat(lut[idx][None, :, :], height, axis=0)
+
+
+# --------------------------------------------------------------------------- plotly figures
+
+
+def probability_figure(
+    probs: Sequence[float], classes: Sequence[str] = CLASSES, height: int = 190
+) -> go.Figure:
+    """Horizontal bar chart of class probabilities (0-100 %), largest highlighted.
+
+    Args:
+        probs: (C,) probabilities summing to ~1, in ``classes`` order.
+    """
+    probs = [float(p) for p in probs]
+    if len(probs) != len(classes):
+        raise ConfigError(f"Got {len(probs)} probabilities for {len(classes)} classes {classes}.")
+    best = int(np.argmax(probs))
+    names = [CLASS_NAMES.get(c, c) for c in classes]
+    colors = [CLASS_COLORS.get(c, "#607d8b") for c in classes]
+    fig = go.Figure(
+        go.Bar(
+            x=[100 * p for p in probs],
+            y=names,
+            orientation="h",
+            marker={
+                "color": colors,
+                "opacity": [1.0 if i == best else 0.45 for i in range(len(probs))],
+            },
+            text=[f"{100 * p:.1f} %" for p in probs],
+            textposition="outside",
+            cliponaxis=False,
+            hovertemplate="%{y}: %{x:.1f} %<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=height,
+        margin={"l": 10, "r": 40, "t": 10, "b": 30},
+        xaxis={"range": [0, 100], "title": "probability (%)", "ticksuffix": ""},
+        yaxis={"autorange": "reversed"},
+        showlegend=False,
+    )
+    return fig
+
+
+def confusion_figure(
+    confusion: Sequence[Sequence[int]], classes: Sequence[str] = CLASSES, title: str = ""
+) -> go.Figure:
+    """Confusion-matrix heat map: rows are true classes, columns predicted; counts and row %."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    if cm.shape != (len(classes), len(classes)):
+        raise ConfigError(f"Confusion matrix shape {cm.shape} does not match classes {classes}.")
+    row_pct = 100 * cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    names = [CLASS_NAMES.get(c, c) for c in classes]
+    text = [
+        [f"{int(cm[i, j])}<br>({row_pct[i, j]:.0f} %)" for j in range(len(classes))]
+        for i in range(len(classes))
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=row_pct,
+            x=names,
+            y=names,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=100,
+            showscale=False,
+            hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title or None,
+        height=300,
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        xaxis={"title": "predicted", "side": "bottom"},
+        yaxis={"title": "true", "autorange": "reversed"},
+    )
+    return fig
+
+
+def roc_figure(
+    rocs: Sequence[Mapping[str, Mapping[str, Sequence[float]]]],
+    classes: Sequence[str] = CLASSES,
+    aucs: Mapping[str, float] | None = None,
+    title: str = "",
+) -> go.Figure:
+    """One-vs-rest ROC curves, one colour per class, one line per fold.
+
+    Args:
+        rocs: per fold, ``{class: {"fpr": [...], "tpr": [...]}}``.
+        aucs: optional ``{class: AUC}`` shown in the legend (e.g. the mean over folds).
+    """
+    fig = go.Figure()
+    for cls in classes:
+        for k, roc in enumerate(rocs):
+            if cls not in roc:
+                continue
+            name = CLASS_NAMES.get(cls, cls)
+            if aucs and cls in aucs:
+                name += f" (AUC {aucs[cls]:.3f})"
+            fig.add_trace(
+                go.Scatter(
+                    x=list(roc[cls]["fpr"]),
+                    y=list(roc[cls]["tpr"]),
+                    mode="lines",
+                    line={"color": CLASS_COLORS.get(cls), "width": 2},
+                    opacity=1.0 if len(rocs) == 1 else 0.6,
+                    name=name,
+                    legendgroup=cls,
+                    showlegend=k == 0,
+                    hovertemplate=f"{cls} fold {k}: FPR %{{x:.2f}}, TPR %{{y:.2f}}<extra></extra>",
+                )
+            )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"color": "grey", "dash": "dash", "width": 1},
+            name="chance",
+            hoverinfo="skip",
+        )
+    )
+    fig.update_layout(
+        title=title or None,
+        height=320,
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        xaxis={"title": "false positive rate", "range": [0, 1]},
+        yaxis={"title": "true positive rate", "range": [0, 1.02]},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
+def training_curves_figure(
+    curves_per_fold: Sequence[Sequence[Mapping[str, float]]], title: str = ""
+) -> go.Figure:
+    """Losses (left) and validation accuracy / macro-F1 (right) per epoch, one line per fold.
+
+    Args:
+        curves_per_fold: per fold, a list of ``{"epoch", "train_loss", "val_loss", "val_accuracy",
+            "val_macro_f1"}`` rows (missing keys are skipped).
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation score"))
+    styles = {
+        "train_loss": (1, "#1565c0", "solid"),
+        "val_loss": (1, "#ef6c00", "solid"),
+        "val_accuracy": (2, "#2e7d32", "solid"),
+        "val_macro_f1": (2, "#6a1b9a", "dot"),
+    }
+    for k, curves in enumerate(curves_per_fold):
+        epochs = [row.get("epoch", i) for i, row in enumerate(curves)]
+        for key, (col, color, dash) in styles.items():
+            ys = [row.get(key) for row in curves]
+            if all(y is None for y in ys):
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=epochs,
+                    y=ys,
+                    mode="lines",
+                    line={"color": color, "dash": dash, "width": 1.5},
+                    opacity=0.85,
+                    name=key.replace("_", " "),
+                    legendgroup=key,
+                    showlegend=k == 0,
+                    hovertemplate=f"fold {k} {key} epoch %{{x}}: %{{y:.3f}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    fig.update_layout(
+        title=title or None,
+        height=300,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        legend={"orientation": "h", "y": -0.3},
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- benchmark tables
+
+OVERALL_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "auc_macro",
+    "ece",
+)
+PER_CLASS_METRICS: tuple[str, ...] = ("precision", "recall", "f1", "specificity", "auc")
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of the non-missing values.
+
+    Returns:
+        (mean, std, n); ``(nan, nan, 0)`` when nothing is available.
+    """
+    vals = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if vals.size == 0:
+        return float("nan"), float("nan"), 0
+    std = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+    return float(vals.mean()), std, int(vals.size)
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    return "—" if n == 0 else f"{mean:.3f} ± {std:.3f}"
+
+
+def fold_values(
+    folds: Sequence[Mapping], metric: str, cls: str | None = None
+) -> list[float | None]:
+    """One metric from every fold record (``cls`` selects a per-class metric)."""
+    out: list[float | None] = []
+    for fold in folds:
+        src = fold.get("per_class", {}).get(cls, {}) if cls else fold
+        v = src.get(metric)
+        out.append(None if v is None else float(v))
+    return out
+
+
+def summary_table(benches: Mapping[str, Mapping], classes: Sequence[str] = CLASSES) -> pd.DataFrame:
+    """Mean ± std over folds, one column per network, one row per metric.
+
+    Args:
+        benches: ``{arch: benchmark record}`` as in ``weights/benchmarks/<arch>.json``.
+
+    Returns:
+        DataFrame indexed by metric label ("accuracy", "LGG recall", ...), cells "0.912 ± 0.013".
+    """
+    rows: dict[str, dict[str, str]] = {}
+    for arch, bench in benches.items():
+        folds = bench.get("folds", [])
+        col = ARCH_NAMES.get(arch, arch)
+        for metric in OVERALL_METRICS:
+            rows.setdefault(metric.replace("_", " "), {})[col] = _fmt(
+                *mean_std(fold_values(folds, metric))
+            )
+        for cls in classes:
+            for metric in PER_CLASS_METRICS:
+                label = f"{CLASS_NAMES.get(cls, cls)} {metric}"
+                rows.setdefault(label, {})[col] = _fmt(*mean_std(fold_values(folds, metric, cls)))
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "metric (mean ± std over folds)"
+    return df
+
+
+def per_fold_table(bench: Mapping, classes: Sequence[str] = CLASSES) -> pd.DataFrame:
+    """One row per fold: sizes, overall metrics, per-class F1, training time and best epoch."""
+    records = []
+    for fold in bench.get("folds", []):
+        rec: dict[str, object] = {"fold": fold.get("fold")}
+        for key in ("n_train", "n_val", "n_test"):
+            rec[key] = fold.get(key)
+        for metric in OVERALL_METRICS:
+            v = fold.get(metric)
+            rec[metric.replace("_", " ")] = None if v is None else round(float(v), 4)
+        for cls in classes:
+            v = fold.get("per_class", {}).get(cls, {}).get("f1")
+            rec[f"{CLASS_NAMES.get(cls, cls)} F1"] = None if v is None else round(float(v), 4)
+        rec["train s"] = fold.get("train_seconds")
+        rec["best epoch"] = fold.get("best_epoch")
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def summed_confusion(folds: Sequence[Mapping], n_classes: int = len(CLASSES)) -> list[list[int]]:
+    """The element-wise sum of every fold's confusion matrix (each test case counted once)."""
+    total = np.zeros((n_classes, n_classes), dtype=np.int64)
+    for fold in folds:
+        cm = np.asarray(fold.get("confusion", []), dtype=np.int64)
+        if cm.shape == total.shape:
+            total += cm
+    return total.tolist()
+
+
+def cost_table(benches: Mapping[str, Mapping], inference: Mapping | None) -> pd.DataFrame:
+    """Parameters, GFLOPs, training time and the stored CPU inference seconds per network.
+
+    Args:
+        benches: ``{arch: benchmark record}``.
+        inference: the ``weights/benchmarks/inference.json`` record, or None.
+    """
+    archs = list(benches)
+    if inference:
+        for key in ("naive", "fast"):
+            archs += [a for a in inference.get(key, {}) if a != "total" and a not in archs]
+    records = []
+    for arch in archs:
+        bench = benches.get(arch, {})
+        params = bench.get("params")
+        rec: dict[str, object] = {
+            "network": ARCH_NAMES.get(arch, arch),
+            "parameters (M)": None if params is None else round(params / 1e6, 2),
+            "GFLOPs / volume": bench.get("gflops"),
+            "input D×H×W": "×".join(str(s) for s in bench.get("input_shape", [])) or None,
+        }
+        mean, _, n = mean_std([f.get("train_seconds") for f in bench.get("folds", [])])
+        rec["train s / fold"] = round(mean, 1) if n else None
+        if inference:
+            rec["CPU s (naive)"] = inference.get("naive", {}).get(arch)
+            rec["CPU s (fast)"] = inference.get("fast", {}).get(arch)
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
