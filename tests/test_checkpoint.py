@@ -199,8 +199,8 @@ def test_mis_shaped_and_missing_tensors(saved, tmp_path):
     (tmp_path / "mc3.json").write_text(card.to_json())
     with pytest.raises(
         CheckpointError,
-        match=r"1 missing tensor\(s\): layer4.1.conv2.1.running_mean.*1 mis-shaped tensor\(s\): "
-        r"fc.1.weight: file \(4, 512\) vs mc3 \(3, 512\)",
+        match=r"1 missing key\(s\): layer4.1.conv2.1.running_mean.*1 mis-shaped key\(s\): "
+        r"fc.1.weight: file \(4, 512\) vs model \(3, 512\)",
     ):
         load_checkpoint(tmp_path / "mc3.json")
 

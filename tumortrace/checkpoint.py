@@ -29,7 +29,7 @@ from torch import nn
 
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.errors import CheckpointError, ConfigError
-from tumortrace.models import create_model, get_spec, list_models
+from tumortrace.models import create_model, get_spec, list_models, state_dict_mismatch
 
 CARD_FORMAT = 1
 """Version of the card layout; bumped on an incompatible change."""
@@ -380,27 +380,13 @@ def load_checkpoint(
         )
     model = create_model(card.arch, num_classes=len(card.classes), dropout=card.dropout)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs {card.arch} {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    )
-    if missing or unexpected or bad:
+    mismatch = state_dict_mismatch(expected, state)
+    if mismatch:
         raise CheckpointError(
             f"Weights file {weights} does not fit a {card.arch!r} network: "
-            f"{_summary(missing, 'missing')}{_summary(unexpected, 'unexpected')}"
-            f"{_summary(bad, 'mis-shaped')}The file was saved from another architecture or shape."
+            f"{mismatch}The file was saved from another architecture or shape."
         )
     model.load_state_dict({k: state[k].to(v.dtype) for k, v in expected.items()})
     model.to(device=_device(device), dtype=dtype)
     model.eval()
     return model, card
-
-
-def _summary(items: list[str], what: str, limit: int = 5) -> str:
-    if not items:
-        return ""
-    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return f"{len(items)} {what} tensor(s): {', '.join(items[:limit])}{more}. "

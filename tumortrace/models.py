@@ -250,30 +250,36 @@ def _load_kinetics(net: VideoResNet, spec: ModelSpec, path: str | Path | None) -
         )
     state = adapt_kinetics_state_dict(_read_state_dict(path))
     own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    )
-    if missing or unexpected or bad:
+    mismatch = state_dict_mismatch(own, state)
+    if mismatch:
         raise CheckpointError(
             f"Pretrained file {path} does not match torchvision's {spec.name} layout: "
-            f"{_summarise(missing, 'missing')}{_summarise(unexpected, 'unexpected')}"
-            f"{_summarise(bad, 'mis-shaped')}Expected {spec.weights_file} for {spec.name!r}."
+            f"{mismatch}Expected {spec.weights_file} for {spec.name!r}."
         )
     own_dtypes = net.state_dict()
     net.load_state_dict({k: v.to(own_dtypes[k].dtype) for k, v in state.items()}, strict=False)
 
 
-def _summarise(items: list[str], what: str, limit: int = 5) -> str:
-    if not items:
-        return ""
-    shown = ", ".join(items[:limit]) + (
-        f" (+{len(items) - limit} more)" if len(items) > limit else ""
+def state_dict_mismatch(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], limit: int = 5
+) -> str:
+    """Readable summary of how ``state`` fails to fit ``expected`` ("" when it fits exactly).
+
+    Lists missing, unexpected and mis-shaped keys (at most ``limit`` of each).
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
     )
-    return f"{len(items)} {what} key(s): {shown}. "
+    parts = []
+    for items, what in ((missing, "missing"), (unexpected, "unexpected"), (bad, "mis-shaped")):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{len(items)} {what} key(s): {', '.join(items[:limit])}{more}. ")
+    return "".join(parts)
 
 
 def min_input_shape(name: str) -> tuple[int, int, int]:
