@@ -1,37 +1,42 @@
-"""Procedural brain MRI phantoms: healthy, LGG and HGG T1-contrast volumes with known lesion masks.
+"""Procedural phantoms: healthy / LGG / HGG T1 brain volumes built on the MNI152 2009a template.
 
-Anatomy is the MNI152 2009a T1 template (with its GM/WM maps) that ships inside the nilearn wheel,
-warped per subject by a random affine and a smooth elastic field and sampled onto the field of view
-and voxel size of a preset (``"brats"``: 240x240x155 at 1 mm; ``"ixi"``: 256x256x150 at
-0.94x0.94x1.2 mm; ``"small"``: 64x76x64 at 2.5 mm for tests and CPU training).
+Each phantom is the MNI152 2009a T1 template (shipped inside the nilearn wheel, read with
+nibabel, no network) warped per subject by a random affine and a smooth elastic field, optionally
+wrapped in a synthetic skull and scalp, then given a bias field, Rician or Gaussian noise, a
+gamma/contrast change, a scanner-like intensity scale, a storage dtype and a storage order
+(RAS, LPS or LAS).
 
-Every *global* property (grid, storage orientation, skull or not, bias field, noise, gamma,
-intensity scaling, dtype) is drawn from one random stream that never sees the label, so all three
-classes share one distribution and a network can only succeed by finding the lesion:
+Only the pathology depends on the class (DESIGN.md, "Phantoms"): every global property is drawn
+from a generator seeded by ``(seed, 0)`` alone, so the phantoms of the three classes made from the
+same seed share their field of view, voxel size, orientation, deformation, noise and intensity
+scaling, and a network can only tell them apart by finding the lesion.
 
-* **LGG**: diffuse, T1-hypointense, non-enhancing lesion with ill-defined margins and little mass
-  effect; atypical cases (about 20%) carry faint patchy enhancement.
-* **HGG**: enhancing ring around a necrotic core, surrounding T1-hypointense oedema and mass effect
-  that pushes the anatomy outward; atypical cases (about 20%) are small, solid and enhancing.
+* **LGG**: a diffuse, T1-hypointense, non-enhancing lesion with ill-defined margins (a soft blend
+  over several millimetres) and little mass effect.
+* **HGG**: an enhancing rim around a necrotic core, surrounded by oedema (hypointense, following the
+  white matter), with mass effect (a radial displacement of the surrounding anatomy).
+* **Atypical cases** (about 15% of each grade): LGG with faint patchy enhancement; small solid
+  enhancing HGG without necrosis. Lesion sizes of the grades overlap.
 
-Lesion shapes are irregular (a noise-perturbed radial field, not spheres), centred in white or deep
-grey matter, and the size ranges of both grades overlap. The lesion mask is saved beside each
-volume (``1`` = tumour, ``2`` = oedema; ``0`` = none) so Grad-CAM can be checked against it.
+Lesion shapes are level sets of an anisotropic distance perturbed by smooth random fields
+(lobulated, never spheres), centred in deep white matter of the cerebrum.
 
-Speed: the whole warp (affine + elastic + mass effect) is built on a coarse grid, upsampled once and
-applied with one ``grid_sample``; about a second per BraTS-size volume on two cores.
+Speed: all geometry (affine, elastic, mass effect, bias field) is evaluated on a coarse grid
+(~5 mm) and interpolated trilinearly, then each output voxel is sampled once with
+:func:`torch.nn.functional.grid_sample`, restricted to the bounding box of the head.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
-import io
+import importlib.util
 import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import lru_cache
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,52 +45,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from scipy import ndimage
+from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
 from tumortrace.config import CLASSES
-from tumortrace.errors import ConfigError
+from tumortrace.errors import ConfigError, TumorTraceError
 from tumortrace.manifest import Case, write_manifest
 
-__all__ = ["SIZES", "Phantom", "make_phantom", "write_cohort"]
+SIZES: tuple[str, str, str] = ("brats", "ixi", "small")
+"""Grid presets: BraTS (240x240x155 at 1 mm), IXI-like native (256x256x150), small (tests, CPU)."""
 
+ORIENTATIONS: tuple[str, str, str] = ("RAS", "LPS", "LAS")
+"""Storage orders a phantom may be written in (the first two axes are flipped as needed)."""
 
-@dataclass(frozen=True)
-class SizePreset:
-    """Field of view of one preset: grid ``shape`` (x, y, z) at ``spacing`` mm."""
-
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    p_skull: float
-    """Probability that the volume keeps skull and scalp (else skull-stripped)."""
-    orientations: tuple[tuple[str, str, str], ...]
-    blur_mm: float
-    """Anti-aliasing of the 1 mm template before sampling a coarser grid."""
-
-
-PRESETS: dict[str, SizePreset] = {
-    "brats": SizePreset(
-        (240, 240, 155), (1.0, 1.0, 1.0), 0.15, (("L", "P", "S"), ("R", "A", "S")), 0.0
-    ),
-    "ixi": SizePreset(
-        (256, 256, 150),
-        (0.9375, 0.9375, 1.2),
-        0.9,
-        (("P", "S", "R"), ("R", "A", "S"), ("L", "A", "S")),
-        0.0,
-    ),
-    "small": SizePreset(
-        (64, 76, 64),
-        (2.5, 2.5, 2.5),
-        0.5,
-        (("L", "P", "S"), ("R", "A", "S"), ("L", "A", "S")),
-        1.0,
-    ),
+_TEMPLATE_FILES = {
+    k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")
 }
-SIZES: tuple[str, ...] = tuple(PRESETS)
-
-_COARSE = 4
-"""The warp is built on a grid this many output voxels apart, then upsampled trilinearly."""
+_PAD = ((24, 24), (24, 24), (40, 16))  # room for a scalp and a neck around the brain template (mm)
+_FOV_CENTRE_MNI = np.array([0.0, -17.0, 12.0])  # centre of the head's field of view in MNI mm
 
 
 @dataclass(frozen=True)
@@ -93,568 +70,764 @@ class Phantom:
     """One synthetic subject.
 
     Attributes:
-        data: ``(X, Y, Z)`` float32 or int16-valued float32 intensities as a scanner would store
-            them, in the storage orientation of ``affine`` (RAS, LPS, LAS or PSR).
-        affine: ``(4, 4)`` voxel -> world (RAS mm).
-        lesion: ``(X, Y, Z)`` uint8 on the same grid: 0 none, 1 tumour, 2 oedema (all 0 if healthy).
-        label: one of :data:`CLASSES`.
-        meta: lesion volume (ml), centre (world mm), radius, atypical flag, global draws.
-        dtype: the on-disk dtype (``"int16"`` or ``"float32"``).
+        data: (X, Y, Z) float32 as stored (any of RAS/LPS/LAS), intensities as a scanner would give
+            (integer-valued when ``meta["global"]["dtype"] == "int16"`` or raw float32, z-scored
+            with a negative background when ``meta["global"]["zscore"]``).
+        affine: (4, 4) float64 voxel -> world (RAS mm) of ``data`` as stored.
+        lesion: (X, Y, Z) uint8 mask on the same grid; 1 = lesion (any part), all 0 for healthy.
+        label: one of :data:`tumortrace.config.CLASSES`.
+        meta: JSON-ready dict: ``label``, ``seed``, ``size``, ``global`` (every class-independent
+            parameter), ``lesion`` (lesion parameters or None), ``lesion_volume_ml``,
+            ``lesion_centre_voxel`` (stored grid), ``lesion_centre_mm`` (world), ``atypical``.
+        parts: (X, Y, Z) uint8 lesion compartments: 0 none, 1 infiltration/oedema, 2 enhancing
+            tissue, 3 necrosis. An addition to the spec, used by tests and Grad-CAM checks.
     """
 
     data: np.ndarray
     affine: np.ndarray
     lesion: np.ndarray
     label: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    dtype: str = "float32"
+    meta: dict
+    parts: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class _Preset:
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    p_skull: float  # probability that the skull and scalp are present
+    step: int  # coarse grid step in voxels
+
+
+_PRESETS: dict[str, _Preset] = {
+    "brats": _Preset((240, 240, 155), (1.0, 1.0, 1.0), 0.15, 5),
+    "ixi": _Preset((256, 256, 150), (0.9375, 0.9375, 1.2), 0.85, 5),
+    "small": _Preset((64, 76, 64), (2.5, 2.5, 2.5), 0.5, 2),
+}
 
 
 @dataclass(frozen=True)
 class _Template:
-    t1_head: np.ndarray  # (X, Y, Z) float32, WM ~ 1.0, with skull and scalp
-    t1_brain: np.ndarray  # skull-stripped
-    brain: np.ndarray  # (X, Y, Z) bool
-    wm: np.ndarray  # (X, Y, Z) float32 in [0, 1]
-    affine: np.ndarray  # template voxel -> MNI mm
-    centre_mm: np.ndarray  # (3,) brain centre
-    seeds: np.ndarray  # (K, 3) template voxel indices where a lesion may be centred
-    seed_depth: np.ndarray  # (K,) distance (mm) from each candidate to the brain surface
+    brain: torch.Tensor  # (1, 1, X, Y, Z) skull-stripped T1, white matter = 1
+    head: torch.Tensor  # (1, 1, X, Y, Z) same with a synthetic skull, scalp and neck
+    mask: np.ndarray  # (X, Y, Z) float32 brain probability (padded template grid)
+    wm: np.ndarray  # (X, Y, Z) float32 white-matter probability
+    affine: np.ndarray  # (4, 4) padded voxel -> MNI mm
+    inv_affine: np.ndarray
+    candidates: np.ndarray  # (K, 3) MNI mm: plausible lesion centres (deep cerebral WM)
 
 
-def _template_dir() -> Path:
-    import nilearn
+@dataclass(frozen=True)
+class _Global:
+    """Every class-independent property of one subject (drawn from the seed alone)."""
 
-    return Path(nilearn.__file__).parent / "datasets" / "data"
-
-
-@lru_cache(maxsize=1)
-def _template() -> _Template:
-    """Loads the MNI152 2009a T1/GM/WM maps shipped in nilearn (cached in-process)."""
-    d = _template_dir()
-
-    def load(kind: str) -> tuple[np.ndarray, np.ndarray]:
-        img = nib.load(d / f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz")
-        return np.asarray(img.dataobj, dtype=np.float32), img.affine
-
-    t1, affine = load("t1")
-    gm, _ = load("gm")
-    wm, _ = load("wm")
-    gm, wm = gm / 255.0, wm / 255.0
-    brain = ndimage.binary_closing((gm + wm) > 0.3, iterations=2)
-    brain = ndimage.binary_fill_holes(brain)
-    wm_level = float(np.median(t1[wm > 0.9]))
-    t1 = t1 / wm_level
-    dist = ndimage.distance_transform_edt(brain)
-    # Lesions grow from white matter or deep grey matter, at least 12 mm inside the brain.
-    ok = (dist > 12) & ((wm > 0.6) | ((gm > 0.6) & (dist > 25)))
-    seeds = np.argwhere(ok)[::7]
-    centre = affine[:3, :3] @ np.argwhere(brain).mean(0) + affine[:3, 3]
-    return _Template(
-        t1_head=_with_head(t1, brain),
-        t1_brain=np.where(brain, t1, 0.0).astype(np.float32),
-        brain=brain,
-        wm=wm,
-        affine=affine,
-        centre_mm=centre,
-        seeds=seeds,
-        seed_depth=dist[tuple(seeds.T)],
-    )
-
-
-# (outer distance from the brain surface in mm, T1 level relative to white matter)
-_HEAD_LAYERS = ((2.5, 0.12), (4.0, 0.05), (6.5, 0.55), (8.0, 0.05), (11.5, 1.05), (13.0, 0.45))
-"""CSF, inner table, diploe (marrow), outer table, scalp fat, skin: a T1 head around the brain."""
-
-
-def _with_head(t1: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Adds CSF, skull and scalp shells around the (brain-extracted) template."""
-    outer = ndimage.distance_transform_edt(~brain)
-    smooth = ndimage.gaussian_filter(outer, 2.0)  # rounder shells than the gyral surface
-    head = t1.copy()
-    inner = 0.0
-    for depth, level in _HEAD_LAYERS:
-        head[(smooth > inner) & (smooth <= depth) & ~brain] = level
-        inner = depth
-    return ndimage.gaussian_filter(head, 0.6).astype(np.float32)
-
-
-@lru_cache(maxsize=4)
-def _blurred(kind: str, blur_mm: float) -> np.ndarray:
-    t = _template()
-    src = t.t1_head if kind == "head" else t.t1_brain
-    return ndimage.gaussian_filter(src, blur_mm) if blur_mm > 0 else src
-
-
-# ----------------------------------------------------------------------------- geometry
-
-
-def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    a, b, c = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _output_affine(
-    preset: SizePreset, codes: tuple[str, str, str], centre_mm: np.ndarray
-) -> np.ndarray:
-    """Voxel -> world affine of a grid stored in ``codes`` order, centred on ``centre_mm``.
-
-    The preset's shape and spacing are given in RAS (x, y, z) terms; a permuted storage order
-    (e.g. PSR) permutes them with the axes.
-    """
-    ras_axis = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
-    sign = {"L": -1.0, "R": 1.0, "P": -1.0, "A": 1.0, "I": -1.0, "S": 1.0}
-    shape = tuple(preset.shape[ras_axis[c]] for c in codes)
-    m = np.zeros((4, 4))
-    for i, c in enumerate(codes):
-        m[ras_axis[c], i] = sign[c] * preset.spacing[ras_axis[c]]
-    m[3, 3] = 1.0
-    half = (np.array(shape) - 1) / 2.0
-    m[:3, 3] = centre_mm - m[:3, :3] @ half
-    return m, shape
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
-    """Unit-variance Gaussian noise smoothed with ``sigma`` voxels.
-
-    Wide kernels are applied on a grid ``f = sigma // 2`` times coarser and upsampled, which looks
-    the same and is many times faster.
-    """
-    f = max(1, int(sigma // 2))
-    small = tuple(max(2, -(-n // f)) for n in shape)
-    n = ndimage.gaussian_filter(rng.standard_normal(small).astype(np.float32), sigma / f)
-    if f > 1:
-        t = torch.from_numpy(n)[None, None]
-        n = F.interpolate(t, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
-    return n / (n.std() + 1e-6)
-
-
-# ----------------------------------------------------------------------------- lesions
+    size: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    orientation: str
+    rotation_deg: tuple[float, float, float]
+    scale: tuple[float, float, float]
+    translation_mm: tuple[float, float, float]
+    fov_shift_mm: tuple[float, float, float]
+    elastic_mm: float
+    skull: bool
+    gamma: float
+    contrast: float
+    bias: float
+    noise: float
+    wm_level: float
+    dtype: str
+    zscore: bool
 
 
 @dataclass(frozen=True)
 class _Lesion:
-    centre_vox: np.ndarray  # template voxel (x, y, z)
-    radius: float  # mm, tumour
-    mass_effect: float  # fraction of radius
+    """Class-specific pathology parameters (MNI mm, relative-to-WM intensities)."""
+
+    grade: str
     atypical: bool
-    kind: str
+    centre_mni: tuple[float, float, float]
+    radius_mm: float
+    anisotropy: tuple[float, float, float]
+    irregularity: float
+    margin: float  # relative width of the soft boundary
+    intensity: float  # LGG body or HGG enhancing rim, relative to WM
+    necrosis_fraction: float  # 0 = solid
+    necrosis_intensity: float
+    oedema_mm: float
+    oedema_intensity: float
+    enhancement: float  # faint enhancement of atypical LGG (0 = none)
+    mass_effect: float
 
 
-def _draw_lesion(label: str, rng: np.random.Generator) -> _Lesion:
-    t = _template()
-    atypical = rng.random() < 0.2
-    if label == "lgg":
-        radius = rng.uniform(9.0, 26.0)
-        mass = rng.uniform(0.0, 0.08)
-    else:
-        radius = rng.uniform(5.0, 11.0) if atypical else rng.uniform(9.0, 26.0)
-        mass = rng.uniform(0.1, 0.2) if atypical else rng.uniform(0.2, 0.38)
-    deep = np.flatnonzero(t.seed_depth > min(radius * 0.8, 30.0))
-    pick = (
-        t.seeds[deep[rng.integers(len(deep))]] if len(deep) else t.seeds[rng.integers(len(t.seeds))]
-    )
-    return _Lesion(pick.astype(np.float64), float(radius), float(mass), bool(atypical), label)
+# --------------------------------------------------------------------------- template
 
 
-def _paint(
-    t1: np.ndarray, lesion: _Lesion, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
-    """Paints the lesion into ``t1`` (a copy of the template) in place, in template space.
-
-    Returns:
-        tumour and any-lesion soft memberships ``(bx, by, bz)`` float32 on the box, and the box.
-    """
-    t = _template()
-    r = lesion.radius
-    reach = int(np.ceil(r * 1.4 + 30))
-    c = np.round(lesion.centre_vox).astype(int)
-    box = tuple(
-        slice(max(ci - reach, 0), min(ci + reach + 1, n)) for ci, n in zip(c, t1.shape, strict=True)
-    )
-    grids = np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float32) for s in box], indexing="ij")
-    d = np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grids, lesion.centre_vox, strict=True)))
-    shape = d.shape
-    brain = ndimage.gaussian_filter(t.brain[box].astype(np.float32), 1.0)
-    # Irregular outline: the radial field is perturbed by smooth noise of about a third of a radius.
-    bumpy = d / r - 0.38 * _smooth_noise(rng, shape, max(r / 3.5, 2.0))
-    wm_mean = 1.0
-    region = t1[box]
-    if lesion.kind == "lgg":
-        margin = rng.uniform(0.15, 0.3)  # ill-defined: a wide soft edge, in radius units
-        m = 1.0 / (1.0 + np.exp((bumpy - 1.0) / margin)) * brain
-        level = rng.uniform(0.45, 0.66) * wm_mean
-        texture = 1.0 + 0.06 * _smooth_noise(rng, shape, 1.5)
-        region[:] = region * (1 - m) + m * level * texture
-        if lesion.atypical:  # faint patchy enhancement
-            patch = np.clip(_smooth_noise(rng, shape, 2.0) - 0.8, 0, None) * (m > 0.6)
-            region += rng.uniform(0.12, 0.25) * patch
-        tumour = m
-        anything = m
-    else:
-        rim_w = 0.06
-        core = 1.0 / (1.0 + np.exp((bumpy - 1.0) / rim_w)) * brain
-        oedema_r = r + rng.uniform(5.0, 20.0)  # mm beyond the tumour
-        bumpy_e = d / oedema_r - 0.3 * _smooth_noise(rng, shape, max(r / 2.5, 2.0))
-        oed = 1.0 / (1.0 + np.exp((bumpy_e - 1.0) / 0.12)) * brain
-        region[:] = region * (1 - oed * rng.uniform(0.18, 0.3))
-        enh = rng.uniform(1.35, 1.8) * wm_mean
-        if lesion.atypical:  # small solid enhancing tumour, no necrosis
-            inside = enh * (1.0 + 0.05 * _smooth_noise(rng, shape, 1.0))
-        else:
-            thick = rng.uniform(2.0, 5.0) / r
-            necrotic = 1.0 / (1.0 + np.exp((bumpy - (1.0 - thick)) / rim_w))
-            necro_level = rng.uniform(0.3, 0.5) * wm_mean
-            inside = enh * (1 - necrotic) + necro_level * necrotic
-        region[:] = region * (1 - core) + core * inside
-        tumour = core
-        anything = np.maximum(core, oed)
-    return tumour.astype(np.float32), anything.astype(np.float32), box
+def _template_dir() -> Path:
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or spec.origin is None:
+        raise TumorTraceError(
+            "The MNI152 template ships inside the nilearn package, which is not installed; "
+            "install the project's requirements (pip install -r requirements.txt)."
+        )
+    return Path(spec.origin).parent / "datasets" / "data"
 
 
-def _mass_effect(coords: np.ndarray, lesion: _Lesion, t_affine: np.ndarray) -> np.ndarray:
-    """Radially pulls sampling positions toward the lesion: the anatomy looks pushed outward.
+def _load_uint8(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise TumorTraceError(
+            f"MNI152 template file {path} not found; expected it inside the nilearn wheel. "
+            "Reinstall nilearn from the project's requirements."
+        )
+    return np.asarray(nib.load(path).dataobj, dtype=np.float32) / 255.0
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Gaussian-smoothed white noise with unit standard deviation, float32."""
+    n = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
+    return (n / (n.std() + 1e-6)).astype(np.float32)
+
+
+def _upsample(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Trilinear resize of a (X, Y, Z) float32 array to ``shape`` (corner-aligned)."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
+def _synth_head(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Non-brain head tissue around a padded brain mask: CSF, skull tables, diploe, scalp, neck.
 
     Args:
-        coords: ``(3, ...)`` template voxel coordinates (1 mm grid).
+        brain: (X, Y, Z) bool brain mask on the padded 1 mm template grid.
+        affine: (4, 4) its voxel -> MNI mm affine.
 
-    The map r -> r (1 - a exp(-(r / 2R)^2)) is monotone for a < 1, so nothing folds.
+    Returns:
+        (X, Y, Z) float32 intensities relative to white matter, 0 inside the brain and in air.
     """
-    if lesion.mass_effect <= 0:
-        return coords
-    c = lesion.centre_vox.reshape(3, *([1] * (coords.ndim - 1)))
-    diff = coords - c
-    r2 = (diff**2).sum(0)
-    s = 1.0 - lesion.mass_effect * np.exp(-r2 / (2.0 * lesion.radius) ** 2)
-    return c + diff * s
+    b2 = brain[::2, ::2, ::2].astype(np.float32)
+    env = ndi.binary_fill_holes(ndi.gaussian_filter(b2, 2.5) > 0.2)
+    z_mm = affine[2, 3] + 2.0 * np.arange(b2.shape[2])
+    k_ref = int(np.searchsorted(z_mm, -40.0))
+    neck = ndi.binary_erosion(env[:, :, k_ref], iterations=4)
+    env[:, :, :k_ref] |= neck[:, :, None]
+    rng = np.random.default_rng(152)  # fixed: the skull belongs to the template, not the subject
+    dist = ndi.distance_transform_edt(~env) * 2.0 + 1.2 * _smooth_noise(rng, b2.shape, 3.0)
+    texture = 1.0 + 0.08 * _smooth_noise(rng, b2.shape, 1.0)
+    inside = np.where(z_mm[None, None, :] < -50.0, 0.45, 0.12)
+    extra = np.select(
+        [env, dist < 1.5, dist < 3.5, dist < 6.5, dist < 8.5, dist < 13.0, dist < 15.0],
+        [inside, 0.12, 0.05, 0.55, 0.05, 0.9, 0.45],
+        0.0,
+    ).astype(np.float32)
+    extra = _upsample(extra * texture, brain.shape)
+    extra[brain] = 0.0
+    return extra
 
 
-# ----------------------------------------------------------------------------- phantom
+@functools.lru_cache(maxsize=1)
+def _template() -> _Template:
+    """Loads, normalises and pads the MNI152 2009a template once per process."""
+    folder = _template_dir()
+    t1, gm, wm = (_load_uint8(folder / _TEMPLATE_FILES[k]) for k in ("t1", "gm", "wm"))
+    t1 = t1 / float(np.median(t1[wm > 0.9]))  # white matter = 1
+    t1, gm, wm = (np.pad(a, _PAD) for a in (t1, gm, wm))
+    src_affine = nib.load(folder / _TEMPLATE_FILES["t1"]).affine
+    affine = src_affine.copy()
+    affine[:3, 3] -= src_affine[:3, :3] @ np.array([p[0] for p in _PAD], dtype=float)
+    brain = t1 > 0
+    head = t1 + _synth_head(brain, affine)
+    mask = ndi.gaussian_filter(brain.astype(np.float32), 0.7)
+
+    # Lesion centres: deep cerebral white matter (>= 12 mm inside the brain, above the cerebellum).
+    depth = ndi.distance_transform_edt(brain[::2, ::2, ::2]) * 2.0
+    ok = (wm[::2, ::2, ::2] > 0.6) & (depth > 12.0)
+    vox = np.argwhere(ok).astype(float) * 2.0
+    mm = vox @ affine[:3, :3].T + affine[:3, 3]
+    candidates = mm[(mm[:, 2] > -15.0) & (np.abs(mm[:, 0]) > 8.0)]
+
+    def as_tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+
+    return _Template(
+        brain=as_tensor(t1),
+        head=as_tensor(head),
+        mask=mask.astype(np.float32),
+        wm=wm.astype(np.float32),
+        affine=affine,
+        inv_affine=np.linalg.inv(affine),
+        candidates=candidates,
+    )
 
 
-def _check(label: str, size: str) -> SizePreset:
+# --------------------------------------------------------------------------- parameters
+
+
+def _rotation(deg: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation matrix from angles in degrees about x, y, z."""
+    ax, ay, az = np.deg2rad(deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _draw_global(seed: int, size: str) -> tuple[_Global, np.random.Generator]:
+    """Draws every class-independent parameter from ``(seed, 0)`` only.
+
+    Returns the parameters and the generator (for the elastic and bias fields that follow).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
+    p = _PRESETS[size]
+    u = rng.uniform
+    zscore = bool(u() < 0.15)
+    g = _Global(
+        size=size,
+        shape=p.shape,
+        spacing=p.spacing,
+        orientation=ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))],
+        rotation_deg=tuple(float(v) for v in u(-8.0, 8.0, 3)),
+        scale=tuple(float(v) for v in u(0.9, 1.1, 3) * u(0.95, 1.05)),
+        translation_mm=tuple(float(v) for v in u(-4.0, 4.0, 3)),
+        fov_shift_mm=tuple(float(v) for v in u(-6.0, 6.0, 3)),
+        elastic_mm=float(u(0.5, 3.0)),
+        skull=bool(u() < p.p_skull),
+        gamma=float(np.exp(u(np.log(0.75), np.log(1.33)))),
+        contrast=float(u(-0.12, 0.12)),
+        bias=float(u(0.05, 0.3)),
+        noise=float(u(0.01, 0.05)),
+        wm_level=float(np.exp(u(np.log(150.0), np.log(3000.0)))),
+        dtype="float32" if zscore or u() < 0.4 else "int16",
+        zscore=zscore,
+    )
+    return g, rng
+
+
+def _draw_lesion(label: str, seed: int, tpl: _Template) -> _Lesion | None:
+    """Draws the pathology of an ``"lgg"`` or ``"hgg"`` subject (None for healthy)."""
+    if label == "healthy":
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    u = rng.uniform
+    centre = tpl.candidates[int(rng.integers(len(tpl.candidates)))] + u(-1.0, 1.0, 3)
+    aniso = np.exp(u(-0.25, 0.25, 3))
+    aniso = aniso / np.prod(aniso) ** (1.0 / 3.0)
+    atypical = bool(u() < 0.15)
+    common = {
+        "grade": label,
+        "atypical": atypical,
+        "centre_mni": tuple(float(v) for v in centre),
+        "anisotropy": tuple(float(v) for v in aniso),
+        "irregularity": float(u(0.15, 0.3) if label == "lgg" else u(0.2, 0.4)),
+    }
+    if label == "lgg":
+        return _Lesion(
+            **common,
+            radius_mm=float(u(11.0, 26.0)),
+            margin=float(u(0.12, 0.3)),
+            intensity=float(u(0.5, 0.82)),
+            necrosis_fraction=0.0,
+            necrosis_intensity=0.0,
+            oedema_mm=0.0,
+            oedema_intensity=0.0,
+            enhancement=float(u(1.05, 1.2)) if atypical else 0.0,
+            mass_effect=float(u(0.0, 0.1)),
+        )
+    if atypical:  # small, solid, modestly enhancing, little oedema
+        return _Lesion(
+            **common,
+            radius_mm=float(u(6.0, 11.0)),
+            margin=float(u(0.05, 0.12)),
+            intensity=float(u(1.12, 1.4)),
+            necrosis_fraction=0.0,
+            necrosis_intensity=0.0,
+            oedema_mm=float(u(0.0, 6.0)),
+            oedema_intensity=float(u(0.7, 0.88)),
+            enhancement=0.0,
+            mass_effect=float(u(0.05, 0.2)),
+        )
+    return _Lesion(
+        **common,
+        radius_mm=float(u(9.0, 22.0)),
+        margin=float(u(0.04, 0.08)),
+        intensity=float(u(1.2, 1.6)),
+        necrosis_fraction=float(u(0.45, 0.75)),
+        necrosis_intensity=float(u(0.2, 0.45)),
+        oedema_mm=float(u(3.0, 16.0)),
+        oedema_intensity=float(u(0.62, 0.85)),
+        enhancement=0.0,
+        mass_effect=float(u(0.2, 0.45)),
+    )
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+
+
+def _mass_effect(q: np.ndarray, les: _Lesion | None) -> np.ndarray:
+    """Radial push away from the lesion centre: (..., 3) MNI mm -> (..., 3) template mm.
+
+    The map ``p = c + (q - c) (1 - m exp(-|q - c|^2 / L^2))`` is monotone in ``|q - c|`` for
+    ``m < 1``: tissue near the lesion is displaced outwards, far tissue is untouched.
+    """
+    if les is None or les.mass_effect <= 0:
+        return q
+    c = np.asarray(les.centre_mni, dtype=np.float32)
+    reach = 1.2 * (les.radius_mm + les.oedema_mm) + 5.0
+    d = q - c
+    r2 = (d * d).sum(-1, keepdims=True)
+    return (c + d * (1.0 - les.mass_effect * np.exp(-r2 / reach**2))).astype(np.float32)
+
+
+def _lesion_box(les: _Lesion, rng: np.random.Generator, tpl: _Template):
+    """Renders the lesion in a local MNI box.
+
+    Returns:
+        channels: (1, 5, n, n, n) float32 tensor: alpha (blend weight), absolute intensity,
+            relative intensity, tumour weight, necrosis weight. A voxel of normal intensity ``t``
+            becomes ``t (1 - alpha) + absolute + relative * (0.4 + 0.6 min(t, 1))``: enhancing
+            tissue and necrosis replace the anatomy, while infiltration and oedema darken it
+            (so a lesion reaching the cortex stays hypointense to grey matter too).
+        origin: (3,) MNI mm of box voxel (0, 0, 0); res: box spacing in mm.
+    """
+    outer = 1.45 * (les.radius_mm + les.oedema_mm) + 4.0
+    res = max(1.0, 2.0 * outer / 72.0)
+    n = int(np.ceil(2.0 * outer / res)) + 1
+    axis = (np.arange(n, dtype=np.float32) * res - outer).astype(np.float32)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    rot = _rotation(rng.uniform(-180.0, 180.0, 3)).astype(np.float32)
+    aniso = np.asarray(les.anisotropy, dtype=np.float32)
+    rho2 = np.zeros((n, n, n), np.float32)
+    for i in range(3):
+        ui = (rot[i, 0] * x + rot[i, 1] * y + rot[i, 2] * z) / aniso[i]
+        rho2 += ui * ui
+    rho = np.sqrt(rho2)
+
+    def field(scale_mm: float) -> np.ndarray:
+        m = int(np.ceil(2.0 * outer / scale_mm)) + 4
+        return _upsample(_smooth_noise(rng, (m, m, m), 0.8), (n, n, n))
+
+    n1, n2, n3 = field(10.0), field(4.0), field(6.0)
+    radius = les.radius_mm * (1.0 + les.irregularity * n1 + 0.35 * les.irregularity * n2)
+    s = rho / np.maximum(radius, 0.3 * les.radius_mm)
+
+    centre = np.asarray(les.centre_mni, dtype=np.float32)
+    q = np.stack([x, y, z], -1) + centre
+    p = _mass_effect(q, les)
+    vox = p @ tpl.inv_affine[:3, :3].T.astype(np.float32) + tpl.inv_affine[:3, 3]
+    coords = np.moveaxis(vox, -1, 0)
+    brain = ndi.map_coordinates(tpl.mask, coords, order=1).astype(np.float32)
+    wm = ndi.map_coordinates(tpl.wm, coords, order=1).astype(np.float32)
+
+    if les.grade == "lgg":
+        tumour = _sigmoid((1.0 - s) / les.margin) * brain
+        necrosis = np.zeros_like(s)
+        patch = np.zeros_like(s)
+        if les.enhancement > 0:  # faint, patchy enhancement inside the lesion
+            patch = _sigmoid((n2 - 1.0) / 0.25) * _sigmoid((0.8 - s) / 0.1)
+        alpha = tumour
+        absolute = tumour * patch * les.enhancement
+        relative = tumour * (1.0 - patch) * les.intensity * (1.0 + 0.05 * n2)
+    else:
+        tumour = _sigmoid((1.0 - s) / les.margin) * brain
+        if les.necrosis_fraction > 0:
+            frac = les.necrosis_fraction * (1.0 + 0.2 * n3)
+            necrosis = _sigmoid((frac - s) / les.margin)
+        else:
+            necrosis = np.zeros_like(s)
+        solid = les.intensity * (1.0 + 0.08 * n2)
+        core = les.necrosis_intensity * (1.0 + 0.15 * n3)
+        target = solid * (1.0 - necrosis) + core * necrosis
+        if les.oedema_mm > 0:
+            reach = 1.0 + les.oedema_mm / les.radius_mm * (1.0 + 0.4 * n3)
+            oed = _sigmoid((reach - s) / 0.2) * (0.3 + 0.7 * wm) * brain
+        else:
+            oed = np.zeros_like(s)
+        alpha = tumour + (1.0 - tumour) * oed
+        absolute = tumour * target
+        relative = (1.0 - tumour) * oed * les.oedema_intensity
+    chans = np.stack([alpha, absolute, relative, tumour, necrosis * tumour]).astype(np.float32)
+    return torch.from_numpy(chans)[None], centre - outer, res
+
+
+def _coarse_axes(shape: tuple[int, int, int], step: int) -> list[np.ndarray]:
+    """Voxel indices of the coarse grid along each axis (0, step, ...; last one >= n - 1)."""
+    return [np.arange(int(np.ceil((n - 1) / step)) + 1, dtype=np.float32) * step for n in shape]
+
+
+def _to_grid_coords(mm: np.ndarray, inv_affine: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
+    """(..., 3) mm -> (..., 3) normalised grid_sample coordinates, ordered (z, y, x)."""
+    vox = mm @ inv_affine[:3, :3].T + inv_affine[:3, 3]
+    norm = 2.0 * vox / (np.asarray(dims, dtype=np.float64) - 1.0) - 1.0
+    return norm[..., ::-1].astype(np.float32)
+
+
+def _bbox(inside: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Coarse-index box of the True cells of a (cx, cy, cz) mask, grown by one cell."""
+    idx = np.argwhere(inside)
+    if idx.size == 0:
+        return None
+    lo = np.maximum(idx.min(0) - 1, 0)
+    hi = np.minimum(idx.max(0) + 2, inside.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def _hat_matrix(fine: slice, step: int, n_coarse: int) -> torch.Tensor:
+    """(n_fine, n_coarse) linear-interpolation weights from a coarse axis onto fine voxels."""
+    pos = np.arange(fine.start, fine.stop, dtype=np.float32)[:, None] / step
+    w = np.clip(1.0 - np.abs(pos - np.arange(n_coarse, dtype=np.float32)[None, :]), 0.0, None)
+    return torch.from_numpy(w)
+
+
+def _densify(coarse: np.ndarray, out: tuple[slice, slice, slice], step: int) -> torch.Tensor:
+    """Trilinear upsampling of coarse fields onto a block of output voxels.
+
+    Done as three small matrix products (separable hat weights), much faster than
+    ``F.interpolate`` here and directly in the channels-last layout ``grid_sample`` wants.
+
+    Args:
+        coarse: (cx, cy, cz, K) fields on the coarse grid (voxel ``i * step``).
+        out: output-voxel slices of the block.
+        step: coarse step in output voxels.
+
+    Returns:
+        (x, y, z, K) float32 contiguous tensor.
+    """
+    cx, cy, cz, k = coarse.shape
+    ux, uy, uz = (_hat_matrix(o, step, n) for o, n in zip(out, (cx, cy, cz), strict=True))
+    t = torch.from_numpy(np.ascontiguousarray(coarse, dtype=np.float32))
+    t = torch.einsum("zc,abcq->abzq", uz, t)
+    t = torch.einsum("yb,abzq->ayzq", uy, t).reshape(cx, -1)
+    return (ux @ t).reshape(ux.shape[0], uy.shape[0], uz.shape[0], k)
+
+
+def _fine_box(box: tuple[slice, ...], step: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Output-voxel slices covered by a coarse-index box."""
+    return tuple(
+        slice(s.start * step, min((s.stop - 1) * step + 1, n))
+        for s, n in zip(box, shape, strict=True)
+    )
+
+
+def _sample(volume: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """Samples ``volume`` (1, C, X', Y', Z') at grid ``dense`` (x, y, z, >=3) -> (C, x, y, z)."""
+    grid = dense[None, ..., :3]
+    vals = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return vals[0]
+
+
+# --------------------------------------------------------------------------- phantom
+
+
+def _check_label(label: str) -> None:
     if label not in CLASSES:
-        raise ConfigError(f"Unknown label {label!r}; expected one of {list(CLASSES)}.")
-    if size not in PRESETS:
-        raise ConfigError(f"Unknown size preset {size!r}; expected one of {list(SIZES)}.")
-    return PRESETS[size]
+        raise ConfigError(f"Unknown phantom label {label!r}; expected one of {list(CLASSES)}.")
+
+
+def _check_size(size: str) -> None:
+    if size not in SIZES:
+        raise ConfigError(f"Unknown phantom size {size!r}; expected one of {list(SIZES)}.")
+
+
+def _json_ready(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def make_phantom(label: str, seed: int, size: str = "small") -> Phantom:
-    """Generates one subject; the same ``(label, seed, size)`` always gives the same arrays.
-
-    Global properties come from ``default_rng([seed, 0])`` and never depend on ``label``; the lesion
-    from ``default_rng([seed, 1])``.
+    """Synthesises one subject.
 
     Args:
         label: ``"healthy"``, ``"lgg"`` or ``"hgg"``.
-        seed: non-negative integer.
+        seed: any non-negative int; the same (label, seed, size) gives byte-identical arrays, and
+            phantoms of different labels with the same seed share every global property.
         size: one of :data:`SIZES`.
 
     Returns:
-        a :class:`Phantom` with ``data``/``lesion`` of the preset's shape (permuted by the drawn
-        storage orientation).
+        A :class:`Phantom` whose ``data`` is (X, Y, Z) float32 on the preset's grid.
+
+    Raises:
+        ConfigError: unknown label or size, or a negative seed.
     """
-    preset = _check(label, size)
-    t = _template()
-    g = np.random.default_rng([seed, 0])  # global stream: identical for every class
-    lz = np.random.default_rng([seed, 1])  # lesion stream
-    # --- global draws (fixed order; never label-dependent)
-    codes = preset.orientations[g.integers(len(preset.orientations))]
-    skull = bool(g.random() < preset.p_skull)
-    rot = _rotation(g, 8.0)
-    scale = g.uniform(0.92, 1.08, 3)
-    shift = g.uniform(-6.0, 6.0, 3)
-    fov_shift = g.uniform(-5.0, 5.0, 3)
-    elastic_mm = g.uniform(1.0, 3.0)
-    elastic_seed = int(g.integers(2**31))
-    bias_amp = g.uniform(0.05, 0.25)
-    bias_seed = int(g.integers(2**31))
-    gamma = g.uniform(0.8, 1.25)
-    noise = g.uniform(0.01, 0.04)
-    scanner_max = g.uniform(300.0, 4000.0)
-    as_int16 = bool(g.random() < 0.6)
-    noise_seed = int(g.integers(2**31))
+    _check_label(label)
+    _check_size(size)
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"Phantom seed must be a non-negative int, got {seed!r}.")
+    seed = int(seed)
+    tpl = _template()
+    g, grng = _draw_global(seed, size)
+    les = _draw_lesion(label, seed, tpl)
+    preset = _PRESETS[size]
+    shape, spacing = g.shape, np.asarray(g.spacing)
 
-    out_affine, shape = _output_affine(preset, codes, t.centre_mm + fov_shift)
-    # --- warp on a coarse grid of output voxels (every _COARSE-th voxel, possibly past the edge):
-    #     output world -> subject space -> template voxel, plus elastic and mass-effect fields.
-    kmax = [int(np.ceil((n - 1) / _COARSE)) for n in shape]
-    vox = np.stack(np.meshgrid(*[np.arange(k + 1) * float(_COARSE) for k in kmax], indexing="ij"))
-    world = np.tensordot(out_affine[:3, :3], vox, 1) + out_affine[:3, 3].reshape(3, 1, 1, 1)
-    rel = world - (t.centre_mm + shift).reshape(3, 1, 1, 1)
-    src_mm = np.tensordot(rot @ np.diag(scale), rel, 1) + t.centre_mm.reshape(3, 1, 1, 1)
-    er = np.random.default_rng(elastic_seed)
-    sig = 24.0 / (_COARSE * float(np.mean(preset.spacing)))  # displacement correlation ~24 mm
-    src_mm = src_mm + elastic_mm * np.stack(
-        [_smooth_noise(er, vox.shape[1:], sig) for _ in range(3)]
+    # Output grid (canonical RAS) around a jittered head centre.
+    centre = _FOV_CENTRE_MNI + np.asarray(g.fov_shift_mm)
+    out_affine = np.diag([*spacing, 1.0])
+    out_affine[:3, 3] = centre - spacing * (np.asarray(shape) - 1) / 2.0
+
+    # Coarse geometry: output mm -> (affine + elastic) -> MNI q -> mass effect -> template p.
+    axes = _coarse_axes(shape, preset.step)
+    cshape = tuple(len(a) for a in axes)
+    w = np.stack(np.meshgrid(*axes, indexing="ij"), -1) * spacing + out_affine[:3, 3]
+    lin = _rotation(np.asarray(g.rotation_deg)) @ np.diag(g.scale)
+    elastic = np.stack(
+        [_upsample(grng.standard_normal((5, 5, 5)).astype(np.float32), cshape) for _ in range(3)],
+        -1,
     )
-    inv_t = np.linalg.inv(t.affine)
-    src_vox = np.tensordot(inv_t[:3, :3], src_mm, 1) + inv_t[:3, 3].reshape(3, 1, 1, 1)
-    bias = 1.0 + bias_amp * _smooth_noise(
-        np.random.default_rng(bias_seed),
-        vox.shape[1:],
-        64.0 / (_COARSE * float(np.mean(preset.spacing))),
-    )
+    q = (w - centre) @ lin.T + centre + np.asarray(g.translation_mm) + g.elastic_mm * elastic
+    q = q.astype(np.float32)
+    p = _mass_effect(q, les)
+    log_bias = g.bias * _upsample(grng.standard_normal((4, 4, 4)).astype(np.float32), cshape)
+    source = tpl.head if g.skull else tpl.brain
+    dims = tuple(source.shape[2:])
+    coarse = np.concatenate([_to_grid_coords(p, tpl.inv_affine, dims), log_bias[..., None]], -1)
 
-    base = _blurred("head" if skull else "brain", preset.blur_mm)
-    lesion = None
-    tmpl = base
-    if label != "healthy":
-        lesion = _draw_lesion(label, lz)
-        src_vox = _mass_effect(src_vox, lesion, t.affine)
-        tmpl = base.copy()
-        tumour_box, anything_box, box = _paint(tmpl, lesion, lz)
-
-    # Only the part of the field of view that sees the head is upsampled and sampled.
-    head = ndimage.map_coordinates((base > 0.02).astype(np.float32), src_vox, order=1) > 0
-    block = _coarse_block(head, shape)
-    img_block, grid = _warp(tmpl, src_vox, bias, block)
-    img = torch.zeros(shape, dtype=torch.float32)
-    img[block.full] = img_block
+    # Anatomy, sampled only inside the box where the template is non-zero.
+    support = tpl.head if g.skull else tpl.brain
+    pv = np.moveaxis(p @ tpl.inv_affine[:3, :3].T + tpl.inv_affine[:3, 3], -1, 0)
+    inside = ndi.map_coordinates(support[0, 0].numpy(), pv, order=1, cval=0.0) > 0
+    box = _bbox(inside)
+    if box is None:
+        raise TumorTraceError(f"Phantom {label}/{seed}: the head falls outside the field of view.")
+    obox = _fine_box(box, preset.step, shape)
+    dense = _densify(coarse, obox, preset.step)
+    tissue = np.zeros(shape, np.float32)
+    tissue[obox] = _sample(source, dense)[0].numpy()
+    bias = np.exp(dense[..., 3].numpy())
 
     lesion_mask = np.zeros(shape, np.uint8)
-    meta: dict[str, Any] = {
-        "label": label,
-        "size": size,
-        "orientation": "".join(codes),
-        "skull": skull,
-        "dtype": "int16" if as_int16 else "float32",
-    }
-    if lesion is not None:
-        lo = np.array([s.start for s in box], dtype=np.float64).reshape(3, 1, 1, 1)
-        hi = np.array([s.stop - 1 for s in box], dtype=np.float64).reshape(3, 1, 1, 1)
-        in_box = np.all((src_vox >= lo - 2) & (src_vox <= hi + 2), axis=0)
-        if in_box.any():
-            sub = _coarse_block(in_box, shape).clip_to(block)
-            lesion_mask[sub.full] = _sample_lesion(
-                tumour_box, anything_box, box, grid[(slice(None), *sub.within(block))], base.shape
-            )
-        vox_ml = float(abs(np.linalg.det(out_affine[:3, :3]))) / 1000.0
-        centre_world = t.affine[:3, :3] @ lesion.centre_vox + t.affine[:3, 3]
-        meta.update(
-            lesion_ml=round(float((lesion_mask > 0).sum()) * vox_ml, 2),
-            tumour_ml=round(float((lesion_mask == 1).sum()) * vox_ml, 2),
-            radius_mm=round(lesion.radius, 2),
-            mass_effect=round(lesion.mass_effect, 3),
-            atypical=lesion.atypical,
-            centre_template_mm=[round(float(v), 1) for v in centre_world],
-        )
+    parts = np.zeros(shape, np.uint8)
+    if les is not None:
+        lrng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+        chans, origin, res = _lesion_box(les, lrng, tpl)
+        ldims = tuple(chans.shape[2:])
+        box_affine = np.diag([res, res, res, 1.0])
+        box_affine[:3, 3] = origin
+        l_inv = np.linalg.inv(box_affine)
+        lcoarse = _to_grid_coords(q, l_inv, ldims)
+        norm = lcoarse[..., ::-1]
+        lbox = _bbox(np.all(np.abs(norm) <= 1.0, axis=-1))
+        if lbox is not None:
+            lout = _fine_box(lbox, preset.step, shape)
+            lv = _sample(chans, _densify(lcoarse, lout, preset.step))
+            alpha, absolute, relative, tumour, necrosis = (c.numpy() for c in lv)
+            t = tissue[lout]
+            tissue[lout] = t * (1.0 - alpha) + absolute + relative * (0.4 + 0.6 * np.minimum(t, 1))
+            m = alpha >= 0.5
+            lesion_mask[lout] = m
+            code = np.where(tumour >= 0.5, np.where(necrosis >= 0.5, 3, 2), 1)
+            if les.grade == "lgg":
+                code = np.where(tumour >= 0.5, 1, 0)
+            parts[lout] = np.where(m, code, 0).astype(np.uint8)
 
-    # --- scanner effects: gamma, Rician noise (also in the background), scaling
-    gen = torch.Generator().manual_seed(noise_seed)
-    img = (img.clamp_(min=0) / 2.0).pow_(gamma).mul_(2.0)
-    n1 = torch.randn(shape, generator=gen).mul_(noise)
-    n2 = torch.randn(shape, generator=gen).mul_(noise)
-    outside = img <= 0 if not skull else None
-    img = torch.sqrt((img + n1).square_() + n2.square_()).mul_(scanner_max / 2.0)
-    if outside is not None:  # skull-stripped scans (BraTS) store an exact zero background
-        img[outside] = 0.0
-    if as_int16:
-        img = img.round_().clamp_(0, 32767)
+    # Contrast, gamma, bias field, noise and the scanner scale.
+    tissue = tissue[obox]
+    brain_mask = tissue > 0.02
+    x = np.clip(tissue, 0.0, None)
+    x = x**g.gamma
+    x = x * (1.0 + g.contrast * (x - 1.0)) * bias
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 3]).generate_state(1)[0]))
+    data = np.zeros(shape, np.float32)
+    if g.skull:  # magnitude image: Rician noise everywhere, Rayleigh in the air
+        data[obox] = x
+        n1 = torch.randn(shape, generator=gen).numpy()
+        n2 = torch.randn(shape, generator=gen).numpy()
+        data += g.noise * n1
+        np.square(data, out=data)
+        data += (g.noise * n2) ** 2
+        np.sqrt(data, out=data)
+    else:  # skull-stripped, as BraTS: Gaussian noise in the brain, exact zeros outside
+        n1 = torch.randn(x.shape, generator=gen).numpy()
+        data[obox] = np.where(brain_mask, np.abs(x + g.noise * n1), 0.0)
+    data *= g.wm_level
+    if g.zscore:
+        fg = data > 0.1 * g.wm_level
+        data = (data - data[fg].mean()) / data[fg].std()
+    elif g.dtype == "int16":
+        data = np.clip(np.rint(data), 0, 32767)
+    else:
+        data = np.rint(data)
+    data = data.astype(np.float32)
+
+    # Storage order: flip axes of the canonical RAS array.
+    affine = out_affine.copy()
+    flips = {"RAS": (), "LPS": (0, 1), "LAS": (0,)}[g.orientation]
+    for ax in flips:
+        n = shape[ax]
+        affine[:3, 3] += affine[:3, ax] * (n - 1)
+        affine[:3, ax] *= -1.0
+    if flips:
+        data = np.ascontiguousarray(np.flip(data, flips))
+        lesion_mask = np.ascontiguousarray(np.flip(lesion_mask, flips))
+        parts = np.ascontiguousarray(np.flip(parts, flips))
+
+    volume_ml = float(lesion_mask.sum() * np.prod(spacing) / 1000.0)
+    if lesion_mask.any():
+        cvox = np.argwhere(lesion_mask).mean(0)
+        cmm = affine[:3, :3] @ cvox + affine[:3, 3]
+        centre_voxel, centre_mm = [float(v) for v in cvox], [float(v) for v in cmm]
+    else:
+        centre_voxel = centre_mm = None
+    meta = _json_ready(
+        {
+            "label": label,
+            "seed": seed,
+            "size": size,
+            "global": asdict(g),
+            "lesion": asdict(les) if les is not None else None,
+            "lesion_volume_ml": round(volume_ml, 3),
+            "lesion_centre_voxel": centre_voxel,
+            "lesion_centre_mm": centre_mm,
+            "atypical": bool(les.atypical) if les is not None else False,
+        }
+    )
     return Phantom(
-        data=img.numpy(),
-        affine=out_affine,
-        lesion=lesion_mask,
-        label=label,
-        meta=meta,
-        dtype="int16" if as_int16 else "float32",
+        data=data, affine=affine, lesion=lesion_mask, label=label, meta=meta, parts=parts
     )
 
 
-@dataclass(frozen=True)
-class _Block:
-    """A block of the output grid given by coarse indices ``lo..hi`` (inclusive)."""
-
-    lo: tuple[int, int, int]
-    hi: tuple[int, int, int]
-    shape: tuple[int, int, int]  # full output grid
-
-    @property
-    def full(self) -> tuple[slice, slice, slice]:
-        """Full-resolution voxel slices of the block (clipped to the grid)."""
-        return tuple(
-            slice(a * _COARSE, min(b * _COARSE + 1, n))
-            for a, b, n in zip(self.lo, self.hi, self.shape, strict=True)
-        )
-
-    def clip_to(self, outer: _Block) -> _Block:
-        """This block intersected with ``outer``."""
-        lo = tuple(max(a, b) for a, b in zip(self.lo, outer.lo, strict=True))
-        hi = tuple(max(min(a, b), c) for a, b, c in zip(self.hi, outer.hi, lo, strict=True))
-        return _Block(lo, hi, self.shape)
-
-    def within(self, outer: _Block) -> tuple[slice, slice, slice]:
-        """Slices of this block inside the full-resolution array of ``outer``."""
-        return tuple(
-            slice(s.start - o.start, s.stop - o.start)
-            for s, o in zip(self.full, outer.full, strict=True)
-        )
+# --------------------------------------------------------------------------- cohort
 
 
-def _coarse_block(mask: np.ndarray, shape: tuple[int, int, int]) -> _Block:
-    """Bounding block (one coarse cell of margin) of ``mask`` on the coarse grid."""
-    idx = np.argwhere(mask)
-    if len(idx) == 0:
-        idx = np.zeros((1, 3), int)
-    lo = np.maximum(idx.min(0) - 1, 0)
-    hi = np.minimum(idx.max(0) + 1, np.array(mask.shape) - 1)
-    return _Block(tuple(int(v) for v in lo), tuple(int(v) for v in hi), shape)
+def subject_seed(seed: int, label: str, index: int) -> int:
+    """The phantom seed of subject ``index`` of class ``label`` in a cohort seeded ``seed``.
 
-
-def _warp(
-    tmpl: np.ndarray, src_vox: np.ndarray, bias: np.ndarray, block: _Block
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upsamples the coarse field over ``block`` and samples the template through it.
-
-    Returns:
-        the biased image on the block ``(bx, by, bz)`` and the sampling grid
-        ``(1, bx, by, bz, 3)`` (normalised template coordinates in grid_sample's (z, y, x) order).
+    Derived from ``(seed, class index, index)`` so cohorts of different sizes share their first
+    subjects and every subject is independent of the others.
     """
-    c = tuple(slice(a, b + 1) for a, b in zip(block.lo, block.hi, strict=True))
-    n = np.array(tmpl.shape, dtype=np.float64).reshape(3, 1, 1, 1) - 1
-    norm = src_vox[(slice(None), *c)] / n * 2 - 1
-    chans = np.concatenate([norm[::-1], bias[c][None]]).astype(np.float32)
-    size = tuple((b - a) * _COARSE + 1 for a, b in zip(block.lo, block.hi, strict=True))
-    up = F.interpolate(
-        torch.from_numpy(chans)[None], size=size, mode="trilinear", align_corners=True
-    )
-    full = block.full
-    up = up[(slice(None), slice(None), *(slice(0, s.stop - s.start) for s in full))]
-    grid = up[:, :3].permute(0, 2, 3, 4, 1)
-    img = F.grid_sample(
-        torch.from_numpy(tmpl)[None, None],
-        grid,
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=True,
-    )[0, 0]
-    return img.mul_(up[0, 3]), grid
+    state = np.random.SeedSequence([int(seed), CLASSES.index(label), int(index)])
+    return int(state.generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _sample_lesion(
-    tumour: np.ndarray, anything: np.ndarray, box: tuple[slice, ...], grid: torch.Tensor, tshape
-) -> np.ndarray:
-    """Warps template-space lesion memberships (on ``box``) through the image's own sampling grid.
-
-    Args:
-        grid: ``(1, X', Y', Z', 3)`` normalised template coordinates of the output voxels to label.
-
-    Returns:
-        ``(X', Y', Z')`` uint8 labels: 1 tumour, 2 oedema, 0 none.
-    """
-    lo = torch.tensor([s.start for s in box], dtype=torch.float32)
-    hi = torch.tensor([s.stop - 1 for s in box], dtype=torch.float32)
-    n = torch.tensor(tshape, dtype=torch.float32) - 1
-    # Re-express the (z, y, x) template coordinates in the box's own normalised frame.
-    order = [2, 1, 0]
-    tv = (grid + 1) / 2 * n[order] - lo[order]
-    sub = tv / torch.clamp(hi - lo, min=1.0)[order] * 2 - 1
-    stack = torch.from_numpy(np.stack([tumour, anything]))[None]
-    vals = F.grid_sample(stack, sub, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-    labels = torch.where(vals[0] >= 0.5, 1, torch.where(vals[1] >= 0.5, 2, 0))
-    return labels.to(torch.uint8).numpy()
-
-
-# ----------------------------------------------------------------------------- cohort
-
-
-def _write_nifti_fast(array: np.ndarray, affine: np.ndarray, path: Path, dtype: str) -> None:
-    """Writes ``.nii.gz`` with gzip level 1 (nibabel's default level is several times slower)."""
-    img = nib.Nifti1Image(array.astype(dtype), affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    buf = io.BytesIO()
-    file_map = nib.Nifti1Image.make_file_map({"image": buf, "header": buf})
-    img.to_file_map(file_map)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".synth-", suffix=".tmp")
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(gzip.compress(buf.getvalue(), compresslevel=1))
+            f.write(payload)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _mid_slice(ph: Phantom) -> np.ndarray:
-    """Axial slice (canonical RAS, anterior up) through the lesion centre, or the middle."""
-    img = nib.as_closest_canonical(nib.Nifti1Image(ph.data, ph.affine))
-    les = nib.as_closest_canonical(nib.Nifti1Image(ph.lesion, ph.affine))
-    data = np.asarray(img.dataobj)
-    mask = np.asarray(les.dataobj)
-    z = int(ndimage.center_of_mass(mask > 0)[2]) if mask.any() else data.shape[2] // 2
-    sl = data[:, :, z]
-    lo, hi = np.percentile(sl, [1, 99.5])
-    sl = np.clip((sl - lo) / max(hi - lo, 1e-6), 0, 1)
-    return (np.rot90(sl) * 255).astype(np.uint8)  # anterior at the top, patient left on the left
+def _nifti_gz(array: np.ndarray, affine: np.ndarray, dtype: str) -> bytes:
+    """NIfTI-1 bytes gzipped at level 1 with a fixed mtime (nibabel's level 6 is much slower)."""
+    img = nib.Nifti1Image(array.astype(dtype), affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
-def _montage(rows: dict[str, list[np.ndarray]], path: Path, tile: int = 160) -> None:
-    """A PNG with one labelled row of mid axial slices per class."""
-    n = max((len(v) for v in rows.values()), default=1)
-    label_w = 70
-    canvas = Image.new("L", (label_w + n * tile, len(rows) * tile), 0)
+def _write_case(out: Path, sid: str, ph: Phantom) -> Path:
+    path = out / f"{sid}.nii.gz"
+    _atomic_write(path, _nifti_gz(ph.data, ph.affine, ph.meta["global"]["dtype"]))
+    _atomic_write(out / f"{sid}_lesion.nii.gz", _nifti_gz(ph.lesion, ph.affine, "uint8"))
+    meta = dict(ph.meta, subject_id=sid)
+    _atomic_write(out / f"{sid}.json", json.dumps(meta, indent=1).encode())
+    return path
+
+
+def _axial_tile(ph: Phantom, height: int = 180) -> Image.Image:
+    """Axial slice through the lesion centroid (mid slice if healthy), anterior up, RAS display."""
+    flips = {"RAS": (), "LPS": (0, 1), "LAS": (0,)}[ph.meta["global"]["orientation"]]
+    data = np.flip(ph.data, flips) if flips else ph.data
+    if ph.lesion.any():
+        k = int(np.argwhere(np.flip(ph.lesion, flips) if flips else ph.lesion)[:, 2].mean())
+    else:
+        k = data.shape[2] // 2
+    sl = data[:, :, k].T[::-1]
+    lo, hi = np.percentile(sl, [0.5, 99.8])
+    img8 = (np.clip((sl - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    sx, sy = ph.meta["global"]["spacing"][:2]
+    width = round(height * sl.shape[1] * sx / (sl.shape[0] * sy))
+    return Image.fromarray(img8).resize((width, height), Image.BILINEAR)
+
+
+def _montage(tiles: dict[str, list[tuple[str, dict, Image.Image]]], path: Path) -> Path:
+    """A PNG with one labelled row of axial tiles per class: ``{class: [(id, meta, tile)]}``."""
+    tw = max((t.width for items in tiles.values() for _, _, t in items), default=180)
+    th, label_h, left = 180, 16, 70
+    ncol = max((len(v) for v in tiles.values()), default=1)
+    canvas = Image.new("L", (left + ncol * (tw + 4), len(tiles) * (th + label_h + 6) + 4), 0)
     draw = ImageDraw.Draw(canvas)
-    for r, (cls, slices) in enumerate(rows.items()):
-        draw.text((6, r * tile + tile // 2 - 6), cls.upper(), fill=255)
-        for c, sl in enumerate(slices):
-            im = Image.fromarray(sl).resize((tile, tile), Image.BILINEAR)
-            canvas.paste(im, (label_w + c * tile, r * tile))
+    for r, (cls, items) in enumerate(tiles.items()):
+        y = 4 + r * (th + label_h + 6)
+        draw.text((6, y + th // 2), cls.upper(), fill=255)
+        for c, (sid, meta, tile) in enumerate(items):
+            x = left + c * (tw + 4)
+            canvas.paste(tile, (x, y))
+            ml = meta["lesion_volume_ml"]
+            atyp = " atyp" if meta["atypical"] else ""
+            text = f"{sid} {ml:.0f}ml{atyp}" if cls != "healthy" else sid
+            draw.text((x + 2, y + th + 2), text, fill=255)
     canvas.save(path)
+    return path
 
 
 def write_cohort(
-    out: str | Path,
+    out: Path,
     counts: Mapping[str, int],
     seed: int = 0,
     size: str = "small",
     progress: bool = True,
-    montage_per_class: int = 6,
 ) -> list[Case]:
-    """Writes a cohort: volumes, lesion masks, ``manifest.csv``, ``phantoms.json`` and a montage.
+    """Writes a synthetic cohort: volumes, lesion masks, sidecar JSON, manifest and montage.
 
-    Subject ``k`` of the cohort (counted over all classes) uses seed ``seed * 100_003 + k``, so
-    its global properties do not depend on its class.
+    Files: ``<out>/<subject_id>.nii.gz`` (the volume, in its drawn dtype and storage order),
+    ``<out>/<subject_id>_lesion.nii.gz`` (uint8 mask, same grid and affine),
+    ``<out>/<subject_id>.json`` (:attr:`Phantom.meta`), ``<out>/manifest.csv`` (relative paths)
+    and ``<out>/montage.png``.
+    Subject ids look like ``syn-hgg-0003``; subject i of class c uses :func:`subject_seed`.
 
     Args:
         out: output folder (created).
-        counts: cases per class, e.g. ``{"healthy": 20, "lgg": 20, "hgg": 20}``.
+        counts: volumes per class, e.g. ``{"healthy": 20, "lgg": 20, "hgg": 20}``.
         seed: cohort seed.
         size: one of :data:`SIZES`.
-        progress: show a tqdm bar.
+        progress: show a tqdm progress bar.
 
     Returns:
-        the cases written, in manifest order (source ``"synthetic"``).
+        The written cases (absolute paths, ``source="synthetic"``), in class order.
+
+    Raises:
+        ConfigError: unknown class or size, negative or non-integer count, or an empty cohort.
     """
-    out = Path(out)
+    _check_size(size)
     for cls, n in counts.items():
-        _check(cls, size)
-        if int(n) < 0:
-            raise ConfigError(f"Count for {cls!r} must be >= 0, got {n}.")
-    if sum(int(n) for n in counts.values()) == 0:
-        raise ConfigError("write_cohort needs at least one case; all counts are 0.")
+        _check_label(cls)
+        if not isinstance(n, int | np.integer) or n < 0:
+            raise ConfigError(f"Count for {cls!r} must be a non-negative int, got {n!r}.")
+    if sum(counts.values()) == 0:
+        raise ConfigError(f"Empty cohort: counts {dict(counts)} ask for no volumes; ask for >= 1.")
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(cls, i) for cls in CLASSES for i in range(int(counts.get(cls, 0)))]
+    jobs = [(c, i) for c in CLASSES for i in range(int(counts.get(c, 0)))]
     cases: list[Case] = []
-    metas: dict[str, Any] = {}
-    rows: dict[str, list[np.ndarray]] = {c: [] for c in CLASSES if counts.get(c, 0)}
-    for k, (cls, i) in enumerate(
-        tqdm(jobs, desc=f"synth {size}", unit="vol", disable=not progress)
-    ):
-        ph = make_phantom(cls, seed * 100_003 + k, size)
-        sid = f"syn-{cls}-{i:04d}"
-        vol_path = out / f"{sid}.nii.gz"
-        _write_nifti_fast(ph.data, ph.affine, vol_path, ph.dtype)
-        _write_nifti_fast(ph.lesion, ph.affine, out / f"{sid}_lesion.nii.gz", "uint8")
-        cases.append(Case(sid, vol_path, cls, "synthetic"))
-        metas[sid] = ph.meta
-        if len(rows[cls]) < montage_per_class:
-            rows[cls].append(_mid_slice(ph))
+    shown: dict[str, list[tuple[str, dict, Image.Image]]] = {
+        c: [] for c in CLASSES if counts.get(c, 0)
+    }
+    pending: list[Future] = []
+    # Writing (gzip) overlaps with synthesising the next phantom; zlib releases the GIL.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for cls, i in tqdm(jobs, desc=f"synth {size}", unit="vol", disable=not progress):
+            sid = f"syn-{cls}-{i:04d}"
+            ph = make_phantom(cls, subject_seed(seed, cls, i), size)
+            pending.append(pool.submit(_write_case, out, sid, ph))
+            if len(shown[cls]) < 6:
+                shown[cls].append((sid, ph.meta, _axial_tile(ph)))
+            if len(pending) > 2:
+                pending.pop(0).result()
+            cases.append(Case(sid, (out / f"{sid}.nii.gz").resolve(), cls, "synthetic"))
+        for f in pending:
+            f.result()
     write_manifest(cases, out / "manifest.csv")
-    (out / "phantoms.json").write_text(json.dumps(metas, indent=1))
-    _montage(rows, out / "montage.png")
+    _montage(shown, out / "montage.png")
     return cases
