@@ -24,7 +24,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tumortrace.models import check_input_shape, create_model, list_models
-from tumortrace.train import cpu_has_native_bf16
+from tumortrace.train import Runtime, cpu_has_native_bf16, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -49,11 +49,13 @@ def time_steps(
     amp_dtype = None
     if fast and device.type == "cpu" and cpu_has_native_bf16():
         amp_dtype = torch.bfloat16
-        model = model.to(memory_format=torch.channels_last_3d)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
     elif fast and device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         torch.backends.cudnn.benchmark = True
+    rt = Runtime(device, amp_dtype, channels_last=amp_dtype is not None and device.type == "cpu")
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     criterion = nn.CrossEntropyLoss(weight=torch.tensor([0.5, 0.9, 0.6], device=device))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -62,15 +64,7 @@ def time_steps(
     for i in range(warmup + steps):
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.bfloat16, enabled=bool(amp_dtype)
-        ):
-            logits = model(x)
-        loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        train_step(model, x, y, criterion, optimizer, scaler, rt)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)

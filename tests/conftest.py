@@ -21,6 +21,16 @@ def make_head(shape=(40, 48, 36), seed=0, lesion: bool = False) -> np.ndarray:
     return vol.astype(np.float32)
 
 
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    """(3, 3) rotation by ``degrees`` about world axis ``axis`` (0 = x, 1 = y, 2 = z)."""
+    t = np.deg2rad(degrees)
+    i, j = (a for a in range(3) if a != axis)
+    r = np.eye(3)
+    r[i, i] = r[j, j] = np.cos(t)
+    r[i, j], r[j, i] = -np.sin(t), np.sin(t)
+    return r
+
+
 @pytest.fixture(scope="session")
 def tiny_nifti(tmp_path_factory) -> Path:
     """A 40x48x36 RAS NIfTI at 2 mm, seeded."""

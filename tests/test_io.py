@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from _dicom import write_dicom_series, zip_folder
+from conftest import rotation
 
 from tumortrace.config import IOLimits
 from tumortrace.errors import InvalidVolumeError, UnsafeArchiveError
@@ -28,15 +29,6 @@ SHAPE = (24, 28, 20)
 AFFINE_ATOL_MM = 1e-5  # DICOM stores positions as decimal strings (9 significant digits here)
 
 
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    t = np.deg2rad(degrees)
-    i, j = (a for a in range(3) if a != axis)
-    r = np.eye(3)
-    r[i, i] = r[j, j] = np.cos(t)
-    r[i, j], r[j, i] = -np.sin(t), np.sin(t)
-    return r
-
-
 def _affine(linear: np.ndarray, origin) -> np.ndarray:
     a = np.eye(4)
     a[:3, :3] = linear
@@ -46,7 +38,7 @@ def _affine(linear: np.ndarray, origin) -> np.ndarray:
 
 AFFINES = {
     "oblique": _affine(
-        _rotation(2, 20) @ _rotation(0, 10) @ np.diag([1.2, 1.0, 2.0]), [-20, -30, -15]
+        rotation(2, 20) @ rotation(0, 10) @ np.diag([1.2, 1.0, 2.0]), [-20, -30, -15]
     ),
     "lps_flipped": _affine(np.diag([-1.5, -1.5, 2.0]), [30, 40, -10]),
     "psr_permuted": _affine(np.array([[0, 0, 2.0], [-1.2, 0, 0], [0, 1.1, 0]]), [1, 2, 3]),

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import rotation
 from scipy import ndimage
 
 from tumortrace.config import PreprocessConfig
@@ -28,21 +29,12 @@ RADII_MM = np.array([26.0, 30.0, 24.0])  # head half-axes along x, y, z (RAS)
 MARKER_OFFSET_MM = np.array([12.0, -15.0, 10.0])  # marker relative to the head centre (RAS)
 
 
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    t = np.deg2rad(degrees)
-    i, j = (a for a in range(3) if a != axis)
-    r = np.eye(3)
-    r[i, i] = r[j, j] = np.cos(t)
-    r[i, j], r[j, i] = -np.sin(t), np.sin(t)
-    return r
-
-
 def _stored_affine(kind: str) -> np.ndarray:
     linear = {
         "ras": np.diag([2.0, 2.0, 2.0]),
         "lps": np.diag([-2.0, -2.0, 2.0]),
         "las": np.diag([-2.0, 2.0, 2.0]),
-        "oblique": _rotation(2, 15) @ _rotation(0, 10) @ np.diag([2.0, 2.0, 2.0]),
+        "oblique": rotation(2, 15) @ rotation(0, 10) @ np.diag([2.0, 2.0, 2.0]),
     }[kind]
     a = np.eye(4)
     a[:3, :3] = linear
@@ -123,7 +115,7 @@ def test_model_to_volume_matches_general_resampling_and_is_zero_outside():
     model_affine = np.eye(4)
     model_affine[:3, :3] = np.array([[0, 0, 2.0], [0, -3.0, 0], [2.5, 0, 0]])  # (d,h,w)->RAS
     model_affine[:3, 3] = [-10, 20, -8]
-    for rot in (np.eye(3), _rotation(1, 20)):  # axis-aligned (separable path) and oblique
+    for rot in (np.eye(3), rotation(1, 20)):  # axis-aligned (separable path) and oblique
         vol_affine = np.eye(4)
         vol_affine[:3, :3] = rot @ np.diag([1.5, 1.2, 2.0])
         vol_affine[:3, 3] = [-25, -10, -20]

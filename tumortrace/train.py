@@ -281,6 +281,34 @@ def _autocast(rt: Runtime) -> AbstractContextManager:
     )
 
 
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rt: Runtime,
+) -> torch.Tensor:
+    """One optimisation step (autocast forward, scaled backward, optimiser step).
+
+    Args:
+        x: ``(N, 1, D, H, W)`` on ``rt.device`` (channels_last_3d when ``rt.channels_last``).
+        y: ``(N,)`` int64 labels.
+
+    Returns:
+        the detached scalar loss.
+    """
+    with _autocast(rt):
+        logits = model(x)
+    loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def _to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     x = x.to(rt.device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last_3d) if rt.channels_last else x
@@ -349,13 +377,7 @@ def train_one_epoch(
         if max_steps is not None and step >= max_steps:
             break
         x, y = _to_device(x, rt), y.to(rt.device, non_blocking=True)
-        with _autocast(rt):
-            logits = model(x)
-        loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss = train_step(model, x, y, criterion, optimizer, scaler, rt)
         total += loss.item() * len(y)
         count += len(y)
         if bar is not None:
