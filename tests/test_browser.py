@@ -150,14 +150,17 @@ def test_sample_predictions_and_slider(page):
 def test_benchmarks_and_about_pages(page):
     from playwright.sync_api import expect
 
+    # When this test runs first, wait for app.py's own navigation (the models load first).
+    expect(page.get_by_role("heading", name="Analyze a brain MRI")).to_be_visible(timeout=240_000)
     page.get_by_role("link", name="Benchmarks").click()
-    expect(
-        page.get_by_role("heading", name="Published results (not measured here)")
-    ).to_be_visible()
-    expect(page.locator(".js-plotly-plot").first).to_be_visible()  # confusion matrix
+    expect(page.get_by_role("heading", name="Published results (not measured here)")).to_be_visible(
+        timeout=120_000
+    )
+    expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)  # confusion
+    expect(page.locator("[data-testid='stDataFrame']").first).to_be_visible(timeout=60_000)
     page.wait_for_load_state("networkidle")
     _shot(page, "benchmarks.png")
     page.get_by_role("link", name="About").click()
-    expect(page.get_by_role("heading", name="Model cards")).to_be_visible()
+    expect(page.get_by_role("heading", name="Model cards")).to_be_visible(timeout=60_000)
     _shot(page, "about.png")
     assert page.locator("[data-testid='stException']").count() == 0
