@@ -13,6 +13,8 @@ from tumortrace.config import ARCHS
 
 ROOT = Path(__file__).resolve().parent.parent
 
+if "weights_dir" not in st.session_state:  # opened before app.py set up the navigation
+    st.switch_page("app.py")
 st.title("About TumorTrace")
 st.error(
     "**Research demo, not a medical device.** TumorTrace has not been validated for clinical "

@@ -497,6 +497,8 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base) -> None:
 
 # ----------------------------------------------------------------------------- page
 
+if "weights_dir" not in st.session_state:  # opened before app.py set up the navigation
+    st.switch_page("app.py")
 st.title("Analyze a brain MRI")
 st.caption(
     "Classifies a 3D T1 contrast-enhanced volume as healthy, low-grade glioma (LGG) or "

@@ -146,6 +146,8 @@ def _published(path: Path) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, height=_rows_height(len(rows)))
 
 
+if "weights_dir" not in st.session_state:  # opened before app.py set up the navigation
+    st.switch_page("app.py")
 st.title("Benchmarks")
 folder = Path(st.session_state.get("weights_dir", ROOT / "weights")) / "benchmarks"
 benches, broken = _benchmarks(folder)
