@@ -8,6 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tumortrace.config import CLASSES
+from tumortrace.manifest import Case, write_manifest
+
 
 def make_head(shape=(40, 48, 36), seed=0, lesion: bool = False) -> np.ndarray:
     """A tiny head-like volume (X, Y, Z) float32: ellipsoid brain on a noisy nonzero background."""
@@ -29,6 +32,19 @@ def rotation(axis: int, degrees: float) -> np.ndarray:
     r[i, i] = r[j, j] = np.cos(t)
     r[i, j], r[j, i] = -np.sin(t), np.sin(t)
     return r
+
+
+def write_head_cohort(folder: Path, per_class: int = 5, labels=CLASSES) -> Path:
+    """Tiny 24x28x20 NIfTI heads at 2 mm (a bright lesion for gliomas) and their manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for k, label in enumerate(labels):
+        for i in range(per_class):
+            sid = f"{label}-{i:02d}"
+            vol = make_head((24, 28, 20), seed=100 * k + i, lesion=label != "healthy")
+            nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 2.0, 1.0])), folder / f"{sid}.nii.gz")
+            cases.append(Case(sid, folder / f"{sid}.nii.gz", label, "test"))
+    return write_manifest(cases, folder / "manifest.csv")
 
 
 @pytest.fixture(scope="session")

@@ -6,17 +6,16 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import make_head
+from conftest import write_head_cohort
 
 from tumortrace.__main__ import main as tumortrace_main
 from tumortrace.checkpoint import ModelCard, save_checkpoint
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.errors import CheckpointError, ManifestError
-from tumortrace.manifest import Case, read_manifest, write_manifest
+from tumortrace.manifest import read_manifest, write_manifest
 from tumortrace.models import create_model
 from tumortrace.scoring import format_report, score_manifest, score_report
 
@@ -25,15 +24,7 @@ PRE = PreprocessConfig(spacing_mm=(5.0, 4.0, 4.0), shape_dhw=(4, 12, 12))
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("score-cohort")
-    cases = []
-    for k, label in enumerate(CLASSES):
-        for i in range(2):
-            sid = f"{label}-{i}"
-            vol = make_head((24, 28, 20), seed=10 * k + i, lesion=label != "healthy")
-            nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 2.0, 1.0])), folder / f"{sid}.nii.gz")
-            cases.append(Case(sid, folder / f"{sid}.nii.gz", label, "test"))
-    return write_manifest(cases, folder / "manifest.csv")
+    return write_head_cohort(tmp_path_factory.mktemp("score-cohort"), per_class=2)
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import make_head
+from conftest import write_head_cohort
 from torch.utils.data import Dataset
 
 from tumortrace import train as tt
@@ -19,7 +18,7 @@ from tumortrace.checkpoint import load_checkpoint
 from tumortrace.config import CLASSES, PreprocessConfig, SyntheticCohort, TrainConfig
 from tumortrace.data import class_weights, load_splits, make_folds
 from tumortrace.errors import ConfigError, ManifestError
-from tumortrace.manifest import Case, read_manifest, write_manifest
+from tumortrace.manifest import read_manifest, write_manifest
 from tumortrace.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,22 +36,9 @@ def _load_cli():
 cli = _load_cli()
 
 
-def write_cohort(folder: Path, per_class: int = 5, labels=CLASSES) -> Path:
-    """Tiny 24x28x20 NIfTI heads at 2 mm (a bright lesion for gliomas) and their manifest."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cases = []
-    for k, label in enumerate(labels):
-        for i in range(per_class):
-            sid = f"{label}-{i:02d}"
-            vol = make_head((24, 28, 20), seed=100 * k + i, lesion=label != "healthy")
-            nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 2.0, 1.0])), folder / f"{sid}.nii.gz")
-            cases.append(Case(sid, folder / f"{sid}.nii.gz", label, "test"))
-    return write_manifest(cases, folder / "manifest.csv")
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    return write_cohort(tmp_path_factory.mktemp("cohort"))
+    return write_head_cohort(tmp_path_factory.mktemp("cohort"))
 
 
 def argv_for(manifest: Path, out: Path, data_dir: Path, *extra: str) -> list[str]:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train import argv_for, write_cohort
+from conftest import write_head_cohort
+from test_train import argv_for
 
 from tumortrace.checkpoint import load_checkpoint
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_to_the_end(tmp_path):
-    manifest = write_cohort(tmp_path / "cohort")
+    manifest = write_head_cohort(tmp_path / "cohort")
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
