@@ -39,7 +39,7 @@ def _benchmarks(folder: Path) -> tuple[dict[str, dict], list[str]]:
     benches: dict[str, dict] = {}
     broken: list[str] = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if path.stem in NOT_ARCH:
+        if path.stem in NOT_ARCH or path.stem.endswith(".splits"):
             continue
         record = _load(path)
         if record is None or not isinstance(record.get("folds"), list):

@@ -100,6 +100,10 @@ def make_benchmark_files(folder: Path, archs: tuple[str, ...] = ("mc3", "r3d")) 
             "summary": {},
         }
         (bench_dir / f"{arch}.json").write_text(json.dumps(record), encoding="utf-8")
+        # training also writes the folds beside the benchmark; the page must not read it as one
+        empty = {"train": [], "val": [], "test": []}
+        splits = {"version": 1, "folds": [{"fold": k, **empty} for k in range(2)]}
+        (bench_dir / f"{arch}.splits.json").write_text(json.dumps(splits), encoding="utf-8")
     inference = {
         "shape": list(TINY.shape_dhw),
         "threads": 2,
