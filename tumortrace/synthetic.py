@@ -322,7 +322,7 @@ def _draw_lesion(label: str, seed: int, tpl: _Template) -> _Lesion | None:
     if label == "lgg":
         return _Lesion(
             **common,
-            radius_mm=float(u(11.0, 26.0)),
+            radius_mm=float(u(16.0, 32.0)),
             margin=float(u(0.12, 0.3)),
             intensity=float(u(0.5, 0.82)),
             necrosis_fraction=0.0,
@@ -335,7 +335,7 @@ def _draw_lesion(label: str, seed: int, tpl: _Template) -> _Lesion | None:
     if atypical:  # small, solid, modestly enhancing, little oedema
         return _Lesion(
             **common,
-            radius_mm=float(u(6.0, 11.0)),
+            radius_mm=float(u(8.0, 14.0)),
             margin=float(u(0.05, 0.12)),
             intensity=float(u(1.12, 1.4)),
             necrosis_fraction=0.0,
@@ -347,12 +347,12 @@ def _draw_lesion(label: str, seed: int, tpl: _Template) -> _Lesion | None:
         )
     return _Lesion(
         **common,
-        radius_mm=float(u(9.0, 22.0)),
+        radius_mm=float(u(13.0, 27.0)),
         margin=float(u(0.04, 0.08)),
         intensity=float(u(1.2, 1.6)),
         necrosis_fraction=float(u(0.45, 0.75)),
         necrosis_intensity=float(u(0.2, 0.45)),
-        oedema_mm=float(u(3.0, 16.0)),
+        oedema_mm=float(u(5.0, 18.0)),
         oedema_intensity=float(u(0.62, 0.85)),
         enhancement=0.0,
         mass_effect=float(u(0.2, 0.45)),
