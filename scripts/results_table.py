@@ -1,0 +1,245 @@
+"""Writes the README's results section from the stored JSON, so the README never drifts from it.
+
+Reads ``weights/benchmarks/<arch>.json`` (cross-validation, written by ``train.py``),
+``weights/benchmarks/heldout/<arch>.json`` (``python -m tumortrace evaluate --format json`` on a
+synthetic cohort made with another seed, written by ``scripts/heldout.sh``) and
+``weights/benchmarks/published.json`` (the papers' figures), renders Markdown tables (mean ± std
+over the folds) and replaces the text between the ``<!-- results:start -->`` and
+``<!-- results:end -->`` markers in ``README.md``.
+
+Usage::
+
+    .venv/bin/python scripts/results_table.py            # rewrite README.md
+    .venv/bin/python scripts/results_table.py --check    # exit 1 if README.md is out of date
+    .venv/bin/python scripts/results_table.py --print    # print the section only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+ARCH_ORDER: tuple[str, ...] = ("r2plus1d", "mc3", "r3d")
+NAMES: dict[str, str] = {"r2plus1d": "R(2+1)D-18", "mc3": "MC3-18", "r3d": "R3D-18"}
+CLASSES: tuple[str, ...] = ("healthy", "lgg", "hgg")
+
+
+def _pct(stat: dict[str, Any] | None) -> str:
+    """``{"mean", "std"}`` of a fraction as ``"91.2 ± 2.3"`` (percent), or ``"n/a"``."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    return f"{100 * stat['mean']:.1f} ± {100 * (stat.get('std') or 0.0):.1f}"
+
+
+def _f(stat: dict[str, Any] | None) -> str:
+    """``{"mean", "std"}`` of a score in [0, 1] as ``"0.912 ± 0.023"``, or ``"n/a"``."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    return f"{stat['mean']:.3f} ± {stat.get('std') or 0.0:.3f}"
+
+
+def _num(x: float | None, pct: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.1f}" if pct else f"{x:.3f}"
+
+
+def load_benchmarks(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{arch: record}`` of every ``<arch>.json`` holding a ``folds`` list, in the app's order."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(record, dict) and isinstance(record.get("folds"), list) and "arch" in record:
+            found[record["arch"]] = record
+    return {a: found[a] for a in ARCH_ORDER if a in found}
+
+
+def load_heldout(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{arch: evaluate report}`` from ``<folder>/heldout/<arch>.json`` (absent: empty)."""
+    out: dict[str, dict[str, Any]] = {}
+    for arch in ARCH_ORDER:
+        path = folder / "heldout" / f"{arch}.json"
+        if path.is_file():
+            out[arch] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def prevalence_accuracy(per_class: dict[str, Any], prevalence: dict[str, float]) -> float | None:
+    """Accuracy expected at another class balance: ``sum_c prevalence_c * recall_c``.
+
+    A balanced held-out cohort (30 per class) weights LGG three times more than the 130/37/130
+    training cohort does; re-weighting the per-class recalls by the cross-validation prevalence
+    compares the two at the same class balance.
+    """
+    total = 0.0
+    for cls, share in prevalence.items():
+        recall = (per_class.get(cls) or {}).get("recall")
+        if recall is None:
+            return None
+        total += share * recall
+    return total
+
+
+def _metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The metrics dict of an ``evaluate --format json`` report (top level or under ``metrics``)."""
+    return report.get("metrics", report)
+
+
+def render(
+    benches: dict[str, dict[str, Any]],
+    heldout: dict[str, dict[str, Any]],
+    published: dict[str, Any] | None,
+) -> str:
+    """The README results section (Markdown, without the markers)."""
+    lines: list[str] = []
+    if not benches:
+        lines += ["No trained weights are stored in `weights/benchmarks/` yet.", ""]
+    else:
+        first = next(iter(benches.values()))
+        data = first.get("data", {})
+        counts = ", ".join(f"{n} {c}" for c, n in (data.get("counts") or {}).items())
+        shape = "x".join(str(s) for s in first.get("input_shape", []))
+        spacing = " x ".join(f"{s:g}" for s in first.get("spacing_mm", []))
+        lines += [
+            f"**Measured here** by `{first.get('command', 'train.py')}` (and the same for "
+            f"the other networks), {len(first['folds'])}-fold patient-level cross-validation "
+            f"on the **synthetic** cohort ({data.get('source', 'synthetic')}: {counts}), input "
+            f"{shape} (D x H x W) at {spacing} mm, {first.get('runtime', 'cpu')}. Test-part "
+            "figures, mean ± std over the folds (percent for accuracies).",
+            "",
+            "| network | accuracy | balanced acc. | macro-F1 | LGG recall | LGG F1 | HGG F1 "
+            "| healthy F1 | AUC (macro) | train min | shipped |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for arch, b in benches.items():
+            s = b.get("summary", {})
+            minutes = sum(f.get("train_seconds", 0.0) for f in b["folds"]) / 60
+            lines.append(
+                f"| {NAMES.get(arch, arch)} | {_pct(s.get('accuracy'))} "
+                f"| {_pct(s.get('balanced_accuracy'))} | {_f(s.get('macro_f1'))} "
+                f"| {_pct(s.get('lgg_recall'))} | {_f(s.get('lgg_f1'))} | {_f(s.get('hgg_f1'))} "
+                f"| {_f(s.get('healthy_f1'))} | {_f(s.get('auc_macro'))} | {minutes:.0f} "
+                f"| {b.get('shipped', '?')} |"
+            )
+        lines.append("")
+    if heldout:
+        any_report = next(iter(heldout.values()))
+        support = [sum(row) for row in any_report.get("confusion", [])]
+        cohort = ", ".join(f"{n} {c}" for c, n in zip(CLASSES, support, strict=False))
+        lines += [
+            "**Generalisation** (measured here): the shipped weights scored with "
+            "`python -m tumortrace evaluate` on a new synthetic cohort made with another seed "
+            f"(`{any_report.get('manifest', '?')}`: {cohort}; `scripts/heldout.sh`). "
+            "On a balanced cohort LGG counts three times more than in the 130/37/130 training "
+            "cohort, so the last column re-weights the per-class recalls by the cross-validation "
+            "class balance.",
+            "",
+            "| network | accuracy | balanced acc. | macro-F1 | LGG recall | cross-fold accuracy "
+            "| held-out accuracy at the cross-fold class balance |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for arch, report in heldout.items():
+            m = _metrics(report)
+            b = benches.get(arch, {})
+            counts = (b.get("data") or {}).get("counts") or {}
+            n = sum(counts.values())
+            prevalence = {c: counts[c] / n for c in CLASSES if c in counts} if n else {}
+            reweighted = prevalence_accuracy(m.get("per_class", {}), prevalence) if n else None
+            cv = (b.get("summary") or {}).get("accuracy")
+            lines.append(
+                f"| {NAMES.get(arch, arch)} | {_num(m.get('accuracy'), pct=True)} "
+                f"| {_num(m.get('balanced_accuracy'), pct=True)} | {_num(m.get('macro_f1'))} "
+                f"| {_num((m.get('per_class', {}).get('lgg') or {}).get('recall'), pct=True)} "
+                f"| {_pct(cv)} | {_num(reweighted, pct=True)} |"
+            )
+        lines.append("")
+    if published:
+        lines += _published(published)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _published(pub: dict[str, Any]) -> list[str]:
+    """Published figures on BraTS T1ce + IXI T1, clearly labelled as not measured here."""
+    lines = [
+        "**Published, not measured here** (real BraTS T1ce + IXI T1, the authors' own splits and "
+        "full-resolution inputs; the two papers are cited in `weights/benchmarks/published.json`).",
+        "",
+        "| source | network | accuracy | macro-F1 | LGG F1 | HGG F1 | healthy F1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    chat = pub.get("chatterjee2022", {})
+    order = chat.get("per_class_order", [])
+    f1_at = order.index("f1") if "f1" in order else None
+    best = chat.get("best", {})
+    for key, per_class in chat.get("per_class", {}).items():
+        arch, _, init = key.partition("_")
+        acc = f1 = "—"
+        if best.get("model") == arch and (init == "pretrained") == bool(best.get("pretrained")):
+            acc, f1 = f"{100 * best['accuracy']:.2f}", f"{best['macro_f1']:.4f}"
+        cells = [
+            f"{per_class[c][f1_at]:.3f}" if f1_at is not None and c in per_class else "—"
+            for c in ("lgg", "hgg", "healthy")
+        ]
+        lines.append(
+            f"| Chatterjee et al. 2022 | {NAMES.get(arch, arch)} ({init}) | {acc} | {f1} "
+            f"| {' | '.join(cells)} |"
+        )
+    for arch, rec in pub.get("seed_paper", {}).items():
+        pc = rec.get("per_class", {})
+        cells = [f"{pc[c]['f1']:.2f}" if c in pc else "—" for c in ("lgg", "hgg", "healthy")]
+        lines.append(f"| seed paper | {NAMES.get(arch, arch)} | — | — | {' | '.join(cells)} |")
+    lines.append("")
+    return lines
+
+
+def update_readme(readme: str, section: str) -> str:
+    """``readme`` with the text between the markers replaced by ``section``.
+
+    Raises:
+        ValueError: the markers are missing or out of order.
+    """
+    start, end = readme.find(START), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md must contain {START} ... {END}")
+    return readme[: start + len(START)] + "\n" + section + readme[end:]
+
+
+def build(root: Path = ROOT) -> str:
+    """The section rendered from ``<root>/weights/benchmarks``."""
+    folder = root / "weights" / "benchmarks"
+    pub_path = folder / "published.json"
+    published = json.loads(pub_path.read_text(encoding="utf-8")) if pub_path.is_file() else None
+    return render(load_benchmarks(folder), load_heldout(folder), published)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
+    mode.add_argument("--print", action="store_true", help="print the section, write nothing")
+    args = parser.parse_args(argv)
+    section = build()
+    if args.print:
+        print(section, end="")
+        return 0
+    readme_path = ROOT / "README.md"
+    readme = readme_path.read_text(encoding="utf-8")
+    new = update_readme(readme, section)
+    if args.check:
+        if new != readme:
+            print(
+                "README.md results are out of date: run scripts/results_table.py", file=sys.stderr
+            )
+            return 1
+        return 0
+    readme_path.write_text(new, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

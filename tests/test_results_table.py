@@ -1,0 +1,122 @@
+"""scripts/results_table.py: the README's results section is rendered from the stored JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tumortrace.evaluate import summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location(
+        "results_table", ROOT / "scripts" / "results_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rt = _load_script()
+
+
+def _fold(k: int, acc: float, lgg_recall: float) -> dict:
+    per_class = {
+        "healthy": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "specificity": 1.0},
+        "lgg": {"precision": 0.5, "recall": lgg_recall, "f1": 0.5, "specificity": 0.9},
+        "hgg": {"precision": 0.9, "recall": 0.9, "f1": 0.9, "specificity": 0.95},
+    }
+    return {
+        "fold": k,
+        "accuracy": acc,
+        "balanced_accuracy": acc - 0.1,
+        "macro_f1": 0.8,
+        "auc_macro": 0.95,
+        "per_class": per_class,
+        "train_seconds": 600.0,
+    }
+
+
+def _bench(tmp_path: Path) -> Path:
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    folds = [_fold(0, 0.8, 0.25), _fold(1, 0.9, 0.75)]
+    record = {
+        "arch": "mc3",
+        "input_shape": [28, 40, 32],
+        "spacing_mm": [5.0, 5.0, 5.0],
+        "data": {"source": "synthetic", "counts": {"healthy": 130, "lgg": 37, "hgg": 130}},
+        "folds": folds,
+        "summary": summarize(folds),
+        "shipped": "best_fold:1",
+        "command": "python train.py --arch mc3",
+        "runtime": "cpu fp32 x1",
+    }
+    (folder / "mc3.json").write_text(json.dumps(record))
+    # training writes the folds beside the record: not a benchmark
+    (folder / "mc3.splits.json").write_text(json.dumps({"version": 1, "folds": []}))
+    return folder
+
+
+def test_cross_fold_row_is_mean_and_sample_std_in_percent(tmp_path):
+    benches = rt.load_benchmarks(_bench(tmp_path))
+    assert list(benches) == ["mc3"]
+    section = rt.render(benches, {}, None)
+    row = next(line for line in section.splitlines() if line.startswith("| MC3-18"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # accuracy 0.8 and 0.9: mean 85.0, sample std 7.07; LGG recall 0.25 and 0.75: 50.0 ± 35.4
+    assert cells[1] == "85.0 ± 7.1"
+    assert cells[4] == "50.0 ± 35.4"
+    assert cells[9] == "20"  # two folds of 600 s
+    assert cells[10] == "best_fold:1"
+    assert "28x40x32" in section and "synthetic" in section
+
+
+def test_prevalence_accuracy_reweights_recalls():
+    per_class = {"healthy": {"recall": 1.0}, "lgg": {"recall": 0.4}, "hgg": {"recall": 0.9}}
+    prevalence = {"healthy": 0.5, "lgg": 0.2, "hgg": 0.3}
+    assert rt.prevalence_accuracy(per_class, prevalence) == pytest.approx(0.5 + 0.08 + 0.27)
+    assert rt.prevalence_accuracy({"healthy": {"recall": None}}, {"healthy": 1.0}) is None
+
+
+def test_heldout_row_compares_at_the_cross_fold_balance(tmp_path):
+    benches = rt.load_benchmarks(_bench(tmp_path))
+    report = {
+        "manifest": "data/heldout/manifest.csv",
+        "accuracy": 0.8,
+        "balanced_accuracy": 0.8,
+        "macro_f1": 0.79,
+        "confusion": [[30, 0, 0], [6, 18, 6], [0, 0, 30]],
+        "per_class": {"healthy": {"recall": 1.0}, "lgg": {"recall": 0.6}, "hgg": {"recall": 1.0}},
+    }
+    section = rt.render(benches, {"mc3": report}, None)
+    row = [line for line in section.splitlines() if line.startswith("| MC3-18")][1]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:6] == ["80.0", "80.0", "0.790", "60.0", "85.0 ± 7.1"]
+    # (130 * 1.0 + 37 * 0.6 + 130 * 1.0) / 297
+    assert cells[6] == f"{100 * (260 + 37 * 0.6) / 297:.1f}"
+    assert "30 healthy, 30 lgg, 30 hgg" in section
+
+
+def test_published_rows_are_labelled_and_read_from_the_file():
+    pub = json.loads((ROOT / "weights" / "benchmarks" / "published.json").read_text())
+    section = rt.render({}, {}, pub)
+    assert "Published, not measured here" in section
+    best = next(line for line in section.splitlines() if "MC3-18 (pretrained)" in line)
+    assert "96.98" in best and "0.9345" in best and "0.895" in best  # LGG F1 0.8949
+
+
+def test_update_readme_replaces_only_between_markers():
+    text = f"intro\n{rt.START}\nold\n{rt.END}\noutro\n"
+    assert rt.update_readme(text, "new\n") == f"intro\n{rt.START}\nnew\n{rt.END}\noutro\n"
+    with pytest.raises(ValueError, match="must contain"):
+        rt.update_readme("no markers", "x")
+
+
+def test_readme_matches_the_stored_results():
+    assert rt.main(["--check"]) == 0, "run .venv/bin/python scripts/results_table.py"
