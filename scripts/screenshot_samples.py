@@ -1,0 +1,78 @@
+"""Drives a running TumorTrace app in Debian's chromium: picks each bundled sample, screenshots it.
+
+For checking a deployment by eye (the demo-weights acceptance): start the app with the README's
+command (``bash scripts/app.sh --server.port 8501 --server.headless true``), then run::
+
+    .venv/bin/python scripts/screenshot_samples.py --url http://127.0.0.1:8501 --out test-artifacts
+
+For each sample it waits for the three predictions and their Grad-CAM panels, saves
+``<out>/sample-<class>.png`` and prints each network's prediction line. Exits 1 when a sample does
+not show three predictions with overlays, or the page shows an exception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+SAMPLES: dict[str, str] = {
+    "healthy": "Synthetic healthy brain",
+    "lgg": "Synthetic low-grade glioma (LGG)",
+    "hgg": "Synthetic high-grade glioma (HGG)",
+}
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8501")
+    parser.add_argument("--out", type=Path, default=Path("test-artifacts"))
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="per sample")
+    args = parser.parse_args(argv)
+
+    from playwright.sync_api import expect, sync_playwright
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 2400})
+        page.set_default_timeout(args.timeout_s * 1000)
+        page.goto(args.url)
+        expect(page.get_by_role("heading", name="Analyze a brain MRI")).to_be_visible()
+        for label, option in SAMPLES.items():
+            page.get_by_role("combobox", name="Sample volume").click()
+            page.get_by_role("option", name=option, exact=True).click()
+            try:
+                # the new run has started when the facts row names the file; it is over when
+                # Streamlit's running indicator and the analysis spinner are gone
+                expect(page.get_by_text(f"{label}.nii.gz (bundled sample)")).to_be_visible()
+                expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+                expect(page.get_by_test_id("stSpinner")).to_have_count(0)
+                expect(page.get_by_text(re.compile(r"^Prediction:"))).to_have_count(3)
+                expect(page.get_by_text(re.compile(r"· Grad-CAM for "))).to_have_count(3)
+                expect(page.locator(".js-plotly-plot")).to_have_count(3)
+            except AssertionError as err:
+                print(f"{label}: FAILED ({err})", file=sys.stderr)
+                failures += 1
+            page.wait_for_load_state("networkidle")
+            shot = args.out / f"sample-{label}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            preds = [p.inner_text() for p in page.get_by_text(re.compile(r"^Prediction:")).all()]
+            verdict = page.get_by_text(re.compile("Ensemble verdict")).first.inner_text()
+            print(f"{label}: {shot}")
+            print(f"  {verdict.strip()}")
+            for line in preds:
+                print(f"  {line.strip()}")
+        if page.locator("[data-testid='stException']").count():
+            print("the page shows an exception", file=sys.stderr)
+            failures += 1
+        browser.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
