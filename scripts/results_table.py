@@ -106,8 +106,8 @@ def render(
         shape = "x".join(str(s) for s in first.get("input_shape", []))
         spacing = " x ".join(f"{s:g}" for s in first.get("spacing_mm", []))
         lines += [
-            f"**Measured here** by `{first.get('command', 'train.py')}` (and the same for "
-            f"the other networks), {len(first['folds'])}-fold patient-level cross-validation "
+            f"**Measured here** by `{first.get('command', 'train.py')}` (each network's own "
+            f"command is in its card), {len(first['folds'])}-fold patient-level cross-validation "
             f"on the **synthetic** cohort ({data.get('source', 'synthetic')}: {counts}), input "
             f"{shape} (D x H x W) at {spacing} mm, {first.get('runtime', 'cpu')}. Test-part "
             "figures, mean ± std over the folds (percent for accuracies).",
