@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--spacing", type=float, nargs="+", metavar="MM", default=list(pre.spacing_mm),
         help="voxel size in mm: one value, or three in D H W order",
     )  # fmt: skip
+    p.add_argument(
+        "--percentiles", type=float, nargs=2, metavar=("LO", "HI"), default=list(pre.percentiles),
+        help="intensity clip percentiles of the brain voxels before z-scoring (100: no upper clip,"
+        " keeps enhancing tissue brighter than white matter)",
+    )  # fmt: skip
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=d.device)
     p.add_argument("--workers", type=int, default=d.workers, help="data-loading processes")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -83,11 +88,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             f"{args.spacing}."
         )
     spacing = tuple(args.spacing * 3 if len(args.spacing) == 1 else args.spacing)
+    lo, hi = args.percentiles
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ConfigError(f"--percentiles takes LO HI with 0 <= LO < HI <= 100; got {lo:g} {hi:g}.")
     preprocess = PreprocessConfig(
         spacing_mm=spacing,
         shape_dhw=tuple(args.input_shape),
         intensity=DEFAULTS.preprocess.intensity,
-        percentiles=DEFAULTS.preprocess.percentiles,
+        percentiles=(lo, hi),
     )
     return TrainConfig(
         arch=args.arch,

@@ -305,3 +305,16 @@ def test_spacing_flags_map_onto_the_preprocess_config(cfg, cohort, tmp_path):
     i = argv.index("--spacing")
     argv[i + 1 : i + 4] = ["3"]
     assert config_for(argv).preprocess.spacing_mm == (3.0, 3.0, 3.0)
+
+
+def test_percentiles_flag_maps_onto_the_preprocess_config(cohort, tmp_path):
+    argv = argv_for(cohort, tmp_path / "w", tmp_path / "data")
+    assert config_for(argv).preprocess.percentiles == PreprocessConfig().percentiles
+    assert config_for([*argv, "--percentiles", "1", "100"]).preprocess.percentiles == (1.0, 100.0)
+
+
+@pytest.mark.parametrize("bad", [["50", "50"], ["-1", "99"], ["1", "101"], ["99", "1"]])
+def test_percentiles_flag_rejects_out_of_range(cohort, tmp_path, bad):
+    argv = argv_for(cohort, tmp_path / "w", tmp_path / "data")
+    with pytest.raises(ConfigError, match="--percentiles takes LO HI"):
+        config_for([*argv, "--percentiles", *bad])

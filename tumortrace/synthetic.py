@@ -324,7 +324,7 @@ def _draw_lesion(label: str, seed: int, tpl: _Template) -> _Lesion | None:
             **common,
             radius_mm=float(u(16.0, 32.0)),
             margin=float(u(0.12, 0.3)),
-            intensity=float(u(0.5, 0.82)),
+            intensity=float(u(0.38, 0.66)),
             necrosis_fraction=0.0,
             necrosis_intensity=0.0,
             oedema_mm=0.0,
