@@ -4,9 +4,10 @@
 
 For each network one training step (forward, class-weighted cross entropy, backward, Adam) is timed
 on random ``(N, 1, D, H, W)`` inputs: a warm-up, then the median of ``--steps`` steps. The fast path
-is the one :mod:`tumortrace.train` uses: on CPU bf16 autocast + ``channels_last_3d`` (when the CPU
-has native bf16), on CUDA AMP (bf16 where supported, else fp16) with cuDNN benchmark. Prints
-samples/s and the speed-up, and optionally writes them as JSON.
+is the one :mod:`tumortrace.train` uses (:func:`tumortrace.train.fast_runtime`): on CPU
+``channels_last_3d``, plus bf16 autocast when the CPU has native bf16; on CUDA AMP (bf16 where
+supported, else fp16) with cuDNN benchmark. Prints samples/s and the speed-up, and optionally
+writes them as JSON.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tumortrace.models import check_input_shape, create_model, list_models
-from tumortrace.train import Runtime, cpu_has_native_bf16, train_step
+from tumortrace.train import Runtime, cpu_has_native_bf16, fast_runtime, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -46,19 +47,13 @@ def time_steps(
     model = create_model(arch).to(device)
     x = torch.randn(batch, 1, *shape, device=device)
     y = torch.randint(0, 3, (batch,), device=device)
-    amp_dtype = None
-    if fast and device.type == "cpu" and cpu_has_native_bf16():
-        amp_dtype = torch.bfloat16
-    elif fast and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        torch.backends.cudnn.benchmark = True
-    rt = Runtime(device, amp_dtype, channels_last=amp_dtype is not None and device.type == "cpu")
+    rt = fast_runtime(device) if fast else Runtime(device, None, channels_last=False)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     criterion = nn.CrossEntropyLoss(weight=torch.tensor([0.5, 0.9, 0.6], device=device))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=rt.amp_dtype == torch.float16)
     model.train()
     times = []
     for i in range(warmup + steps):
@@ -91,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     fast_name = (
         "AMP"
         if use_cuda
-        else ("bf16+channels_last_3d" if cpu_has_native_bf16() else "fp32 (no bf16)")
+        else ("bf16+channels_last_3d" if cpu_has_native_bf16() else "fp32+channels_last_3d")
     )
     print(
         f"device {device} ({torch.get_num_threads()} threads), input {args.batch_size}x1x"

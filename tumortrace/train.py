@@ -20,8 +20,9 @@ Which model ships:
     it is (``"best_fold:N"`` or ``"refit"``).
 
 Devices: CUDA uses AMP (bf16 where supported, else fp16 with a gradient scaler), cuDNN benchmark,
-pinned memory and persistent workers. CPU uses bf16 autocast when the processor has native bf16
-(AMX or AVX512-BF16) and ``channels_last_3d`` tensors; otherwise fp32.
+pinned memory and persistent workers. CPU uses ``channels_last_3d`` tensors (oneDNN's native
+layout, faster in fp32 too) and bf16 autocast when the processor has native bf16 (AMX or
+AVX512-BF16); otherwise fp32.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised (NCCL on
 CUDA, Gloo on CPU), training and evaluation use distributed samplers, predictions are gathered so
@@ -236,6 +237,21 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def fast_runtime(device: torch.device) -> Runtime:
+    """The fastest precision and layout for training on ``device`` (one process, rank 0).
+
+    CUDA: AMP in bf16 where supported, else fp16 (with a gradient scaler), and cuDNN benchmark.
+    CPU: ``channels_last_3d`` always (oneDNN's native layout: 1-10% faster than contiguous in
+    fp32 on an AMD EPYC without bf16, about 2x with bf16), plus bf16 autocast when the processor
+    has native bf16 (:func:`cpu_has_native_bf16`).
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return Runtime(device, amp, channels_last=False)
+    return Runtime(device, torch.bfloat16 if cpu_has_native_bf16() else None, channels_last=True)
+
+
 def setup_runtime(device: str = "auto") -> Runtime:
     """Picks the device and precision, and joins the process group under torchrun.
 
@@ -258,18 +274,9 @@ def setup_runtime(device: str = "auto") -> Runtime:
     if use_cuda:
         dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)
-        torch.backends.cudnn.benchmark = True
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        rt = Runtime(dev, amp, channels_last=False, rank=rank, world_size=world_size)
     else:
-        bf16 = cpu_has_native_bf16()
-        rt = Runtime(
-            torch.device("cpu"),
-            torch.bfloat16 if bf16 else None,
-            channels_last=bf16,
-            rank=rank,
-            world_size=world_size,
-        )
+        dev = torch.device("cpu")
+    rt = replace(fast_runtime(dev), rank=rank, world_size=world_size)
     if rt.distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return rt
