@@ -1,8 +1,9 @@
-"""Regenerates the app's bundled samples, ``samples/{healthy,lgg,hgg}.nii.gz``, byte for byte.
+"""Regenerates the app's bundled samples, ``samples/{healthy,lgg,hgg}.nii.gz``.
 
 Each is a small synthetic phantom from :func:`tumortrace.synthetic.make_phantom` (fixed seed),
 stored as int16 (as scanners store T1 volumes) and gzipped with a zero timestamp, so re-running
-this script reproduces identical files. Each file must stay under 1.5 MB.
+this script on the same kind of CPU reproduces identical files; on another CPU float rounding may
+move a handful of voxels by one unit. Each file must stay under 1.5 MB.
 
 Usage::
 
