@@ -72,19 +72,13 @@ def test_cross_fold_row_is_mean_and_sample_std_in_percent(tmp_path):
     # accuracy 0.8 and 0.9: mean 85.0, sample std 7.07; LGG recall 0.25 and 0.75: 50.0 ± 35.4
     assert cells[1] == "85.0 ± 7.1"
     assert cells[4] == "50.0 ± 35.4"
-    assert cells[9] == "20"  # two folds of 600 s
-    assert cells[10] == "best_fold:1"
+    assert cells[9] == "0/0"  # no curves stored in this record
+    assert cells[10] == "20"  # two folds of 600 s
+    assert cells[11] == "best_fold:1"
     assert "28x40x32" in section and "synthetic" in section
 
 
-def test_prevalence_accuracy_reweights_recalls():
-    per_class = {"healthy": {"recall": 1.0}, "lgg": {"recall": 0.4}, "hgg": {"recall": 0.9}}
-    prevalence = {"healthy": 0.5, "lgg": 0.2, "hgg": 0.3}
-    assert rt.prevalence_accuracy(per_class, prevalence) == pytest.approx(0.5 + 0.08 + 0.27)
-    assert rt.prevalence_accuracy({"healthy": {"recall": None}}, {"healthy": 1.0}) is None
-
-
-def test_heldout_row_compares_at_the_cross_fold_balance(tmp_path):
+def test_heldout_row_compares_accuracy_and_balanced_accuracy(tmp_path):
     benches = rt.load_benchmarks(_bench(tmp_path))
     report = {
         "manifest": "data/heldout/manifest.csv",
@@ -97,10 +91,13 @@ def test_heldout_row_compares_at_the_cross_fold_balance(tmp_path):
     section = rt.render(benches, {"mc3": report}, None)
     row = [line for line in section.splitlines() if line.startswith("| MC3-18")][1]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1:6] == ["80.0", "80.0", "0.790", "60.0", "85.0 ± 7.1"]
-    # (130 * 1.0 + 37 * 0.6 + 130 * 1.0) / 297
-    assert cells[6] == f"{100 * (260 + 37 * 0.6) / 297:.1f}"
+    # cross-fold accuracy 0.8/0.9 (mean 85.0), balanced accuracy 0.7/0.8 (mean 75.0)
+    assert cells[1:4] == ["80.0", "85.0 ± 7.1", "-5.0"]
+    assert cells[4:7] == ["80.0", "75.0 ± 7.1", "+5.0"]
+    assert cells[7:9] == ["60.0", "50.0 ± 35.4"]
     assert "30 healthy, 30 lgg, 30 hgg" in section
+    # LGG shares: 30 of 90 held-out, 37 of 297 training
+    assert "33% of the held-out cohort and 12% of the training cohort" in section
 
 
 def test_published_rows_are_labelled_and_read_from_the_file():
