@@ -6,7 +6,9 @@
 # flattened the enhancing rim to white-matter brightness at 5 mm and cost about 7 points in
 # probes. Adam at 1e-4 (1e-3 and 3e-4 stalled near chance in probes here), batch 4, light
 # augmentation, cosine schedule. MC3 gets 24 epochs; R(2+1)D and R3D 6 each, to keep the whole
-# run near 100 minutes on 2 cores.
+# run near 100 minutes on 2 cores. The shipped weights took 102.6 minutes of training loops
+# (train_seconds in weights/benchmarks/<arch>.json: MC3 70.0, R(2+1)D 16.1, R3D 16.5) on a 2-core
+# CPU with AMX bf16; a CPU without native bf16 trains in fp32 and takes longer.
 # Outputs weights/<arch>.safetensors, weights/<arch>.json and weights/benchmarks/<arch>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
