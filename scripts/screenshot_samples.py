@@ -23,6 +23,17 @@ SAMPLES: dict[str, str] = {
     "hgg": "Synthetic high-grade glioma (HGG)",
 }
 CHROMIUM = "/usr/bin/chromium"
+TIMING = "Time per network"
+# true once the page shows a timing caption other than ``before`` and no spinner, running
+# indicator or stale (greyed, from the previous run) element is left
+FINISHED_JS = """({before, timing}) => {
+  const caption = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
+    .map((e) => e.innerText).find((t) => t.includes(timing));
+  return caption !== undefined && caption !== before
+    && !document.querySelector('[data-testid="stSpinner"]')
+    && !document.querySelector('[data-testid="stStatusWidget"]')
+    && !document.querySelector('[data-stale="true"]');
+}"""
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
@@ -33,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=300.0, help="per sample")
     args = parser.parse_args(argv)
 
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -40,22 +52,26 @@ def main(argv: list[str] | None = None) -> int:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 2400})
-        page.set_default_timeout(args.timeout_s * 1000)
+        timeout_ms = args.timeout_s * 1000
+        page.set_default_timeout(timeout_ms)
+        expect.set_options(timeout=timeout_ms)
         page.goto(args.url)
         expect(page.get_by_role("heading", name="Analyze a brain MRI")).to_be_visible()
         for label, option in SAMPLES.items():
+            before = _timing_caption(page)
             page.get_by_role("combobox", name="Sample volume").click()
             page.get_by_role("option", name=option, exact=True).click()
             try:
-                # the new run has started when the facts row names the file; it is over when
-                # Streamlit's running indicator and the analysis spinner are gone
                 expect(page.get_by_text(f"{label}.nii.gz (bundled sample)")).to_be_visible()
-                expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
-                expect(page.get_by_test_id("stSpinner")).to_have_count(0)
+                # the analysis of this sample is on screen once the timing caption is a new one
+                # (each run measures its own times) and nothing is left running or stale
+                page.wait_for_function(
+                    FINISHED_JS, arg={"before": before, "timing": TIMING}, timeout=timeout_ms
+                )
                 expect(page.get_by_text(re.compile(r"^Prediction:"))).to_have_count(3)
                 expect(page.get_by_text(re.compile(r"· Grad-CAM for "))).to_have_count(3)
                 expect(page.locator(".js-plotly-plot")).to_have_count(3)
-            except AssertionError as err:
+            except (AssertionError, PlaywrightTimeout) as err:
                 print(f"{label}: FAILED ({err})", file=sys.stderr)
                 failures += 1
             page.wait_for_load_state("networkidle")
@@ -72,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
         browser.close()
     return 1 if failures else 0
+
+
+def _timing_caption(page) -> str | None:
+    """The text of the analysis timing caption on screen now, or None before the first analysis."""
+    caption = page.get_by_test_id("stCaptionContainer").filter(has_text=TIMING)
+    return caption.first.inner_text() if caption.count() else None
 
 
 if __name__ == "__main__":
