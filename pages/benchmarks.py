@@ -1,7 +1,8 @@
 """Benchmarks: the stored cross-fold results of our networks, and the published figures apart.
 
 Reads ``<weights>/benchmarks/<arch>.json`` (per-fold metrics, confusion matrices, ROC points,
-training curves), ``inference.json`` (CPU cost) and ``published.json`` (figures transcribed from
+training curves), ``heldout/<arch>.json`` (``python -m tumortrace evaluate`` on a cohort the
+networks never saw), ``inference.json`` (CPU cost) and ``published.json`` (figures transcribed from
 two papers). Nothing is computed from a model here; the page only displays stored files.
 """
 
@@ -48,6 +49,33 @@ def _benchmarks(folder: Path) -> tuple[dict[str, dict], list[str]]:
         benches[str(record.get("arch", path.stem))] = record
     order = [a for a in ("r2plus1d", "mc3", "r3d") if a in benches]
     return {a: benches[a] for a in order + [a for a in benches if a not in order]}, broken
+
+
+def _heldout(folder: Path, archs) -> dict[str, dict]:
+    """``{arch: evaluate report}`` of the readable ``<folder>/heldout/<arch>.json`` files."""
+    reports = {a: _load(folder / "heldout" / f"{a}.json") for a in archs}
+    return {a: r for a, r in reports.items() if r is not None}
+
+
+def _heldout_section(benches: dict[str, dict], heldout: dict[str, dict]) -> None:
+    """The held-out cohort's scores beside the cross-fold means, with what the gap means."""
+    st.header("Held-out cohort")
+    report = next(iter(heldout.values()))
+    support = [sum(row) for row in report.get("confusion", []) if isinstance(row, list)]
+    cohort = ", ".join(
+        f"{viz.CLASS_NAMES.get(c, c)} {n}" for c, n in zip(CLASSES, support, strict=False)
+    )
+    st.caption(
+        "Measured by TumorTrace: the shipped weights scored with `python -m tumortrace evaluate` "
+        f"on a cohort none of them saw in training (`{report.get('manifest', '?')}`: "
+        f"{cohort or 'sizes not stored'}). Plain accuracy depends on the class balance: when a "
+        "cohort holds more of a class the network often misses (LGG here) than the cross-"
+        "validation folds did, accuracy drops even without overfitting. Balanced accuracy (mean "
+        "recall over classes) does not depend on it. Δ: held-out minus cross-fold, in "
+        "percentage points."
+    )
+    table = viz.heldout_table(benches, heldout)
+    st.dataframe(table, hide_index=True, height=_rows_height(len(table)))
 
 
 def _rows_height(n_rows: int) -> int:
@@ -173,6 +201,9 @@ else:
     st.dataframe(summary.iloc[:n_overall], height=_rows_height(n_overall))
     st.markdown("**Per class** (one class against the rest)")
     st.dataframe(summary.iloc[n_overall:], height=_rows_height(len(summary) - n_overall))
+    heldout = _heldout(folder, benches)
+    if heldout:
+        _heldout_section(benches, heldout)
     st.header("Per network")
     tabs = st.tabs([viz.ARCH_NAMES.get(a, a) for a in benches])
     for tab, (arch, bench) in zip(tabs, benches.items(), strict=True):

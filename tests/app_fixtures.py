@@ -83,7 +83,8 @@ def _fold(k: int, rng: np.random.Generator) -> dict:
 
 
 def make_benchmark_files(folder: Path, archs: tuple[str, ...] = ("mc3", "r3d")) -> Path:
-    """Writes ``<folder>/benchmarks/<arch>.json`` (two folds) and ``inference.json``."""
+    """Writes ``<folder>/benchmarks/<arch>.json`` (two folds), ``inference.json`` and a held-out
+    report for the first network (``heldout/<arch>.json``, as ``tumortrace evaluate`` writes it)."""
     bench_dir = folder / "benchmarks"
     bench_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -116,4 +117,15 @@ def make_benchmark_files(folder: Path, archs: tuple[str, ...] = ("mc3", "r3d")) 
         "settings": {"precision": "bf16"},
     }
     (bench_dir / "inference.json").write_text(json.dumps(inference), encoding="utf-8")
+    heldout = {
+        "arch": archs[0],
+        "manifest": "data/heldout/manifest.csv",
+        "n": 30,
+        "accuracy": 0.6,
+        "balanced_accuracy": 0.6,
+        "per_class": {c: {"recall": r} for c, r in zip(CLASSES, (0.9, 0.3, 0.6), strict=True)},
+        "confusion": [[9, 1, 0], [6, 3, 1], [2, 2, 6]],
+    }
+    (bench_dir / "heldout").mkdir(exist_ok=True)
+    (bench_dir / "heldout" / f"{archs[0]}.json").write_text(json.dumps(heldout), encoding="utf-8")
     return bench_dir

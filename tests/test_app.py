@@ -184,6 +184,15 @@ def test_benchmarks_page_renders_stored_files(app):
     assert "±" in summary.loc["accuracy", "MC3-18"]
     headers = [h.value for h in app.header]
     assert "Published results (not measured here)" in headers
+    # the held-out report beside the cross-fold means (balanced accuracy 0.70/0.75, LGG recall
+    # 0.6/0.7 in the two fixture folds)
+    assert "Held-out cohort" in headers
+    held = next(d.value for d in app.dataframe if "accuracy held-out %" in d.value.columns)
+    row = held.set_index("network").loc["MC3-18"]
+    assert row["accuracy held-out %"] == 60.0
+    assert row["balanced acc. cross-fold %"] == 72.5 and row["balanced acc. Δ pts"] == -12.5
+    assert row["LGG recall held-out %"] == 30.0 and row["LGG recall cross-fold %"] == 65.0
+    assert list(held["network"]) == ["MC3-18"]  # R3D-18 has no held-out report
     assert any("Not measured by TumorTrace" in w.value for w in app.warning)
     published = {m.label: m.value for m in app.metric}
     assert published["Accuracy (published)"] == "96.98 %"

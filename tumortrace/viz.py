@@ -809,3 +809,46 @@ def cost_table(benches: Mapping[str, Mapping], inference: Mapping | None) -> pd.
             rec["CPU s (fast)"] = inference.get("fast", {}).get(arch)
         records.append(rec)
     return pd.DataFrame.from_records(records)
+
+
+def heldout_table(benches: Mapping[str, Mapping], heldout: Mapping[str, Mapping]) -> pd.DataFrame:
+    """Held-out cohort scores beside the cross-fold means, one row per network that has both.
+
+    Args:
+        benches: ``{arch: benchmark record}`` as in ``weights/benchmarks/<arch>.json``.
+        heldout: ``{arch: report}`` of ``python -m tumortrace evaluate --format json`` on a cohort
+            the network never saw (``weights/benchmarks/heldout/<arch>.json``); the metrics are at
+            the top level or under ``metrics``.
+
+    Returns:
+        DataFrame with the network, the cohort size and, for accuracy, balanced accuracy and LGG
+        recall, the held-out value, the cross-fold mean and their difference (percentage points,
+        held-out minus cross-fold); missing values are None.
+    """
+    records = []
+    for arch, report in heldout.items():
+        metrics = report.get("metrics", report)
+        folds = benches.get(arch, {}).get("folds", [])
+        rec: dict[str, object] = {"network": ARCH_NAMES.get(arch, arch), "n": report.get("n")}
+        pairs = {
+            "accuracy": (metrics.get("accuracy"), fold_values(folds, "accuracy")),
+            "balanced acc.": (
+                metrics.get("balanced_accuracy"),
+                fold_values(folds, "balanced_accuracy"),
+            ),
+            "LGG recall": (
+                metrics.get("per_class", {}).get("lgg", {}).get("recall"),
+                fold_values(folds, "recall", "lgg"),
+            ),
+        }
+        for label, (value, per_fold) in pairs.items():
+            mean, _, n = mean_std(per_fold)
+            held = None if value is None else round(100 * float(value), 1)
+            cross = round(100 * mean, 1) if n else None
+            rec[f"{label} held-out %"] = held
+            rec[f"{label} cross-fold %"] = cross
+            rec[f"{label} Δ pts"] = (
+                None if held is None or cross is None else round(100 * (float(value) - mean), 1)
+            )
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
