@@ -26,6 +26,7 @@ from tumortrace.viz import ARCH_NAMES
 
 ROOT = Path(__file__).resolve().parent
 WEIGHTS_ENV = "TUMORTRACE_WEIGHTS_DIR"
+PAGE_WANTED = "tt_page_wanted"  # session key: the page a visitor opened before app.py ran
 NOTICE = (
     "**Research demo, not a medical device.** TumorTrace is not cleared for clinical use. "
     "Do not use its output for diagnosis or treatment decisions."
@@ -125,12 +126,21 @@ st.session_state["weights_dir"] = str(weights_dir())
 st.session_state["get_predictor"] = get_predictor
 st.session_state["read_cards"] = read_cards
 
-page = st.navigation(
-    [
-        st.Page("pages/analyze.py", title="Analyze", icon=":material/neurology:", default=True),
-        st.Page("pages/benchmarks.py", title="Benchmarks", icon=":material/monitoring:"),
-        st.Page("pages/about.py", title="About", icon=":material/info:"),
-    ]
-)
+PAGES = {
+    "pages/analyze.py": st.Page(
+        "pages/analyze.py", title="Analyze", icon=":material/neurology:", default=True
+    ),
+    "pages/benchmarks.py": st.Page(
+        "pages/benchmarks.py", title="Benchmarks", icon=":material/monitoring:"
+    ),
+    "pages/about.py": st.Page("pages/about.py", title="About", icon=":material/info:"),
+}
+page = st.navigation(list(PAGES.values()))
+# A page opened before this script ever ran (a link to /benchmarks as the first request after the
+# server starts runs pages/benchmarks.py on its own) sends the visitor here, naming itself: go on
+# to that page, now with the navigation and session state in place.
+wanted = PAGES.get(st.session_state.pop(PAGE_WANTED, None))
+if wanted is not None and wanted.url_path != page.url_path:
+    st.switch_page(wanted)
 sidebar(weights_dir())
 page.run()

@@ -14,6 +14,7 @@ from tumortrace.config import ARCHS
 ROOT = Path(__file__).resolve().parent.parent
 
 if "weights_dir" not in st.session_state:  # opened before app.py set up the navigation
+    st.session_state["tt_page_wanted"] = "pages/about.py"  # app.py comes back here
     st.switch_page("app.py")
 st.title("About TumorTrace")
 st.error(

@@ -498,6 +498,7 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base) -> None:
 # ----------------------------------------------------------------------------- page
 
 if "weights_dir" not in st.session_state:  # opened before app.py set up the navigation
+    st.session_state["tt_page_wanted"] = "pages/analyze.py"  # app.py comes back here
     st.switch_page("app.py")
 st.title("Analyze a brain MRI")
 st.caption(

@@ -175,6 +175,7 @@ def _published(path: Path) -> None:
 
 
 if "weights_dir" not in st.session_state:  # opened before app.py set up the navigation
+    st.session_state["tt_page_wanted"] = "pages/benchmarks.py"  # app.py comes back here
     st.switch_page("app.py")
 st.title("Benchmarks")
 folder = Path(st.session_state.get("weights_dir", ROOT / "weights")) / "benchmarks"

@@ -121,6 +121,28 @@ def _axial_caption(page) -> str:
     return page.get_by_text(re.compile(r"^Axial · slice \d+/")).first.inner_text()
 
 
+def test_link_to_a_page_opens_it_on_a_fresh_server(server):
+    """The first request after the server starts runs ``pages/benchmarks.py`` without app.py;
+    the page must still end up on Benchmarks, not on the default page (defined first, so it is
+    the server's first session)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        page.goto(f"{server}/benchmarks")
+        expect(page.get_by_role("heading", name="Benchmarks", exact=True)).to_be_visible(
+            timeout=240_000
+        )
+        expect(page.get_by_role("heading", name="Held-out cohort")).to_be_visible()
+        assert page.url.rstrip("/").endswith("/benchmarks")
+        expect(page.get_by_text("Page not found")).to_have_count(0)
+        assert page.locator("[data-testid='stException']").count() == 0
+        browser.close()
+
+
 def test_sample_predictions_and_slider(page):
     from playwright.sync_api import expect
 
