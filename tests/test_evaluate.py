@@ -145,3 +145,23 @@ def test_summarize():
 def test_summarize_accepts_metrics(metrics):
     s = summarize([metrics, metrics])
     assert s["macro_f1"]["mean"] == pytest.approx(metrics.macro_f1) and s["macro_f1"]["std"] == 0
+
+
+def test_accuracy_at_class_mix():
+    from tumortrace.evaluate import accuracy_at_class_mix
+
+    cm = [[9, 1, 0], [6, 4, 0], [1, 0, 9]]  # recalls 0.9, 0.4, 0.9
+    # the cohort's own mix gives its plain accuracy, equal shares its balanced accuracy
+    assert accuracy_at_class_mix(cm, [10, 10, 10]) == pytest.approx(22 / 30)
+    assert accuracy_at_class_mix(cm, [1, 1, 1]) == pytest.approx((0.9 + 0.4 + 0.9) / 3)
+    # 130/37/130, the training cohort's mix: the rare class weighs less
+    expected = (130 * 0.9 + 37 * 0.4 + 130 * 0.9) / 297
+    assert accuracy_at_class_mix(cm, [130, 37, 130]) == pytest.approx(expected)
+    assert math.isnan(accuracy_at_class_mix([[1, 0], [0, 0]], [1, 1]))  # class 2 has no cases
+    assert accuracy_at_class_mix([[1, 0], [0, 0]], [1, 0]) == 1.0  # ... but weighs nothing
+    with pytest.raises(ValueError, match="square"):
+        accuracy_at_class_mix([[1, 2, 3]], [1])
+    with pytest.raises(ValueError, match="2 entries for 3 classes"):
+        accuracy_at_class_mix(cm, [1, 1])
+    with pytest.raises(ValueError, match="non-negative"):
+        accuracy_at_class_mix(cm, [1, -1, 1])

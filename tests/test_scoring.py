@@ -110,3 +110,29 @@ def test_manifest_with_missing_volume(card, manifest, tmp_path):
     bad = write_manifest(cases, tmp_path / "bad.csv")
     with pytest.raises(ManifestError, match="Missing file"):
         score_manifest(card, bad, device="cpu", progress=False)
+
+
+def test_report_reweights_accuracy_to_the_training_mix(card, manifest, tmp_path):
+    from tumortrace.evaluate import accuracy_at_class_mix
+
+    plain = score_report(card, manifest, device="cpu", progress=False)
+    assert plain.training_mix is None and plain.to_dict()["accuracy_at_training_mix"] is None
+    torch.manual_seed(0)
+    counts = {"healthy": 130, "lgg": 37, "hgg": 130}
+    with_mix = save_checkpoint(
+        create_model("mc3"),
+        ModelCard(arch="mc3", preprocess=PRE, shipped="refit", data={"counts": counts}),
+        tmp_path,
+    )
+    report = score_report(with_mix, manifest, device="cpu", progress=False)
+    doc = report.to_dict()
+    assert doc["training_mix"] == counts
+    expected = accuracy_at_class_mix(doc["confusion"], [130, 37, 130])
+    assert doc["accuracy_at_training_mix"] == pytest.approx(expected)
+    # by hand from the per-class recalls: the LGG recall weighs 37/297, not a third
+    recalls = [doc["per_class"][c]["recall"] for c in CLASSES]
+    by_hand = (130 * recalls[0] + 37 * recalls[1] + 130 * recalls[2]) / 297
+    assert doc["accuracy_at_training_mix"] == pytest.approx(by_hand)
+    assert "accuracy at the training class mix (healthy/lgg/hgg = 130/37/130)" in format_report(
+        report
+    )

@@ -259,3 +259,39 @@ def summarize(results: Sequence[dict[str, Any] | Metrics]) -> dict[str, dict[str
             std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
             out[key] = {"mean": float(np.mean(values)), "std": std}
     return out
+
+
+def accuracy_at_class_mix(confusion: Any, mix: Sequence[float]) -> float:
+    """The accuracy a classifier would have on a cohort with another class mix.
+
+    Accuracy is the prevalence-weighted mean of the per-class recalls, ``sum_c pi_c * recall_c``;
+    re-weighting the recalls measured on one cohort by another cohort's class shares ``pi``
+    compares two cohorts of different balance like for like (balanced accuracy is the case of
+    equal shares).
+
+    Args:
+        confusion: ``(C, C)`` counts, rows = true class, columns = predicted class.
+        mix: ``(C,)`` class counts or shares of the target cohort (normalised here).
+
+    Returns:
+        The re-weighted accuracy in [0, 1]; NaN when a class with a non-zero share has no cases
+        in ``confusion`` (its recall is unknown).
+
+    Raises:
+        ValueError: ``confusion`` is not square, ``mix`` does not match it, or ``mix`` has a
+            negative or non-finite entry or sums to zero.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    shares = np.asarray(mix, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion must be a square matrix, got shape {cm.shape}")
+    if shares.shape != (cm.shape[0],):
+        raise ValueError(f"mix has {shares.size} entries for {cm.shape[0]} classes")
+    if not np.all(np.isfinite(shares)) or np.any(shares < 0) or shares.sum() <= 0:
+        raise ValueError(f"mix must be non-negative counts or shares with a positive sum: {mix}")
+    shares = shares / shares.sum()
+    support = cm.sum(axis=1)
+    if np.any((support == 0) & (shares > 0)):
+        return NAN
+    recall = np.divide(np.diag(cm), support, out=np.zeros_like(support), where=support > 0)
+    return float(np.sum(shares * recall))

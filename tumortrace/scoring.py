@@ -56,16 +56,36 @@ class CaseScore:
 
 @dataclass(frozen=True)
 class ScoreReport:
-    """Metrics of one weights card on one manifest, with the per-case rows."""
+    """Metrics of one weights card on one manifest, with the per-case rows.
+
+    Attributes:
+        training_mix: the card's training class counts (``card.data["counts"]``), in
+            :data:`CLASSES` order; None when the card does not state them.
+    """
 
     arch: str
     card_path: Path
     manifest_path: Path
     metrics: evaluate.Metrics
     cases: tuple[CaseScore, ...]
+    training_mix: tuple[int, ...] | None = None
+
+    @property
+    def accuracy_at_training_mix(self) -> float | None:
+        """Accuracy re-weighted to the training cohort's class mix (``sum_c pi_c recall_c``).
+
+        What this cohort's per-class recalls would give at the class balance the cross-validation
+        folds had, so the two accuracies compare like for like; None without a training mix or
+        when a class of it has no case here.
+        """
+        if self.training_mix is None:
+            return None
+        value = evaluate.accuracy_at_class_mix(self.metrics.confusion, self.training_mix)
+        return value if np.isfinite(value) else None
 
     def to_dict(self) -> dict[str, Any]:
         """One JSON-ready document: the metrics at top level, plus arch, n and the cases."""
+        mix = self.training_mix
         return checkpoint.jsonable(
             {
                 "arch": self.arch,
@@ -73,9 +93,21 @@ class ScoreReport:
                 "manifest": str(self.manifest_path),
                 "n": len(self.cases),
                 **self.metrics.to_dict(),
+                "training_mix": None if mix is None else dict(zip(CLASSES, mix, strict=True)),
+                "accuracy_at_training_mix": self.accuracy_at_training_mix,
                 "cases": [c.to_dict() for c in self.cases],
             }
         )
+
+
+def training_mix(card: checkpoint.ModelCard) -> tuple[int, ...] | None:
+    """The card's training class counts in :data:`CLASSES` order, or None if not all stated."""
+    counts = (card.data or {}).get("counts") or {}
+    try:
+        mix = tuple(int(counts[c]) for c in CLASSES)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return mix if sum(mix) > 0 and min(mix) >= 0 else None
 
 
 def _device(device: str) -> torch.device:
@@ -149,7 +181,14 @@ def score_report(
 ) -> ScoreReport:
     """:func:`score_manifest` wrapped in a :class:`ScoreReport` (what the CLI prints)."""
     card, metrics, rows = _score(card_path, manifest_path, device, progress, batch_size=4)
-    return ScoreReport(card.arch, Path(card_path), Path(manifest_path), metrics, tuple(rows))
+    return ScoreReport(
+        card.arch,
+        Path(card_path),
+        Path(manifest_path),
+        metrics,
+        tuple(rows),
+        training_mix=training_mix(card),
+    )
 
 
 def format_report(report: ScoreReport) -> str:
@@ -163,6 +202,14 @@ def format_report(report: ScoreReport) -> str:
         f"{report.arch} on {report.manifest_path} ({d['n']} cases)",
         f"  accuracy {num(d['accuracy'])}   balanced accuracy {num(d['balanced_accuracy'])}   "
         f"macro-F1 {num(d['macro_f1'])}   AUC {num(d['auc_macro'])}   ECE {num(d['ece'])}",
+    ]
+    if d["accuracy_at_training_mix"] is not None:
+        mix = "/".join(str(n) for n in d["training_mix"].values())
+        lines.append(
+            f"  accuracy at the training class mix ({'/'.join(CLASSES)} = {mix}) "
+            f"{num(d['accuracy_at_training_mix'])}"
+        )
+    lines += [
         "",
         f"  {'class':<8} {'precision':>9} {'recall':>7} {'F1':>6} {'specif.':>7} {'AUC':>6}",
     ]
