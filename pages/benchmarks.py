@@ -70,9 +70,11 @@ def _heldout_section(benches: dict[str, dict], heldout: dict[str, dict]) -> None
         f"on a cohort none of them saw in training (`{report.get('manifest', '?')}`: "
         f"{cohort or 'sizes not stored'}). Plain accuracy depends on the class balance: when a "
         "cohort holds more of a class the network often misses (LGG here) than the cross-"
-        "validation folds did, accuracy drops even without overfitting. Balanced accuracy (mean "
-        "recall over classes) does not depend on it. Δ: held-out minus cross-fold, in "
-        "percentage points."
+        "validation folds did, accuracy drops even without overfitting. Two like-for-like "
+        "comparisons: *accuracy at training mix* weights the held-out per-class recalls by the "
+        "training cohort's class shares (what this cohort would score at the folds' balance), "
+        "and balanced accuracy (mean recall over classes) does not depend on the balance at all. "
+        "Δ: held-out minus cross-fold, in percentage points."
     )
     table = viz.heldout_table(benches, heldout)
     st.dataframe(table, hide_index=True, height=_rows_height(len(table)))

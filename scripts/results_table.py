@@ -141,23 +141,28 @@ def render(
             "`python -m tumortrace evaluate` on a new synthetic cohort made with another seed "
             f"(`{any_report.get('manifest', '?')}`: {cohort}; `scripts/heldout.sh`), against "
             f"their cross-fold means. LGG is {shares}, so plain accuracy moves with LGG recall "
-            "even without any overfitting; balanced accuracy (mean recall) does not depend on the "
-            "class balance and is the like-for-like comparison. Differences in percentage points "
-            "(held-out minus cross-fold).",
+            "even without any overfitting. Two like-for-like comparisons: *at training mix* is "
+            "the held-out per-class recalls weighted by the training cohort's class shares "
+            "(`accuracy_at_training_mix` in the report: the accuracy this cohort would give at "
+            "the folds' class balance), and balanced accuracy (mean recall) does not depend on "
+            "the class balance. Differences in percentage points (held-out minus cross-fold).",
             "",
-            "| network | accuracy held-out | cross-fold | difference | balanced acc. held-out "
-            "| cross-fold | difference | LGG recall held-out | cross-fold |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| network | accuracy held-out | cross-fold | difference | at training mix "
+            "| difference | balanced acc. held-out | cross-fold | difference "
+            "| LGG recall held-out | cross-fold |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for arch, report in heldout.items():
             m = _metrics(report)
             s = (benches.get(arch) or {}).get("summary") or {}
             acc, bal = m.get("accuracy"), m.get("balanced_accuracy")
+            mix = report.get("accuracy_at_training_mix")
             cv_acc, cv_bal = (s.get(k, {}).get("mean") for k in ("accuracy", "balanced_accuracy"))
             lgg = (m.get("per_class", {}).get("lgg") or {}).get("recall")
             lines.append(
                 f"| {NAMES.get(arch, arch)} | {_num(acc, pct=True)} | {_pct(s.get('accuracy'))} "
-                f"| {_diff(acc, cv_acc)} | {_num(bal, pct=True)} "
+                f"| {_diff(acc, cv_acc)} | {_num(mix, pct=True)} | {_diff(mix, cv_acc)} "
+                f"| {_num(bal, pct=True)} "
                 f"| {_pct(s.get('balanced_accuracy'))} | {_diff(bal, cv_bal)} "
                 f"| {_num(lgg, pct=True)} | {_pct(s.get('lgg_recall'))} |"
             )

@@ -123,6 +123,7 @@ def make_benchmark_files(folder: Path, archs: tuple[str, ...] = ("mc3", "r3d")) 
         "n": 30,
         "accuracy": 0.6,
         "balanced_accuracy": 0.6,
+        "accuracy_at_training_mix": 0.66,
         "per_class": {c: {"recall": r} for c, r in zip(CLASSES, (0.9, 0.3, 0.6), strict=True)},
         "confusion": [[9, 1, 0], [6, 3, 1], [2, 2, 6]],
     }

@@ -245,12 +245,19 @@ def test_summary_and_fold_tables():
 
 def test_heldout_table_compares_with_fold_means():
     bench = {"arch": "mc3", "folds": [_fold(0.8, 0.5), _fold(0.9, 0.7)]}
-    report = {"n": 90, "metrics": {"accuracy": 0.7, "per_class": {"lgg": {"recall": 0.4}}}}
+    report = {
+        "n": 90,
+        "metrics": {"accuracy": 0.7, "per_class": {"lgg": {"recall": 0.4}}},
+        "accuracy_at_training_mix": 0.83,
+    }
     table = viz.heldout_table({"mc3": bench}, {"mc3": report, "r3d": {"accuracy": 0.5}})
     mc3, r3d = (row.to_dict() for _, row in table.iterrows())
     assert mc3["network"] == "MC3-18" and mc3["n"] == 90
     assert mc3["accuracy held-out %"] == 70.0 and mc3["accuracy cross-fold %"] == 85.0
     assert mc3["accuracy Δ pts"] == -15.0
+    assert mc3["accuracy at training mix held-out %"] == 83.0
+    assert mc3["accuracy at training mix cross-fold %"] == 85.0
+    assert mc3["accuracy at training mix Δ pts"] == -2.0
     assert mc3["LGG recall held-out %"] == 40.0 and mc3["LGG recall Δ pts"] == -20.0
     # not stored: missing, never a made-up 0
     assert pd.isna(mc3["balanced acc. held-out %"]) and pd.isna(mc3["balanced acc. Δ pts"])
