@@ -324,11 +324,19 @@ def _cam_nifti_bytes(expl, volume: Volume) -> bytes:
 
 
 def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
-    """Voxel of highest mean Grad-CAM inside the head (where the viewer opens), or the centre."""
+    """Voxel of highest mean Grad-CAM inside the head (where the viewer opens), or the centre.
+
+    The viewer opens on the attention peak only for a confident tumour verdict: the heat of a
+    guess has no focus, and evidence for "healthy" has no lesion to point at (its peak is often at
+    the edge of the head, an almost empty slice).
+    """
     shape = volume.data.shape
     if analysis is None or not analysis.explanations:
         return tuple(s // 2 for s in shape)
-    if float(np.max(analysis.ensemble_probs)) < LOW_CONFIDENCE:  # heat of a guess: no focus
+    if float(np.max(analysis.ensemble_probs)) < LOW_CONFIDENCE or analysis.ensemble_label not in (
+        "lgg",
+        "hgg",
+    ):
         return tuple(s // 2 for s in shape)
     mean = np.mean([e.cam_volume for e in analysis.explanations.values()], axis=0)
     mean = mean * (volume.data > viz.otsu_threshold(volume.data[::2, ::2, ::2]))  # in the head

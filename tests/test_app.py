@@ -285,3 +285,21 @@ def test_bundled_samples_are_small_and_reproducible(label):
     # voxels exactly (measured: 3 of 311,296 voxels of the LGG sample on an AMD EPYC).
     diff = np.abs(np.asarray(fresh.dataobj, np.int32) - np.asarray(stored.dataobj, np.int32))
     assert diff.max() <= 1 and np.count_nonzero(diff) <= diff.size // 10_000
+
+
+def test_confident_healthy_verdict_opens_the_viewer_at_the_centre(monkeypatch):
+    """The shipped weights call the bundled healthy sample healthy (ensemble above 60 %); its
+    Grad-CAM peak has no lesion to show, so the viewer opens at the volume's centre."""
+    monkeypatch.setenv("TUMORTRACE_WEIGHTS_DIR", str(ROOT / "weights"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.selectbox(key="tt_sample").set_value("Synthetic healthy brain").run()
+    no_exception(at)
+    assert any("Ensemble verdict: Healthy" in x.value for x in at.success)
+    shape = nib.load(ROOT / "samples" / "healthy.nii.gz").shape  # RAS-stored sample
+    sliders = {s.key.split("_")[2]: s.value for s in at.slider if s.key.startswith("tt_slice_")}
+    # 1-based slider positions of the centre voxel (x, y, z = sagittal, coronal, axial)
+    assert sliders == {
+        "sagittal": shape[0] // 2 + 1,
+        "coronal": shape[1] // 2 + 1,
+        "axial": shape[2] // 2 + 1,
+    }
