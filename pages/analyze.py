@@ -333,10 +333,8 @@ def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
     shape = volume.data.shape
     if analysis is None or not analysis.explanations:
         return tuple(s // 2 for s in shape)
-    if float(np.max(analysis.ensemble_probs)) < LOW_CONFIDENCE or analysis.ensemble_label not in (
-        "lgg",
-        "hgg",
-    ):
+    guess = float(np.max(analysis.ensemble_probs)) < LOW_CONFIDENCE
+    if guess or analysis.ensemble_label not in ("lgg", "hgg"):
         return tuple(s // 2 for s in shape)
     mean = np.mean([e.cam_volume for e in analysis.explanations.values()], axis=0)
     mean = mean * (volume.data > viz.otsu_threshold(volume.data[::2, ::2, ::2]))  # in the head

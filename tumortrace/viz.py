@@ -812,7 +812,7 @@ def cost_table(benches: Mapping[str, Mapping], inference: Mapping | None) -> pd.
 
 
 def heldout_table(benches: Mapping[str, Mapping], heldout: Mapping[str, Mapping]) -> pd.DataFrame:
-    """Held-out cohort scores beside the cross-fold means, one row per network that has both.
+    """Held-out cohort scores beside the cross-fold means, one row per held-out report.
 
     Args:
         benches: ``{arch: benchmark record}`` as in ``weights/benchmarks/<arch>.json``.
@@ -825,19 +825,18 @@ def heldout_table(benches: Mapping[str, Mapping], heldout: Mapping[str, Mapping]
         class mix (the report's ``accuracy_at_training_mix``: held-out per-class recalls weighted
         by the training cohort's class shares), balanced accuracy and LGG recall, the held-out
         value, the cross-fold mean (plain accuracy for both accuracies) and their difference
-        (percentage points, held-out minus cross-fold); missing values are None.
+        (percentage points, held-out minus cross-fold); missing values (a network without a
+        benchmark record, a metric the report lacks) are None or NaN.
     """
     records = []
     for arch, report in heldout.items():
         metrics = report.get("metrics", report)
         folds = benches.get(arch, {}).get("folds", [])
+        fold_accuracy = fold_values(folds, "accuracy")
         rec: dict[str, object] = {"network": ARCH_NAMES.get(arch, arch), "n": report.get("n")}
         pairs = {
-            "accuracy": (metrics.get("accuracy"), fold_values(folds, "accuracy")),
-            "accuracy at training mix": (
-                report.get("accuracy_at_training_mix"),
-                fold_values(folds, "accuracy"),
-            ),
+            "accuracy": (metrics.get("accuracy"), fold_accuracy),
+            "accuracy at training mix": (report.get("accuracy_at_training_mix"), fold_accuracy),
             "balanced acc.": (
                 metrics.get("balanced_accuracy"),
                 fold_values(folds, "balanced_accuracy"),
