@@ -136,3 +136,13 @@ def test_report_reweights_accuracy_to_the_training_mix(card, manifest, tmp_path)
     assert "accuracy at the training class mix (healthy/lgg/hgg = 130/37/130)" in format_report(
         report
     )
+
+
+def test_training_mix_needs_every_class_counted():
+    from tumortrace.scoring import training_mix
+
+    full = {"healthy": 130, "lgg": 37, "hgg": 130}
+    assert training_mix(ModelCard(arch="mc3", data={"counts": full})) == (130, 37, 130)
+    for counts in ({"healthy": 130, "hgg": 130}, {**full, "lgg": "many"}, {c: 0 for c in full}):
+        assert training_mix(ModelCard(arch="mc3", data={"counts": counts})) is None
+    assert training_mix(ModelCard(arch="mc3")) is None
