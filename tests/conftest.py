@@ -56,11 +56,10 @@ def tiny_nifti(tmp_path_factory) -> Path:
     return path
 
 
+REAL_SAMPLES = Path(__file__).resolve().parent / "data"
+
+
 @pytest.fixture(scope="session")
 def real_samples_dir() -> Path:
-    """../shared/real-samples beside the checkout (present in CI)."""
-    here = Path(__file__).resolve().parents[1]
-    for cand in (here.parent / "shared" / "real-samples", here / "shared" / "real-samples"):
-        if cand.is_dir():
-            return cand
-    pytest.fail("../shared/real-samples not found beside the checkout")
+    """tests/data: two real public scans shipped with the repository (provenance in its README)."""
+    return REAL_SAMPLES
