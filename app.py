@@ -20,9 +20,8 @@ from typing import Any
 
 import streamlit as st
 
-from tumortrace.config import ARCHS
 from tumortrace.errors import CheckpointError
-from tumortrace.viz import ARCH_NAMES
+from tumortrace.networks import display_name, network_names
 
 ROOT = Path(__file__).resolve().parent
 WEIGHTS_ENV = "TUMORTRACE_WEIGHTS_DIR"
@@ -53,7 +52,7 @@ def read_cards(folder: Path) -> dict[str, dict]:
     Unreadable cards are returned as ``{"error": message}`` so the sidebar can say what is wrong.
     """
     cards: dict[str, dict] = {}
-    for arch in ARCHS:
+    for arch in network_names():
         path = folder / f"{arch}.json"
         if not path.is_file():
             continue
@@ -91,7 +90,7 @@ def get_predictor() -> SharedPredictor:
     if not cards:
         raise CheckpointError(
             f"No trained weights in {folder}: expected model cards such as "
-            f"{', '.join(f'{a}.json' for a in ARCHS)} beside their .safetensors files. "
+            f"{', '.join(f'{a}.json' for a in network_names())} beside their .safetensors files. "
             "Train them with `python train.py --arch mc3` (and r2plus1d, r3d), or point "
             f"{WEIGHTS_ENV} at a folder that has them."
         )
@@ -104,8 +103,8 @@ def sidebar(folder: Path) -> None:
         st.markdown("### Weights")
         st.caption(f"Folder: `{folder}`")
         cards = read_cards(folder)
-        for arch in ("r2plus1d", "mc3", "r3d"):
-            name = ARCH_NAMES[arch]
+        for arch in network_names():
+            name = display_name(arch)
             card = cards.get(arch)
             if card is None:
                 st.markdown(f":grey[○ {name}: not found]")

@@ -40,9 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tumortrace.checkpoint import ModelCard, atomic_write_json, load_checkpoint  # noqa: E402
+from tumortrace.checkpoint import ModelCard, load_checkpoint  # noqa: E402
 from tumortrace.config import PreprocessConfig  # noqa: E402
 from tumortrace.explain import cam_to_volume, gradcam_captum  # noqa: E402
+from tumortrace.files import atomic_write_json  # noqa: E402
 from tumortrace.infer import InferenceSettings, Predictor  # noqa: E402
 from tumortrace.io import Volume, volume_from_array  # noqa: E402
 from tumortrace.models import count_gflops, create_model, list_models  # noqa: E402

@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from tumortrace import viz  # noqa: E402
 from tumortrace.io import Volume, load_volume, volume_from_array  # noqa: E402
+from tumortrace.networks import network_names  # noqa: E402
 
-ARCHS = ("r2plus1d", "mc3", "r3d")
+ARCHS = network_names()
 
 
 def brats_volume(path: Path | None = None) -> tuple[Volume, dict[str, np.ndarray]]:

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from tumortrace import viz
-from tumortrace.config import ARCHS
+from tumortrace.networks import display_name, in_display_order
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,10 +56,9 @@ if not cards:
         "`python train.py --arch mc3` (and r2plus1d, r3d); each run writes `<arch>.json`.",
         icon=":material/info:",
     )
-order = ["r2plus1d", "mc3", "r3d"] + [a for a in ARCHS if a not in ("r2plus1d", "mc3", "r3d")]
-for arch in [a for a in order if a in cards]:
+for arch in in_display_order(cards):
     card = cards[arch]
-    name = viz.ARCH_NAMES.get(arch, arch)
+    name = display_name(arch)
     with st.expander(f"{name} (`{arch}`)", expanded=True):
         if "error" in card:
             st.error(card["error"])

@@ -23,7 +23,9 @@ import streamlit as st
 from tumortrace import viz
 from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
-from tumortrace.io import Volume, bytes_sha256, file_sha256, load_upload, load_volume
+from tumortrace.files import sha256_bytes, sha256_file
+from tumortrace.io import Volume, load_upload, load_volume
+from tumortrace.networks import display_name, in_display_order
 
 LOG = logging.getLogger("tumortrace.app")
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
@@ -32,7 +34,6 @@ SAMPLES: dict[str, str] = {
     "Synthetic low-grade glioma (LGG)": "lgg.nii.gz",
     "Synthetic high-grade glioma (HGG)": "hgg.nii.gz",
 }
-ARCH_ORDER = ("r2plus1d", "mc3", "r3d")
 MAX_CACHED = 4  # volumes / analyses per session (a 240x240x155 analysis holds ~110 MB of maps)
 UPLOAD_MIB = IOLimits().max_upload_bytes // 2**20
 LOW_CONFIDENCE = 0.6  # below this top probability a verdict is flagged as low confidence
@@ -73,17 +74,11 @@ def _analysis(shared, volume: Volume, sha: str, target: str | None):
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    names = ", ".join(viz.ARCH_NAMES.get(a, a) for a in _ordered(shared.predictor.archs))
+    names = ", ".join(display_name(a) for a in in_display_order(shared.predictor.archs))
     what = f"Grad-CAM for {viz.CLASS_NAMES[target]}" if target else "predictions and Grad-CAM"
     with st.spinner(f"Running {names}: {what}…"), shared.lock:
         analysis = shared.predictor.analyze(volume, target=target)
     return _remember(cache, key, analysis)
-
-
-def _ordered(archs) -> list[str]:
-    """Networks in the paper's order, then any other."""
-    archs = list(archs)
-    return [a for a in ARCH_ORDER if a in archs] + [a for a in archs if a not in ARCH_ORDER]
 
 
 # ----------------------------------------------------------------------------- input
@@ -107,7 +102,7 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
             if name is None:
                 return None
             path = SAMPLES_DIR / SAMPLES[name]
-            sha = file_sha256(path)
+            sha = sha256_file(path)
             volume, presets = _volume_entry(sha, lambda: load_volume(path))
             return sha, volume, presets
         upload = st.file_uploader(
@@ -122,7 +117,7 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
             return None
         ids = _lru("tt_upload_sha")
         if upload.file_id not in ids:
-            _remember(ids, upload.file_id, bytes_sha256(upload.getvalue()))
+            _remember(ids, upload.file_id, sha256_bytes(upload.getvalue()))
         sha = ids[upload.file_id]
         volume, presets = _volume_entry(sha, lambda: load_upload(upload.getvalue(), upload.name))
         return sha, volume, presets
@@ -161,13 +156,13 @@ def _facts(volume: Volume) -> None:
 
 def _predictions(analysis, cards: dict) -> None:
     """One column per network (class, probabilities, time), then the ensemble verdict."""
-    archs = _ordered(analysis.predictions)
+    archs = in_display_order(analysis.predictions)
     cols = st.columns(len(archs))
     for col, arch in zip(cols, archs, strict=True):
         pred = analysis.predictions[arch]
         p = float(np.max(pred.probs))
         with col, st.container(border=True):
-            st.markdown(f"#### {viz.ARCH_NAMES.get(arch, arch)}")
+            st.markdown(f"#### {display_name(arch)}")
             st.markdown(
                 f"Prediction: **:{_tone(pred.label)}[{viz.CLASS_NAMES[pred.label]}]** "
                 f"({100 * p:.1f} %)" + (" · :orange[low confidence]" if p < LOW_CONFIDENCE else "")
@@ -189,8 +184,7 @@ def _predictions(analysis, cards: dict) -> None:
         )
     else:
         votes = ", ".join(
-            f"{viz.ARCH_NAMES.get(a, a)}: {viz.CLASS_NAMES[analysis.predictions[a].label]}"
-            for a in archs
+            f"{display_name(a)}: {viz.CLASS_NAMES[analysis.predictions[a].label]}" for a in archs
         )
         why = (
             f"The networks disagree ({votes})"
@@ -203,9 +197,7 @@ def _predictions(analysis, cards: dict) -> None:
             icon=":material/warning:",
         )
     total = sum(analysis.predictions[a].seconds for a in archs)
-    times = " · ".join(
-        f"{viz.ARCH_NAMES.get(a, a)} {analysis.predictions[a].seconds:.2f} s" for a in archs
-    )
+    times = " · ".join(f"{display_name(a)} {analysis.predictions[a].seconds:.2f} s" for a in archs)
     st.caption(f"Time per network (forward pass + Grad-CAM): {times} · total {total:.2f} s")
 
 
@@ -257,7 +249,9 @@ def _report(volume: Volume, sha: str, analysis, cards: dict) -> dict:
                 "seconds": round(float(pred.seconds), 4),
                 "weights": card_id(arch),
             }
-            for arch, pred in ((a, analysis.predictions[a]) for a in _ordered(analysis.predictions))
+            for arch, pred in (
+                (a, analysis.predictions[a]) for a in in_display_order(analysis.predictions)
+            )
         ],
     }
 
@@ -460,7 +454,7 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base) -> None:
     cmap = o5.selectbox("Colour map", viz.COLORMAPS, key="tt_cmap")
     analysis = base if target is None else _analysis(shared, volume, sha, target)
     axis = viz.plane_layout(cam_plane).fixed_axis
-    archs = _ordered(analysis.explanations)
+    archs = in_display_order(analysis.explanations)
     st.caption(
         f"{cam_plane.capitalize()} slice {point[axis] + 1} (follows the {cam_plane} slider above), "
         f"same slice in every column. Colour: low → high attention, relative to each network's "
@@ -485,7 +479,7 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base) -> None:
         with col:
             st.image(
                 viz.encode_png(img),
-                caption=f"{viz.ARCH_NAMES.get(arch, arch)} · Grad-CAM for "
+                caption=f"{display_name(arch)} · Grad-CAM for "
                 f"{viz.CLASS_NAMES[expl.target]} · predicted {viz.CLASS_NAMES[pred.label]}",
                 width="stretch",
             )

@@ -16,6 +16,7 @@ import streamlit as st
 
 from tumortrace import viz
 from tumortrace.config import CLASSES
+from tumortrace.networks import display_name
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_ARCH = {"inference", "published"}
@@ -150,7 +151,7 @@ def _published(path: Path) -> None:
     for col, (arch, record) in zip(cols, seed.items(), strict=False):
         df = pd.DataFrame.from_dict(record.get("per_class", {}), orient="index")
         df.index = [viz.CLASS_NAMES.get(c, c) for c in df.index]
-        col.markdown(f"**{viz.ARCH_NAMES.get(arch, arch)}**")
+        col.markdown(f"**{display_name(arch)}**")
         col.dataframe(df)
     chat = pub.get("chatterjee2022", {})
     st.markdown("##### Chatterjee et al. 2022 (Scientific Reports)")
@@ -159,7 +160,7 @@ def _published(path: Path) -> None:
     if best:
         m1, m2, m3 = st.columns(3)
         pre = "pre-trained" if best.get("pretrained") else "from scratch"
-        m1.metric("Best model", f"{viz.ARCH_NAMES.get(best.get('model'), best.get('model'))}")
+        m1.metric("Best model", f"{display_name(best.get('model'))}")
         m1.caption(pre)
         m2.metric("Accuracy (published)", f"{100 * best.get('accuracy', float('nan')):.2f} %")
         m3.metric("Macro-F1 (published)", f"{best.get('macro_f1', float('nan')):.4f}")
@@ -168,7 +169,7 @@ def _published(path: Path) -> None:
     for variant, per_class in chat.get("per_class", {}).items():
         arch, _, init = variant.rpartition("_")
         for cls, values in per_class.items():
-            row = {"network": viz.ARCH_NAMES.get(arch, arch), "weights": init}
+            row = {"network": display_name(arch), "weights": init}
             row["class"] = viz.CLASS_NAMES.get(cls, cls)
             row.update(dict(zip(order, values, strict=False)))
             rows.append(row)
@@ -208,7 +209,7 @@ else:
     if heldout:
         _heldout_section(benches, heldout)
     st.header("Per network")
-    tabs = st.tabs([viz.ARCH_NAMES.get(a, a) for a in benches])
+    tabs = st.tabs([display_name(a) for a in benches])
     for tab, (arch, bench) in zip(tabs, benches.items(), strict=True):
         with tab:
             _network_tab(arch, bench)

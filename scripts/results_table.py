@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tumortrace.config import CLASSES  # noqa: E402
+from tumortrace.networks import display_name, network_names  # noqa: E402
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-ARCH_ORDER: tuple[str, ...] = ("r2plus1d", "mc3", "r3d")
-NAMES: dict[str, str] = {"r2plus1d": "R(2+1)D-18", "mc3": "MC3-18", "r3d": "R3D-18"}
-CLASSES: tuple[str, ...] = ("healthy", "lgg", "hgg")
 
 
 def _pct(stat: dict[str, Any] | None) -> str:
@@ -56,13 +58,13 @@ def load_benchmarks(folder: Path) -> dict[str, dict[str, Any]]:
         record = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(record, dict) and isinstance(record.get("folds"), list) and "arch" in record:
             found[record["arch"]] = record
-    return {a: found[a] for a in ARCH_ORDER if a in found}
+    return {a: found[a] for a in network_names() if a in found}
 
 
 def load_heldout(folder: Path) -> dict[str, dict[str, Any]]:
     """``{arch: evaluate report}`` from ``<folder>/heldout/<arch>.json`` (absent: empty)."""
     out: dict[str, dict[str, Any]] = {}
-    for arch in ARCH_ORDER:
+    for arch in network_names():
         path = folder / "heldout" / f"{arch}.json"
         if path.is_file():
             out[arch] = json.loads(path.read_text(encoding="utf-8"))
@@ -115,7 +117,7 @@ def render(
             s = b.get("summary", {})
             minutes = sum(f.get("train_seconds", 0.0) for f in b["folds"]) / 60
             lines.append(
-                f"| {NAMES.get(arch, arch)} | {_pct(s.get('accuracy'))} "
+                f"| {display_name(arch)} | {_pct(s.get('accuracy'))} "
                 f"| {_pct(s.get('balanced_accuracy'))} | {_f(s.get('macro_f1'))} "
                 f"| {_pct(s.get('lgg_recall'))} | {_f(s.get('lgg_f1'))} | {_f(s.get('hgg_f1'))} "
                 f"| {_f(s.get('healthy_f1'))} | {_f(s.get('auc_macro'))} | {_epochs(b)} "
@@ -160,7 +162,7 @@ def render(
             cv_acc, cv_bal = (s.get(k, {}).get("mean") for k in ("accuracy", "balanced_accuracy"))
             lgg = (m.get("per_class", {}).get("lgg") or {}).get("recall")
             lines.append(
-                f"| {NAMES.get(arch, arch)} | {_num(acc, pct=True)} | {_pct(s.get('accuracy'))} "
+                f"| {display_name(arch)} | {_num(acc, pct=True)} | {_pct(s.get('accuracy'))} "
                 f"| {_diff(acc, cv_acc)} | {_num(mix, pct=True)} | {_diff(mix, cv_acc)} "
                 f"| {_num(bal, pct=True)} "
                 f"| {_pct(s.get('balanced_accuracy'))} | {_diff(bal, cv_bal)} "
@@ -195,13 +197,13 @@ def _published(pub: dict[str, Any]) -> list[str]:
             for c in ("lgg", "hgg", "healthy")
         ]
         lines.append(
-            f"| Chatterjee et al. 2022 | {NAMES.get(arch, arch)} ({init}) | {acc} | {f1} "
+            f"| Chatterjee et al. 2022 | {display_name(arch)} ({init}) | {acc} | {f1} "
             f"| {' | '.join(cells)} |"
         )
     for arch, rec in pub.get("seed_paper", {}).items():
         pc = rec.get("per_class", {})
         cells = [f"{pc[c]['f1']:.2f}" if c in pc else "—" for c in ("lgg", "hgg", "healthy")]
-        lines.append(f"| seed paper | {NAMES.get(arch, arch)} | — | — | {' | '.join(cells)} |")
+        lines.append(f"| seed paper | {display_name(arch)} | — | — | {' | '.join(cells)} |")
     lines.append("")
     return lines
 

@@ -14,14 +14,13 @@ from safetensors.torch import save_file
 
 from tumortrace.checkpoint import (
     ModelCard,
-    atomic_write_json,
     load_checkpoint,
     read_card,
     save_checkpoint,
-    sha256_bytes,
 )
 from tumortrace.config import PreprocessConfig
 from tumortrace.errors import CheckpointError, ConfigError
+from tumortrace.files import sha256_bytes
 from tumortrace.models import create_model, list_models
 
 X = torch.randn(2, 1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -209,19 +208,3 @@ def test_save_refuses_card_for_other_arch(saved, tmp_path):
     model, _ = saved
     with pytest.raises(CheckpointError, match=r"model is a 'mc3' network but the card says 'r3d'"):
         save_checkpoint(model, _card("r3d"), tmp_path)
-
-
-def test_unwritable_output(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(ConfigError, match=r"Cannot write .*choose another output folder"):
-        atomic_write_json(blocker / "sub" / "out.json", {"a": 1})
-
-
-def test_atomic_write_json_is_json_safe(tmp_path):
-    path = atomic_write_json(
-        tmp_path / "b.json",
-        {"t": (1, 2), "nan": float("nan"), "p": Path("a/b"), "x": torch.ones(2)},
-    )
-    assert json.loads(path.read_text()) == {"t": [1, 2], "nan": None, "p": "a/b", "x": [1.0, 1.0]}
-    assert [p.name for p in tmp_path.iterdir()] == ["b.json"]

@@ -17,8 +17,6 @@ from conftest import rotation
 from tumortrace.config import IOLimits
 from tumortrace.errors import InvalidVolumeError, UnsafeArchiveError
 from tumortrace.io import (
-    bytes_sha256,
-    file_sha256,
     load_upload,
     load_volume,
     save_nifti,
@@ -130,13 +128,6 @@ def test_save_nifti_is_atomic_and_round_trips(tmp_path, int_volume):
     assert nib.load(out).get_data_dtype() == np.uint8
     with pytest.raises(InvalidVolumeError, match=r"\.nii or \.nii\.gz"):
         save_nifti(int_volume, affine, tmp_path / "x.png")
-
-
-def test_sha256_helpers(tmp_path):
-    p = tmp_path / "b.bin"
-    p.write_bytes(b"tumortrace")
-    assert file_sha256(p) == bytes_sha256(b"tumortrace")
-    assert len(bytes_sha256(b"")) == 64
 
 
 def test_four_d_with_one_volume_is_accepted(tmp_path, int_volume):

@@ -22,6 +22,7 @@ from tumortrace.models import (
     min_input_shape,
     pretrained_file,
 )
+from tumortrace.networks import display_name, in_display_order, network_names
 
 TORCHVISION = {"mc3": mc3_18, "r2plus1d": r2plus1d_18, "r3d": r3d_18}
 SMALL = (8, 16, 16)
@@ -35,6 +36,13 @@ def models() -> dict[str, nn.Module]:
 
 def test_list_models_is_sorted_registry():
     assert list_models() == ["mc3", "r2plus1d", "r3d"]
+
+
+def test_registry_builds_exactly_the_networks_table():
+    assert list_models() == sorted(network_names())
+    assert network_names() == ("r2plus1d", "mc3", "r3d")  # display order: the seed paper's
+    assert [display_name(n) for n in network_names()] == ["R(2+1)D-18", "MC3-18", "R3D-18"]
+    assert in_display_order(["r3d", "new", "mc3"]) == ["mc3", "r3d", "new"]
 
 
 @pytest.mark.parametrize("name", list_models())

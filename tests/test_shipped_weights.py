@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 
 from tumortrace.checkpoint import load_checkpoint, read_card
-from tumortrace.config import ARCHS, CLASSES
+from tumortrace.config import CLASSES
 from tumortrace.infer import Predictor
 from tumortrace.io import load_volume
+from tumortrace.models import list_models
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights"
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", list_models())
 def test_card_states_data_command_commit_shape_folds_and_use(arch):
     card = read_card(WEIGHTS / f"{arch}.json")
     bench = json.loads((WEIGHTS / "benchmarks" / f"{arch}.json").read_text(encoding="utf-8"))
@@ -39,7 +40,7 @@ def test_card_states_data_command_commit_shape_folds_and_use(arch):
     assert all(not (a & b) for i, a in enumerate(tests) for b in tests[i + 1 :])
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", list_models())
 def test_weights_verify_and_are_fp16_on_disk(arch):
     from safetensors import safe_open
 
@@ -52,10 +53,10 @@ def test_weights_verify_and_are_fp16_on_disk(arch):
 
 def test_bundled_samples_get_three_distributions():
     predictor = Predictor.from_dir(WEIGHTS)
-    assert sorted(predictor.cards) == sorted(ARCHS)
+    assert sorted(predictor.cards) == list_models()
     for label in CLASSES:
         analysis = predictor.analyze(load_volume(ROOT / "samples" / f"{label}.nii.gz"))
-        assert sorted(analysis.predictions) == sorted(ARCHS)
+        assert sorted(analysis.predictions) == list_models()
         for pred in analysis.predictions.values():
             assert pred.probs.shape == (3,) and np.isfinite(pred.probs).all()
             assert pred.probs.sum() == pytest.approx(1.0, abs=1e-6)

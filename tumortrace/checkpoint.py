@@ -11,16 +11,11 @@ an interrupted run never leaves a half-written weights file or card.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
@@ -29,6 +24,13 @@ from torch import nn
 
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.errors import CheckpointError, ConfigError
+from tumortrace.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    json_text,
+    jsonable,
+    sha256_bytes,
+)
 from tumortrace.models import create_model, get_spec, list_models, state_dict_mismatch
 
 CARD_FORMAT = 1
@@ -113,75 +115,7 @@ class ModelCard:
 
     def to_json(self) -> str:
         """The card as indented JSON text."""
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-
-
-def jsonable(obj: Any) -> Any:
-    """Converts tuples, paths, numpy values, tensors and dataclasses for ``json.dumps``.
-
-    Non-finite floats become ``None`` (JSON has no NaN), e.g. an AUC undefined for a missing class.
-    """
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        to_dict = getattr(obj, "to_dict", None)
-        return jsonable(to_dict() if callable(to_dict) else dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return jsonable(obj.item())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return obj.as_posix()
-    return obj
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    Readers see the old file or the new one, never a partial one.
-
-    Raises:
-        ConfigError: the folder cannot be created or written (e.g. an unwritable ``--out``).
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise ConfigError(
-            f"Cannot write {path}: {err.strerror or err}. Expected a writable folder; choose "
-            "another output folder (e.g. --out) or fix its permissions."
-        ) from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise ConfigError(f"Cannot write {path}: {err.strerror or err}.") from err
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Writes ``obj`` (through :func:`jsonable`) as indented UTF-8 JSON, atomically."""
-    text = json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
+        return json_text(self.to_dict())
 
 
 def unwrap_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -195,17 +129,25 @@ def unwrap_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def fits_fp16(t: torch.Tensor) -> bool:
+    """The one "fp16 unless it overflows" rule: a floating tensor is stored as fp16 when every
+    value fits (fp16 halves the file), else as fp32 rather than turn into inf."""
+    return t.is_floating_point() and (t.numel() == 0 or float(t.abs().max()) <= _FP16_MAX)
+
+
 def _to_disk(t: torch.Tensor) -> torch.Tensor:
     t = t.detach().to("cpu")
     if t.is_floating_point():
-        # fp16 halves the file; a tensor that would overflow fp16 keeps fp32 rather than turn inf.
-        if t.numel() == 0 or float(t.abs().max()) <= _FP16_MAX:
-            t = t.to(torch.float16)
-        else:
-            t = t.to(torch.float32)
+        t = t.to(torch.float16 if fits_fp16(t) else torch.float32)
     elif t.dtype != torch.bool:
         t = t.to(torch.int64)
     return t.contiguous().clone()
+
+
+def as_stored(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` rounded as :func:`save_checkpoint` stores it (fp16 where it fits), back in fp32,
+    so a model loaded with it gives the logits a reload of the written file gives."""
+    return {k: v.half().float() if fits_fp16(v) else v for k, v in state.items()}
 
 
 def save_checkpoint(
@@ -260,7 +202,7 @@ def save_checkpoint(
         weights_sha256=sha256_bytes(blob),
         params=card.params or sum(p.numel() for p in model.parameters()),
     )
-    return atomic_write_bytes(out_dir / f"{stem}.json", card.to_json().encode("utf-8"))
+    return atomic_write_text(out_dir / f"{stem}.json", card.to_json())
 
 
 def resolve_card_path(path: str | Path, arch: str | None = None) -> Path:

@@ -15,9 +15,6 @@ from typing import Any, Literal
 CLASSES: tuple[str, str, str] = ("healthy", "lgg", "hgg")
 """Class order used everywhere: label index i means ``CLASSES[i]``."""
 
-ARCHS: tuple[str, ...] = ("mc3", "r2plus1d", "r3d")
-"""The three shipped network families (see :mod:`tumortrace.models`)."""
-
 IntensityMode = Literal["zscore", "percentile"]
 AugmentMode = Literal["none", "light", "heavy"]
 DeviceMode = Literal["auto", "cuda", "cpu"]

@@ -10,11 +10,8 @@ preprocessed tensor on disk so only the first epoch pays for loading and resampl
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ from torch.utils.data import Dataset
 
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.errors import ConfigError, ManifestError
+from tumortrace.files import atomic_path, atomic_write_json, sha256_bytes, sha256_file
 from tumortrace.manifest import Case, read_manifest, validate_cases, write_manifest
 
 __all__ = [
@@ -331,11 +329,7 @@ def save_splits(folds: Iterable[FoldSplit], path: str | Path) -> Path:
     folds = list(folds)
     for fold in folds:
         _check_fold(fold, "save_splits")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"version": 1, "folds": [f.to_dict() for f in folds]}, indent=1) + "\n"
-    _atomic_write(path, text.encode("utf-8"))
-    return path
+    return atomic_write_json(path, {"version": 1, "folds": [f.to_dict() for f in folds]}, indent=1)
 
 
 def load_splits(path: str | Path, cases: Sequence[Case] | None = None) -> list[FoldSplit]:
@@ -380,18 +374,6 @@ def load_splits(path: str | Path, cases: Sequence[Case] | None = None) -> list[F
     return folds
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 # --------------------------------------------------------------------------- weights, dataset
 
 
@@ -417,20 +399,6 @@ def class_weights(labels: Sequence[int], n_classes: int = len(CLASSES)) -> torch
         )
     counts = np.bincount(arr, minlength=n_classes)
     return torch.as_tensor(1.0 - counts / arr.size, dtype=torch.float32)
-
-
-def content_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, or of a folder's (a DICOM series) relative names and bytes."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if file is not path:
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 class VolumeDataset(Dataset):
@@ -472,9 +440,9 @@ class VolumeDataset(Dataset):
         stat = Path(case.path).stat()
         ident = (str(case.path), stat.st_size, stat.st_mtime_ns)
         if ident not in self._keys:
-            content = content_sha256(case.path)
+            content = sha256_file(case.path)
             blob = f"{content}\n{self._config_json}".encode()
-            self._keys[ident] = hashlib.sha256(blob).hexdigest()
+            self._keys[ident] = sha256_bytes(blob)
         return self._keys[ident]
 
     def _compute(self, case: Case) -> torch.Tensor:
@@ -498,14 +466,8 @@ class VolumeDataset(Dataset):
             except (SafetensorError, KeyError, OSError, ValueError):
                 pass  # a damaged cache entry is simply rebuilt below
         tensor = self._compute(case)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".vol-", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"volume": tensor}, tmp, metadata={"subject_id": case.subject_id})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file({"volume": tensor}, str(tmp), metadata={"subject_id": case.subject_id})
         return tensor
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

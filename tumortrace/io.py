@@ -14,7 +14,6 @@ and extracted files live only in a private temporary directory that is always re
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -22,7 +21,6 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
@@ -38,12 +36,11 @@ from nibabel.orientations import (
 
 from tumortrace.config import IOLimits
 from tumortrace.errors import InvalidVolumeError, UnsafeArchiveError
+from tumortrace.files import atomic_path
 
 __all__ = [
     "SUPPORTED",
     "Volume",
-    "bytes_sha256",
-    "file_sha256",
     "load_upload",
     "load_volume",
     "save_nifti",
@@ -335,14 +332,8 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
     img.set_sform(img.affine, code=1)
     img.set_qform(img.affine, code=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -589,22 +580,3 @@ def load_upload(data: bytes, filename: str, limits: IOLimits = IOLimits()) -> Vo
             f.write(data)
         volume = load_volume(path, limits)
     return replace(volume, source=source)
-
-
-def _chunks(f: io.BufferedIOBase) -> Iterator[bytes]:
-    while chunk := f.read(_CHUNK):
-        yield chunk
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in _chunks(f):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def bytes_sha256(b: bytes) -> str:
-    """Hex SHA-256 of a bytes object."""
-    return hashlib.sha256(b).hexdigest()

@@ -7,14 +7,14 @@ can be moved or cloned as a whole.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tumortrace.config import CLASSES
 from tumortrace.errors import ManifestError
+from tumortrace.files import atomic_write_text
 
 COLUMNS: tuple[str, str, str, str] = ("subject_id", "path", "label", "source")
 
@@ -115,19 +115,14 @@ def write_manifest(cases: Iterable[Case], path: str | Path, *, relative: bool = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cases = validate_cases(cases, check_files=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(COLUMNS)
-            for c in cases:
-                p = Path(c.path)
-                root = path.parent.resolve()
-                if relative and p.is_absolute() and p.is_relative_to(root):
-                    p = p.relative_to(root)
-                writer.writerow([c.subject_id, p.as_posix(), c.label, c.source])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    root = path.parent.resolve()
+    buf = io.StringIO()
+    writer = csv.writer(buf)  # "\r\n" line ends, the csv default
+    writer.writerow(COLUMNS)
+    for c in cases:
+        p = Path(c.path)
+        if relative and p.is_absolute() and p.is_relative_to(root):
+            p = p.relative_to(root)
+        writer.writerow([c.subject_id, p.as_posix(), c.label, c.source])
+    atomic_write_text(path, buf.getvalue())
     return path

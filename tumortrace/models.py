@@ -37,6 +37,7 @@ from torchvision.models.video import (
 from torchvision.models.video.resnet import VideoResNet
 
 from tumortrace.errors import CheckpointError, ConfigError
+from tumortrace.networks import get_network
 
 FEATURES = 512
 """Width of the pooled feature vector that feeds the head (``layer4`` channels)."""
@@ -73,14 +74,21 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, *, weights_url: str, strided_stages_dhw: tuple[int, int, int], description: str
+    name: str, *, weights_url: str, strided_stages_dhw: tuple[int, int, int]
 ) -> Callable[[Callable[[], VideoResNet]], Callable[[], VideoResNet]]:
-    """Decorator that adds a torchvision builder to the registry under ``name``."""
+    """Decorator that adds a torchvision builder to the registry under ``name``.
+
+    ``name`` must be a row of :data:`tumortrace.networks.NETWORKS` (its description comes from
+    there), so the registry and every display of networks agree.
+    """
 
     def decorator(builder: Callable[[], VideoResNet]) -> Callable[[], VideoResNet]:
         if name in _REGISTRY:
             raise ValueError(f"Model {name!r} is registered twice.")
-        _REGISTRY[name] = ModelSpec(name, builder, weights_url, strided_stages_dhw, description)
+        row = get_network(name)
+        if row is None:
+            raise ValueError(f"Model {name!r} has no row in tumortrace.networks.NETWORKS.")
+        _REGISTRY[name] = ModelSpec(name, builder, weights_url, strided_stages_dhw, row.description)
         return builder
 
     return decorator
@@ -92,7 +100,6 @@ def register_model(
     "r2plus1d",
     weights_url=R2Plus1D_18_Weights.KINETICS400_V1.url,
     strided_stages_dhw=(3, 4, 4),
-    description="R(2+1)D-18: each 3D convolution split into spatial (1,3,3) + temporal (3,1,1)",
 )
 def _r2plus1d() -> VideoResNet:
     return r2plus1d_18(weights=None)
@@ -102,7 +109,6 @@ def _r2plus1d() -> VideoResNet:
     "mc3",
     weights_url=MC3_18_Weights.KINETICS400_V1.url,
     strided_stages_dhw=(0, 4, 4),
-    description="MC3-18: full 3D convolutions in the stem and layer1, 2D (1,3,3) ones after",
 )
 def _mc3() -> VideoResNet:
     return mc3_18(weights=None)
@@ -112,7 +118,6 @@ def _mc3() -> VideoResNet:
     "r3d",
     weights_url=R3D_18_Weights.KINETICS400_V1.url,
     strided_stages_dhw=(3, 4, 4),
-    description="R3D-18: full (3,3,3) convolutions throughout",
 )
 def _r3d() -> VideoResNet:
     return r3d_18(weights=None)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tumortrace import checkpoint, data, evaluate
+from tumortrace import checkpoint, data, evaluate, files
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError
 from tumortrace.manifest import read_manifest
@@ -86,7 +86,7 @@ class ScoreReport:
     def to_dict(self) -> dict[str, Any]:
         """One JSON-ready document: the metrics at top level, plus arch, n and the cases."""
         mix = self.training_mix
-        return checkpoint.jsonable(
+        return files.jsonable(
             {
                 "arch": self.arch,
                 "weights": str(self.card_path),

@@ -31,14 +31,10 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
-import json
-import os
-import tempfile
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -50,6 +46,7 @@ from tqdm.auto import tqdm
 
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError, TumorTraceError
+from tumortrace.files import atomic_path, atomic_write_bytes, atomic_write_json, jsonable
 from tumortrace.manifest import Case, write_manifest
 
 SIZES: tuple[str, str, str] = ("brats", "ixi", "small")
@@ -531,16 +528,6 @@ def _check_size(size: str) -> None:
         raise ConfigError(f"Unknown phantom size {size!r}; expected one of {list(SIZES)}.")
 
 
-def _json_ready(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def make_phantom(label: str, seed: int, size: str = "small") -> Phantom:
     """Synthesises one subject.
 
@@ -675,7 +662,7 @@ def make_phantom(label: str, seed: int, size: str = "small") -> Phantom:
         centre_voxel, centre_mm = [float(v) for v in cvox], [float(v) for v in cmm]
     else:
         centre_voxel = centre_mm = None
-    meta = _json_ready(
+    meta = jsonable(
         {
             "label": label,
             "seed": seed,
@@ -706,17 +693,6 @@ def subject_seed(seed: int, label: str, index: int) -> int:
     return int(state.generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _nifti_gz(array: np.ndarray, affine: np.ndarray, dtype: str) -> bytes:
     """NIfTI-1 bytes gzipped at level 1 with a fixed mtime (nibabel's level 6 is much slower)."""
     img = nib.Nifti1Image(array.astype(dtype), affine)
@@ -728,10 +704,9 @@ def _nifti_gz(array: np.ndarray, affine: np.ndarray, dtype: str) -> bytes:
 
 def _write_case(out: Path, sid: str, ph: Phantom) -> Path:
     path = out / f"{sid}.nii.gz"
-    _atomic_write(path, _nifti_gz(ph.data, ph.affine, ph.meta["global"]["dtype"]))
-    _atomic_write(out / f"{sid}_lesion.nii.gz", _nifti_gz(ph.lesion, ph.affine, "uint8"))
-    meta = dict(ph.meta, subject_id=sid)
-    _atomic_write(out / f"{sid}.json", json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(path, _nifti_gz(ph.data, ph.affine, ph.meta["global"]["dtype"]))
+    atomic_write_bytes(out / f"{sid}_lesion.nii.gz", _nifti_gz(ph.lesion, ph.affine, "uint8"))
+    atomic_write_json(out / f"{sid}.json", dict(ph.meta, subject_id=sid), indent=1)
     return path
 
 
@@ -768,7 +743,8 @@ def _montage(tiles: dict[str, list[tuple[str, dict, Image.Image]]], path: Path) 
             atyp = " atyp" if meta["atypical"] else ""
             text = f"{sid} {ml:.0f}ml{atyp}" if cls != "healthy" else sid
             draw.text((x + 2, y + th + 2), text, fill=255)
-    canvas.save(path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
     return path
 
 

@@ -61,7 +61,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from tumortrace import checkpoint, data, evaluate, models
+from tumortrace import checkpoint, data, evaluate, files, models
 from tumortrace.augment import build_augment
 from tumortrace.config import CLASSES, TrainConfig
 from tumortrace.errors import ConfigError, ManifestError
@@ -785,7 +785,7 @@ def _fingerprint(cfg: TrainConfig) -> dict[str, str]:
 def _save_resume(cfg: TrainConfig, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save({"version": RESUME_VERSION, "config": _fingerprint(cfg), **state}, buf)
-    checkpoint.atomic_write_bytes(resume_path(cfg), buf.getvalue())
+    files.atomic_write_bytes(resume_path(cfg), buf.getvalue())
 
 
 def _load_resume(cfg: TrainConfig) -> dict[str, Any]:
@@ -834,15 +834,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def _round_fp16(state: StateDict) -> StateDict:
-    """The weights as the safetensors file stores them (fp16 unless that overflows), in fp32."""
-    fp16_max = torch.finfo(torch.float16).max
-    return {
-        k: v.half().float() if v.is_floating_point() and v.abs().max() <= fp16_max else v
-        for k, v in state.items()
-    }
 
 
 def _data_info(cfg: TrainConfig, cases: Sequence[Case]) -> dict[str, Any]:
@@ -935,7 +926,7 @@ def cross_validate(
         completed.append(
             FoldResult(
                 fold=split.fold, n_train=len(split.train), n_val=len(split.val),
-                n_test=len(split.test), metrics=checkpoint.jsonable(metrics.to_dict()),
+                n_test=len(split.test), metrics=files.jsonable(metrics.to_dict()),
                 curves=tuple(fit.curves), train_seconds=fit.train_seconds,
                 best_epoch=fit.best_epoch, best_val_macro_f1=fit.best_val_macro_f1,
                 best_val_loss=fit.best_val_loss,
@@ -964,7 +955,7 @@ def cross_validate(
         shipped, state = f"best_fold:{ship['fold']}", ship["state"]
 
     model = _new_model(cfg)
-    model.load_state_dict(_round_fp16(state))
+    model.load_state_dict(checkpoint.as_stored(state))
     model.eval()
     result = CVResult(
         arch=cfg.arch,
@@ -990,7 +981,7 @@ def _benchmark(
     rt: Runtime,
 ) -> dict[str, Any]:
     shape = list(cfg.preprocess.shape_dhw)
-    return checkpoint.jsonable(
+    return files.jsonable(
         {
             "arch": cfg.arch,
             "classes": list(CLASSES),
@@ -1038,7 +1029,7 @@ def _write_outputs(cfg: TrainConfig, cases: Sequence[Case], result: CVResult, co
         ),
     )
     card_path = checkpoint.save_checkpoint(result.model, card, cfg.out)
-    checkpoint.atomic_write_json(cfg.out / "benchmarks" / f"{cfg.arch}.json", b)
+    files.atomic_write_json(cfg.out / "benchmarks" / f"{cfg.arch}.json", b)
     result.card = checkpoint.read_card(card_path)
     result.paths = {
         "weights": cfg.out / f"{cfg.arch}.safetensors",

@@ -31,6 +31,7 @@ from plotly.subplots import make_subplots
 
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError, InvalidVolumeError
+from tumortrace.networks import display_name
 
 Plane = Literal["axial", "coronal", "sagittal"]
 Convention = Literal["radiological", "neurological"]
@@ -44,7 +45,6 @@ CLASS_COLORS: dict[str, str] = {"healthy": "#2e7d32", "lgg": "#f9a825", "hgg": "
 CLASS_NAMES: dict[str, str] = {"healthy": "Healthy", "lgg": "LGG", "hgg": "HGG"}
 """How the class ids read on screen (LGG/HGG are the clinical abbreviations)."""
 
-ARCH_NAMES: dict[str, str] = {"r2plus1d": "R(2+1)D-18", "mc3": "MC3-18", "r3d": "R3D-18"}
 """Display names of the networks (the paper's names)."""
 
 # Colour maps as anchor points (position in [0, 1], RGB 0..255); matplotlib is not a dependency.
@@ -738,7 +738,7 @@ def summary_table(benches: Mapping[str, Mapping], classes: Sequence[str] = CLASS
     rows: dict[str, dict[str, str]] = {}
     for arch, bench in benches.items():
         folds = bench.get("folds", [])
-        col = ARCH_NAMES.get(arch, arch)
+        col = display_name(arch)
         for metric in OVERALL_METRICS:
             rows.setdefault(metric.replace("_", " "), {})[col] = _fmt(
                 *mean_std(fold_values(folds, metric))
@@ -797,7 +797,7 @@ def cost_table(benches: Mapping[str, Mapping], inference: Mapping | None) -> pd.
         bench = benches.get(arch, {})
         params = bench.get("params")
         rec: dict[str, object] = {
-            "network": ARCH_NAMES.get(arch, arch),
+            "network": display_name(arch),
             "parameters (M)": None if params is None else round(params / 1e6, 2),
             "GFLOPs / volume": bench.get("gflops"),
             "input D×H×W": "×".join(str(s) for s in bench.get("input_shape", [])) or None,
@@ -833,7 +833,7 @@ def heldout_table(benches: Mapping[str, Mapping], heldout: Mapping[str, Mapping]
         metrics = report.get("metrics", report)
         folds = benches.get(arch, {}).get("folds", [])
         fold_accuracy = fold_values(folds, "accuracy")
-        rec: dict[str, object] = {"network": ARCH_NAMES.get(arch, arch), "n": report.get("n")}
+        rec: dict[str, object] = {"network": display_name(arch), "n": report.get("n")}
         pairs = {
             "accuracy": (metrics.get("accuracy"), fold_accuracy),
             "accuracy at training mix": (report.get("accuracy_at_training_mix"), fold_accuracy),
