@@ -6,8 +6,10 @@ import csv
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -152,3 +154,40 @@ def test_subprocess_without_weights_fails_cleanly(cohort, tmp_path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "No model cards in" in proc.stderr
+
+
+def test_hostile_file_among_good_ones_gives_a_row_for_every_file(
+    cohort, weights_dir, tmp_path, capsys, monkeypatch
+) -> None:
+    """good, an implode zip (a NotImplementedError before), good, a bug on one input: 4 rows."""
+    bad_zip = tmp_path / "implode.zip"
+    with zipfile.ZipFile(bad_zip, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("s/a.dcm", b"x" * 1000)
+    raw = bytearray(bad_zip.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        struct.pack_into("<H", raw, raw.find(sig) + off, 6)  # method 6: implode
+    bad_zip.write_bytes(bytes(raw))
+    odd = tmp_path / "odd\nname.nii.gz"
+    odd.write_bytes((cohort / "a_ras.nii.gz").read_bytes())
+
+    import tumortrace.infer as infer
+
+    real = infer.load_volume
+
+    def flaky(path):  # an unexpected library error on one input only
+        if Path(path).name.startswith("odd"):
+            raise ValueError("boom\nsecond line")
+        return real(path)
+
+    monkeypatch.setattr(infer, "load_volume", flaky)
+    paths = [cohort / "a_ras.nii.gz", bad_zip, cohort / "b_lps.nii.gz", odd]
+    argv = ["predict", *map(str, paths), "--weights", str(weights_dir), "--arch", "mc3", "--quiet"]
+    code, out, err = _run(argv, capsys)
+    assert code == 1
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["status"] for r in rows] == ["ok", "error", "ok", "error"]
+    assert "compression method 6 (implode)" in rows[1]["error"]
+    assert rows[3]["error"] == "unexpected error (ValueError: boom second line)"
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
+    assert "odd\\nname.nii.gz" in lines[1]

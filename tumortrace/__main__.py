@@ -33,6 +33,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     """CSV (or one JSON document) on stdout; one stderr line per bad input; exit 1 if any failed."""
     from tumortrace.infer import format_rows, predict_paths
+    from tumortrace.io import printable
 
     archs = None if args.arch == "all" else [args.arch]
     rows = predict_paths(
@@ -46,7 +47,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     failed = [r for r in rows if not r.ok]
     for row in failed:
-        print(f"error: {row.path}: {row.error}", file=sys.stderr)
+        print(f"error: {printable(row.path)}: {row.error}", file=sys.stderr)
     if not rows:
         print("error: no input volumes found in the given paths", file=sys.stderr)
         return 1
@@ -119,9 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
+        from tumortrace.io import clean_stale_tempdirs
+
+        clean_stale_tempdirs()  # extracted series left by a killed run
         return int(args.func(args) or 0)
     except TumorTraceError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

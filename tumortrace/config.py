@@ -52,7 +52,11 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class IOLimits:
-    """Guards for reading user files and uploads."""
+    """Guards for reading user files and uploads.
+
+    Every size guard is checked from headers (NIfTI header, zip central directory, DICOM tags)
+    before any voxel array exists; the decompression counters then hold the headers to their word.
+    """
 
     max_decompressed_bytes: int = 1_500_000_000
     """Cap on bytes after gzip/zip decompression (a gzip bomb stops here)."""
@@ -63,6 +67,25 @@ class IOLimits:
     max_axis: int = 1024
     min_spacing_mm: float = 0.05
     max_spacing_mm: float = 20.0
+    max_voxels: int = 2**27
+    """Cap on voxels of one volume (512**3; 0.5 GB as the float32 working copy), from headers."""
+    max_compression_ratio: float = 100.0
+    """Cap on decompressed / compressed size (gzip or zip), checked once the decompressed size
+    declared by the headers exceeds :attr:`ratio_check_bytes`. MRI compresses 2-10x."""
+    ratio_check_bytes: int = 64_000_000
+    """Below this many decompressed bytes the ratio is not checked (small masks compress well)."""
+    max_dicom_file_bytes: int = 64_000_000
+    """Cap on one DICOM file's size on disk and on its declared pixel bytes."""
+    min_fov_mm: float = 20.0
+    """Smallest field of view (mm) along each axis that preprocessing accepts."""
+    min_resampled_axis: int = 4
+    """Fewest voxels along each axis after resampling to the model spacing."""
+    max_antialias_macs: float = 1.5e10
+    """Cap on the anti-aliasing filter's cost: input voxels x total Gaussian taps over the axes."""
+    worker_memory_bytes: int = 3 * 2**30
+    """Address-space limit (RLIMIT_AS) of the child process that parses an upload."""
+    worker_timeout_s: float = 120.0
+    """Wall-clock limit of the child process that parses an upload."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from tumortrace.explain import (
     make_explanation,
     save_cam_nifti,
 )
-from tumortrace.io import Volume, load_volume
+from tumortrace.io import Volume, load_volume, printable
 from tumortrace.models import list_models
 from tumortrace.preprocess import GridMap, Preprocessed, preprocess
 
@@ -484,6 +484,11 @@ class Predictor:
                 rows.append(PredictRow.from_analysis(str(item), analysis, cams))
             except (TumorTraceError, OSError) as err:
                 rows.append(PredictRow(path=str(item), ok=False, error=_one_line(err)))
+            except Exception as err:  # one file, one row: a bug on one input spares the others
+                detail = f"{type(err).__name__}: {_one_line(err)}"
+                rows.append(
+                    PredictRow(path=str(item), ok=False, error=f"unexpected error ({detail})")
+                )
         return rows
 
 
@@ -688,7 +693,7 @@ def _unique_stem(stem: str, used: set[str]) -> str:
 
 
 def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+    return printable(" ".join(str(err).split())) or type(err).__name__
 
 
 def predict_paths(

@@ -27,7 +27,7 @@ import torch
 import torchio as tio
 from scipy import ndimage
 
-from tumortrace.config import PreprocessConfig
+from tumortrace.config import IOLimits, PreprocessConfig
 from tumortrace.errors import InvalidVolumeError
 from tumortrace.io import Volume
 
@@ -210,6 +210,55 @@ def _smooth(tensor: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor:
     return torch.from_numpy(a)[None]
 
 
+def _rounded(values: np.ndarray, digits: int) -> tuple[float, ...]:
+    return tuple(round(float(v), digits) for v in values)
+
+
+def check_resampling(
+    volume: Volume,
+    config: PreprocessConfig,
+    limits: IOLimits = IOLimits(),  # noqa: B008 (frozen, immutable default)
+) -> None:
+    """Refuses a volume whose resampling to the model grid would be empty or too costly.
+
+    Checked before any filtering: the field of view along each axis (``limits.min_fov_mm``), the
+    voxels per axis at the model spacing (``limits.min_resampled_axis``), and the anti-aliasing
+    cost, input voxels x Gaussian taps summed over the filtered axes
+    (``limits.max_antialias_macs``; e.g. 512**3 voxels at 0.05 mm to 5 mm is about 1e11).
+
+    Raises:
+        InvalidVolumeError: naming the volume, the figure found and the bound.
+    """
+    spacing = np.asarray(volume.spacing, dtype=np.float64)
+    fov = spacing * np.asarray(volume.shape, dtype=np.float64)
+    if (fov < limits.min_fov_mm).any():
+        raise InvalidVolumeError(
+            f"{volume.source}: the field of view is {_rounded(fov, 2)} mm (shape "
+            f"{volume.shape} at {_rounded(spacing, 4)} mm); expected at least "
+            f"{limits.min_fov_mm:g} mm along each axis for a brain. Check the voxel size in the "
+            "header."
+        )
+    target = np.asarray(config.spacing_mm[::-1], dtype=np.float64)
+    resampled = np.floor(fov / target).astype(int)
+    if (resampled < limits.min_resampled_axis).any():
+        raise InvalidVolumeError(
+            f"{volume.source}: at the model spacing {tuple(config.spacing_mm)} mm (D, H, W) the "
+            f"volume would be {tuple(int(n) for n in resampled)} voxels (x, y, z); expected at "
+            f"least {limits.min_resampled_axis} along each axis. Check the voxel size in the "
+            "header."
+        )
+    sigmas = _antialias_sigmas(volume.spacing, tuple(float(t) for t in target))
+    taps = sum(2 * int(np.ceil(3.0 * s)) + 1 for s in sigmas if s > 0)
+    macs = float(np.prod(volume.shape, dtype=np.float64)) * taps
+    if macs > limits.max_antialias_macs:
+        raise InvalidVolumeError(
+            f"{volume.source}: {volume.shape} voxels at {_rounded(spacing, 4)} mm would "
+            f"need an anti-aliasing filter of {taps} taps per voxel ({macs:.2g} operations, over "
+            f"the {limits.max_antialias_macs:.2g} bound) to reach {tuple(config.spacing_mm)} mm; "
+            "resample the volume nearer the model spacing first."
+        )
+
+
 def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
     """Runs the pipeline on a volume.
 
@@ -221,8 +270,10 @@ def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
         :class:`Preprocessed` with the ``(1, D, H, W)`` float32 tensor and its :class:`GridMap`.
 
     Raises:
-        InvalidVolumeError: if the volume has no usable foreground contrast.
+        InvalidVolumeError: if the volume has no usable foreground contrast, or fails
+            :func:`check_resampling`.
     """
+    check_resampling(volume, config)
     target_spacing_xyz = tuple(float(s) for s in config.spacing_mm[::-1])
     target_xyz = tuple(int(s) for s in config.shape_dhw[::-1])
     image = tio.ScalarImage(
