@@ -525,6 +525,12 @@ except TumorTraceError as err:
 cards = {}
 if shared is not None:
     cards = shared.predictor.cards
+    for arch, reason in getattr(shared.predictor, "refused", {}).items():
+        st.warning(
+            f"**{display_name(arch)}** is not available (its weights were refused): {reason} "
+            "The other networks still predict.",
+            icon=":material/warning:",
+        )
     try:
         base = _analysis(shared, volume, sha, None)
     except TumorTraceError as err:

@@ -17,6 +17,7 @@ import streamlit as st
 from tumortrace import viz
 from tumortrace.config import CLASSES
 from tumortrace.networks import display_name
+from tumortrace.provenance import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_ARCH = {"inference", "published"}
@@ -50,6 +51,27 @@ def _benchmarks(folder: Path) -> tuple[dict[str, dict], list[str]]:
         benches[str(record.get("arch", path.stem))] = record
     order = [a for a in ("r2plus1d", "mc3", "r3d") if a in benches]
     return {a: benches[a] for a in order + [a for a in benches if a not in order]}, broken
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _verify(bench_path: str, card_path: str, stamp: tuple) -> tuple[bool, str]:
+    """Seal check of one benchmark against its card and weights (``stamp`` keys the cache)."""
+    record = _load(Path(bench_path)) or {}
+    check = verify(record, card_path)
+    return check.verified, check.reason
+
+
+def _unverified(folder: Path, benches: dict[str, dict]) -> dict[str, str]:
+    """``{arch: reason}`` of benchmarks whose seal does not match their card and weights."""
+    out = {}
+    for arch in benches:
+        paths = [folder / f"{arch}.json", folder.parent / f"{arch}.json"]
+        paths.append(folder.parent / f"{arch}.safetensors")
+        stamp = tuple(p.stat().st_mtime_ns if p.is_file() else 0 for p in paths)
+        ok, reason = _verify(str(paths[0]), str(paths[1]), stamp)
+        if not ok:
+            out[arch] = reason
+    return out
 
 
 def _heldout(folder: Path, archs) -> dict[str, dict]:
@@ -199,6 +221,13 @@ else:
         "Measured by TumorTrace: stratified, subject-grouped cross-validation; each fold's "
         "metrics are on its own held-out test part. Mean ± sample standard deviation over folds."
     )
+    unverified = _unverified(folder, benches)
+    for arch, reason in unverified.items():
+        st.warning(
+            f"**{display_name(arch)}: unverified.** Its benchmark does not match the weights and "
+            f"card in this folder ({reason}); its figures below may not describe these weights.",
+            icon=":material/gpp_maybe:",
+        )
     st.header("Summary")
     summary = viz.summary_table(benches)
     n_overall = len(viz.OVERALL_METRICS)
@@ -209,7 +238,9 @@ else:
     if heldout:
         _heldout_section(benches, heldout)
     st.header("Per network")
-    tabs = st.tabs([display_name(a) for a in benches])
+    tabs = st.tabs(
+        [display_name(a) + (" (unverified)" if a in unverified else "") for a in benches]
+    )
     for tab, (arch, bench) in zip(tabs, benches.items(), strict=True):
         with tab:
             _network_tab(arch, bench)

@@ -32,17 +32,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 # -- predict: owned by the inference work (fills _cmd_predict) --
 def _cmd_predict(args: argparse.Namespace) -> int:
     """CSV (or one JSON document) on stdout; one stderr line per bad input; exit 1 if any failed."""
-    from tumortrace.infer import format_rows, predict_paths
+    from tumortrace.infer import Predictor, format_rows
     from tumortrace.io import printable
 
     archs = None if args.arch == "all" else [args.arch]
-    rows = predict_paths(
-        args.paths,
-        weights_dir=args.weights,
-        archs=archs,
-        cam_out=args.cam_out,
-        progress=not args.quiet,
-    )
+    predictor = Predictor.from_dir(args.weights, archs=archs)
+    for arch, reason in predictor.refused.items():  # the other networks still predict
+        print(f"warning: network {arch} left out: {reason}", file=sys.stderr)
+    rows = predictor.predict_paths(args.paths, cam_out=args.cam_out, progress=not args.quiet)
     sys.stdout.write(format_rows(rows, args.format))
     sys.stdout.flush()
     failed = [r for r in rows if not r.ok]

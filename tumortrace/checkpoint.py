@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,7 @@ class ModelCard:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         try:
+            _check_card_fields(kwargs)
             if "classes" in kwargs:
                 kwargs["classes"] = tuple(kwargs["classes"])
             if "preprocess" in kwargs:
@@ -106,16 +109,67 @@ class ModelCard:
             for name, kind in (("dropout", float), ("folds", int), ("params", int)):
                 if name in kwargs:
                     kwargs[name] = kind(kwargs[name])
-            for name in ("data", "metrics"):
-                if not isinstance(kwargs.get(name, {}), dict):
-                    raise TypeError(f"{name!r} must be an object, got {kwargs[name]!r}")
             return cls(**kwargs)
-        except (TypeError, ValueError, AttributeError) as err:
-            raise CheckpointError(f"Malformed model card for {d.get('arch')!r}: {err}.") from err
+        except (TypeError, ValueError, AttributeError, ConfigError) as err:
+            detail = str(err).rstrip(".")
+            raise CheckpointError(f"Malformed model card for {d.get('arch')!r}: {detail}.") from err
 
     def to_json(self) -> str:
         """The card as indented JSON text."""
         return json_text(self.to_dict())
+
+
+def _check_card_fields(d: dict[str, Any]) -> None:
+    """Types and ranges of a card's fields other than ``preprocess`` (checked by its own schema).
+
+    Raises:
+        ConfigError: naming the field, its value and what is expected.
+    """
+
+    def bad(name: str, expected: str) -> ConfigError:
+        shown = repr(d[name])
+        return ConfigError(f"{name} is {shown[:80]}; expected {expected}")
+
+    if "classes" in d and (
+        not isinstance(d["classes"], list | tuple)
+        or not all(isinstance(c, str) for c in d["classes"])
+    ):
+        raise bad("classes", f"a list of class names like {list(CLASSES)}")
+    if "dropout" in d and (
+        isinstance(d["dropout"], bool)
+        or not isinstance(d["dropout"], int | float)
+        or not 0.0 <= d["dropout"] < 1.0
+    ):
+        raise bad("dropout", "a number in [0, 1)")
+    for name in ("folds", "params", "format_version"):
+        if name in d and (isinstance(d[name], bool) or not isinstance(d[name], int) or d[name] < 0):
+            raise bad(name, "a non-negative integer")
+    if d.get("format_version", CARD_FORMAT) > CARD_FORMAT:
+        raise bad("format_version", f"at most {CARD_FORMAT} (a newer TumorTrace wrote this card)")
+    sha = d.get("weights_sha256", "")
+    if not isinstance(sha, str) or (sha and re.fullmatch(r"[0-9a-f]{64}", sha) is None):
+        raise bad("weights_sha256", "64 lower-case hexadecimal digits")
+    for name in ("data", "metrics"):
+        if name in d and not isinstance(d[name], dict):
+            raise bad(name, "an object")
+    for name in ("command", "git_commit", "date", "shipped", "notes"):
+        if name in d and not isinstance(d[name], str):
+            raise bad(name, "a string")
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header in one canonical order.
+
+    ``safetensors`` writes its header from a hash map, so the key order of ``__metadata__`` (and
+    so the file's bytes and SHA-256) could differ between two runs saving identical tensors. The
+    header is re-serialised with sorted keys (tensor offsets unchanged, padded with spaces to a
+    multiple of 8 bytes as the format requires); the tensor data is left as it is.
+    """
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + n :]
 
 
 def unwrap_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -192,8 +246,13 @@ def save_checkpoint(
         if isinstance(head[0], nn.Dropout):
             card = dataclasses.replace(card, dropout=float(head[0].p))
     tensors = {k: _to_disk(v) for k, v in unwrap_state_dict(model).items()}
-    metadata = {"format": "tumortrace", "arch": card.arch, "classes": json.dumps(card.classes)}
-    blob = save_safetensors_bytes(tensors, metadata=metadata)
+    metadata = {
+        "format": "tumortrace",
+        "arch": card.arch,
+        "classes": json.dumps(card.classes),
+        "preprocess": json.dumps(card.preprocess.to_dict(), sort_keys=True),
+    }
+    blob = canonical_safetensors(save_safetensors_bytes(tensors, metadata=metadata))
     out_dir = Path(out_dir)
     stem = name or card.arch
     atomic_write_bytes(out_dir / f"{stem}.safetensors", blob)
@@ -249,7 +308,10 @@ def read_card(path: str | Path) -> ModelCard:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"Model card {path} is not valid JSON: {err}.") from err
-    card = ModelCard.from_dict(raw)
+    try:
+        card = ModelCard.from_dict(raw)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
     get_spec(card.arch)
     if tuple(card.classes) != CLASSES:
         raise CheckpointError(
@@ -266,6 +328,24 @@ def _device(device: str | torch.device) -> torch.device:
         return torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ConfigError(f"Unknown device {device!r}; expected 'auto', 'cpu' or 'cuda'.") from err
+
+
+def _check_preprocess_metadata(text: str, card: ModelCard, weights: Path) -> None:
+    """The card's preprocessing must equal the one stored inside the weights file."""
+    try:
+        stored = json.loads(text)
+    except ValueError as err:
+        raise CheckpointError(f"Weights file {weights} has damaged metadata ({err}).") from err
+    ours = card.preprocess.to_dict()
+    if not isinstance(stored, dict):
+        stored = {}
+    for key in sorted(set(ours) | set(stored)):
+        if stored.get(key) != ours.get(key):
+            raise CheckpointError(
+                f"Model card field preprocess.{key} is {ours.get(key)!r} but the weights file "
+                f"{weights.name} was trained with {stored.get(key)!r}: the card was edited after "
+                "training. Restore the card's original value."
+            )
 
 
 def load_checkpoint(
@@ -320,6 +400,8 @@ def load_checkpoint(
             f"Weights file {weights} holds a {metadata['arch']!r} network but its card says "
             f"{card.arch!r}."
         )
+    if "preprocess" in metadata:  # weights saved before this field have none
+        _check_preprocess_metadata(metadata["preprocess"], card, weights)
     model = create_model(card.arch, num_classes=len(card.classes), dropout=card.dropout)
     expected = model.state_dict()
     mismatch = state_dict_mismatch(expected, state)

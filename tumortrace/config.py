@@ -43,11 +43,77 @@ class PreprocessConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are rejected by the constructor."""
+    def from_dict(cls, d: dict[str, Any], where: str = "preprocess") -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`, checked against :data:`PREPROCESS_SCHEMA`.
+
+        Missing keys take the defaults; unknown keys are ignored.
+
+        Raises:
+            ValueError: not an object, or a field of the wrong type or out of range; the message
+                names the field (``<where>.<field>``), the value and what is expected (the card
+                reader turns it into a :class:`~tumortrace.errors.CheckpointError`).
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"{where} is {_short(d)}; expected an object.")
         known = {f.name for f in fields(cls)}
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        for name, value in kwargs.items():
+            _check_field(f"{where}.{name}", value, PREPROCESS_SCHEMA[name])
+        lo, hi = kwargs.get("percentiles", cls.percentiles)
+        if not lo < hi:
+            raise ValueError(
+                f"{where}.percentiles is {[lo, hi]}; expected the lower below the upper."
+            )
+        n = 1
+        for s in kwargs.get("shape_dhw", cls.shape_dhw):
+            n *= int(s)
+        if n > MAX_MODEL_VOXELS:
+            raise ValueError(
+                f"{where}.shape_dhw is {list(kwargs['shape_dhw'])} = {n:,} voxels; expected at "
+                f"most {MAX_MODEL_VOXELS:,} (e.g. 128x128x128), a bound on inference memory."
+            )
         return cls(**kwargs)
+
+
+MAX_MODEL_VOXELS = 2**21
+"""Largest model grid a card may ask for (inference memory and time grow with it)."""
+
+PREPROCESS_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "spacing_mm": ("numbers", 3, 0.1, 20.0, "mm"),
+    "shape_dhw": ("integers", 3, 8, 512, "voxels"),
+    "intensity": ("choice", "zscore", "percentile"),
+    "percentiles": ("numbers", 2, 0.0, 100.0, "percent"),
+}
+"""Types and ranges of every :class:`PreprocessConfig` field as read from a card."""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_field(name: str, value: Any, rule: tuple[Any, ...]) -> None:
+    """Raises ``ValueError`` naming ``name`` when ``value`` breaks ``rule``."""
+    kind = rule[0]
+    if kind == "choice":
+        if value not in rule[1:]:
+            choices = ", ".join(repr(c) for c in rule[1:])
+            raise ValueError(f"{name} is {_short(value)}; expected one of {choices}.")
+        return
+    _, n, lo, hi, unit = rule
+    plain = int if kind == "integers" else (int, float)
+    items = value if isinstance(value, tuple) else None
+    if (
+        items is None
+        or len(items) != n
+        or any(isinstance(v, bool) or not isinstance(v, plain) for v in items)
+        or not all(lo <= v <= hi for v in items)  # also False for NaN
+    ):
+        what = "integers" if kind == "integers" else "numbers"
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ValueError(
+            f"{name} is {_short(shown)}; expected {n} {what} between {lo:g} and {hi:g} ({unit})."
+        )
 
 
 @dataclass(frozen=True)

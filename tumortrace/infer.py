@@ -251,6 +251,8 @@ class Predictor:
             ConfigError: unknown architecture, device or precision.
         """
         self.settings = settings or InferenceSettings()
+        self.refused: dict[str, str] = {}
+        """``{arch: reason}`` of networks :meth:`from_dir` left out (weights or card refused)."""
         if not models:
             raise CheckpointError("A Predictor needs at least one network; none was given.")
         if set(models) != set(cards):
@@ -306,13 +308,19 @@ class Predictor:
             archs: networks to load; ``None`` loads every ``<arch>.json`` present.
             settings: see :class:`InferenceSettings`.
 
+        With ``archs=None`` a network whose card or weights are refused is left out and the
+        others still predict; :attr:`refused` maps each left-out network to the reason. Networks
+        asked for by name must all load.
+
         Raises:
             CheckpointError: missing folder or card, tampered/corrupt weights, card that does not
-                match its file name, classes other than :data:`CLASSES`.
+                match its file name, classes other than :data:`CLASSES` (with ``archs=None``:
+                only when no network loads; the first network's error is raised).
             ConfigError: unknown architecture.
         """
         weights_dir = Path(weights_dir)
         known = list_models()
+        explicit = archs is not None
         if archs is not None:
             unknown = [a for a in archs if a not in known]
             if unknown or not archs:
@@ -335,17 +343,29 @@ class Predictor:
                 )
         models: dict[str, nn.Module] = {}
         cards: dict[str, ModelCard] = {}
+        refused: dict[str, str] = {}
+        errors: list[TumorTraceError] = []
         for arch in dict.fromkeys(archs):
             card_path = weights_dir / f"{arch}.json"
-            card = read_card(card_path)
-            if card.arch != arch:
-                raise CheckpointError(
-                    f"Model card {card_path} describes a {card.arch!r} network, but its file name "
-                    f"says {arch!r}; rename the card and its weights to {card.arch}.json / "
-                    f"{card.arch}.safetensors."
-                )
-            models[arch], cards[arch] = load_checkpoint(card_path, device="cpu")
-        return cls(models, cards, settings)
+            try:
+                card = read_card(card_path)
+                if card.arch != arch:
+                    raise CheckpointError(
+                        f"Model card {card_path} describes a {card.arch!r} network, but its file "
+                        f"name says {arch!r}; rename the card and its weights to {card.arch}.json "
+                        f"/ {card.arch}.safetensors."
+                    )
+                models[arch], cards[arch] = load_checkpoint(card_path, device="cpu")
+            except TumorTraceError as err:
+                if explicit:  # asked for by name: the caller wants exactly these networks
+                    raise
+                refused[arch] = _one_line(err)
+                errors.append(err)
+        if not models:
+            raise errors[0]
+        predictor = cls(models, cards, settings)
+        predictor.refused = refused
+        return predictor
 
     # -- analysis ------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ This module never prints and never parses arguments; progress bars (tqdm, rank 0
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import random
@@ -61,7 +62,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from tumortrace import checkpoint, data, evaluate, files, models
+from tumortrace import checkpoint, data, evaluate, files, models, provenance
 from tumortrace.augment import build_augment
 from tumortrace.config import CLASSES, TrainConfig
 from tumortrace.errors import ConfigError, ManifestError
@@ -1029,7 +1030,10 @@ def _write_outputs(cfg: TrainConfig, cases: Sequence[Case], result: CVResult, co
         ),
     )
     card_path = checkpoint.save_checkpoint(result.model, card, cfg.out)
-    files.atomic_write_json(cfg.out / "benchmarks" / f"{cfg.arch}.json", b)
+    written = json.loads(card_path.read_text(encoding="utf-8"))  # the card exactly as on disk
+    files.atomic_write_json(
+        cfg.out / "benchmarks" / f"{cfg.arch}.json", provenance.seal(b, written)
+    )
     result.card = checkpoint.read_card(card_path)
     result.paths = {
         "weights": cfg.out / f"{cfg.arch}.safetensors",
