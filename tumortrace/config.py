@@ -16,6 +16,7 @@ CLASSES: tuple[str, str, str] = ("healthy", "lgg", "hgg")
 """Class order used everywhere: label index i means ``CLASSES[i]``."""
 
 IntensityMode = Literal["zscore", "percentile"]
+Space = Literal["native", "mni"]
 AugmentMode = Literal["none", "light", "heavy"]
 DeviceMode = Literal["auto", "cuda", "cpu"]
 
@@ -31,12 +32,21 @@ class PreprocessConfig:
         shape_dhw: model grid size (D, H, W) after the brain-centred crop or pad.
         intensity: ``"zscore"`` over the foreground, or ``"percentile"`` rescale to [0, 1].
         percentiles: lower/upper percentiles for clipping (both modes clip to these first).
+        space: ``"mni"``, the standard-space pipeline (:mod:`tumortrace.standard`: brain
+            extraction, registration to MNI152, the brain in a fixed template box, z-scored inside
+            the brain mask), or ``"native"``, the legacy head-crop pipeline
+            (:func:`tumortrace.preprocess.preprocess`) that weights made before the standard space
+            were trained with. Cards without this key are legacy: read as ``"native"``.
+        fill: standard space only: the value outside the brain mask after z-scoring, the same in
+            every case (below the brain's darkest tissue, never mid-range).
     """
 
     spacing_mm: tuple[float, float, float] = (2.5, 1.5, 1.5)
     shape_dhw: tuple[int, int, int] = (64, 128, 128)
     intensity: IntensityMode = "zscore"
     percentiles: tuple[float, float] = (0.5, 99.5)
+    space: Space = "mni"
+    fill: float = -3.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -72,6 +82,7 @@ class PreprocessConfig:
                 f"{where}.shape_dhw is {list(kwargs['shape_dhw'])} = {n:,} voxels; expected at "
                 f"most {MAX_MODEL_VOXELS:,} (e.g. 128x128x128), a bound on inference memory."
             )
+        kwargs.setdefault("space", "native")  # cards written before the standard space existed
         return cls(**kwargs)
 
 
@@ -83,6 +94,8 @@ PREPROCESS_SCHEMA: dict[str, tuple[Any, ...]] = {
     "shape_dhw": ("integers", 3, 8, 512, "voxels"),
     "intensity": ("choice", "zscore", "percentile"),
     "percentiles": ("numbers", 2, 0.0, 100.0, "percent"),
+    "space": ("choice", "mni", "native"),
+    "fill": ("number", -10.0, 10.0, "z-score"),
 }
 """Types and ranges of every :class:`PreprocessConfig` field as read from a card."""
 
@@ -99,6 +112,13 @@ def _check_field(name: str, value: Any, rule: tuple[Any, ...]) -> None:
         if value not in rule[1:]:
             choices = ", ".join(repr(c) for c in rule[1:])
             raise ValueError(f"{name} is {_short(value)}; expected one of {choices}.")
+        return
+    if kind == "number":
+        _, lo, hi, unit = rule
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ValueError(
+                f"{name} is {_short(value)}; expected a number between {lo:g} and {hi:g} ({unit})."
+            )
         return
     _, n, lo, hi, unit = rule
     plain = int if kind == "integers" else (int, float)

@@ -424,6 +424,10 @@ class VolumeDataset(Dataset):
         self.transform = transform
         self._keys: dict[tuple[str, int, int], str] = {}
         self._config_json = json.dumps(config.to_dict(), sort_keys=True)
+        if config.space == "mni":
+            from tumortrace.standard import pipeline_key
+
+            self._config_json += f"\n{pipeline_key()}"
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -447,9 +451,20 @@ class VolumeDataset(Dataset):
 
     def _compute(self, case: Case) -> torch.Tensor:
         from tumortrace.io import load_volume
-        from tumortrace.preprocess import preprocess
+        from tumortrace.standard import load_cached, prepare, save_cached, standardise
 
-        tensor = preprocess(load_volume(case.path), self.config).tensor
+        volume = load_volume(case.path)
+        std = None
+        if self.config.space == "mni":
+            # Extraction and registration run once per file content and pipeline version, whatever
+            # the model grid: a new spacing or shape reuses them.
+            sha = content_sha256(case.path)
+            std = load_cached(self.cache_dir / "standard", sha, volume) if self.cache_dir else None
+            if std is None:
+                std = standardise(volume)
+                if self.cache_dir is not None:
+                    save_cached(self.cache_dir / "standard", sha, std)
+        tensor = prepare(volume, self.config, std).tensor
         return tensor.detach().to(torch.float32).contiguous()
 
     def load(self, index: int) -> torch.Tensor:

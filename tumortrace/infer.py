@@ -48,7 +48,8 @@ from tumortrace.explain import (
 )
 from tumortrace.io import Volume, load_volume, printable
 from tumortrace.models import list_models
-from tumortrace.preprocess import GridMap, Preprocessed, preprocess
+from tumortrace.preprocess import GridMap, Preprocessed
+from tumortrace.standard import StandardSpace, prepare, standardise
 
 __all__ = [
     "Analysis",
@@ -81,6 +82,9 @@ class InferenceSettings:
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         compile: ``torch.compile`` the trunk (inductor, weights frozen) when the Predictor is built,
             warmed up at each card's model grid; later calls at that grid skip compilation.
+        input_checks: run brain extraction, registration and the input checks
+            (:mod:`tumortrace.standard`) for every analysis, also for legacy native-space cards
+            (standard-space cards always need them).
     """
 
     precision: Precision = "auto"
@@ -89,6 +93,7 @@ class InferenceSettings:
     cam_layer: str = DEFAULT_CAM_LAYER
     device: str = "cpu"
     compile: bool = False
+    input_checks: bool = True
 
     def resolved_device(self) -> torch.device:
         """The torch device (``"auto"`` picks CUDA when available)."""
@@ -147,6 +152,7 @@ class Analysis:
             own ``grid`` when cards use different preprocessing).
         seconds: wall time of the whole analysis, preprocessing included.
         tta_flip: whether left-right flip averaging was used.
+        standard: brain mask, registration and input checks (None when they were not run).
     """
 
     predictions: dict[str, Prediction]
@@ -157,6 +163,17 @@ class Analysis:
     grid: GridMap
     seconds: float = 0.0
     tta_flip: bool = False
+    standard: StandardSpace | None = None
+
+    @property
+    def reliable(self) -> bool:
+        """False when an input check says no verdict should be read from this scan."""
+        return self.standard is None or self.standard.reliable
+
+    @property
+    def verdict(self) -> str:
+        """The ensemble label, or ``"unreliable input"`` when the input checks fail hard."""
+        return self.ensemble_label if self.reliable else "unreliable input"
 
 
 def fuse_batchnorm(model: nn.Module) -> nn.Module:
@@ -386,10 +403,12 @@ class Predictor:
         archs: Iterable[str] | None = None,
         target: str | None = None,
         tta_flip: bool = False,
+        standard: StandardSpace | None = None,
     ) -> Analysis:
         """Classifies and explains one volume with each requested network.
 
-        Preprocessing runs once per distinct preprocessing config among the cards.
+        Brain extraction and registration run once (unless ``standard`` is given); preprocessing
+        runs once per distinct preprocessing config among the cards.
 
         Args:
             volume: a loaded volume (canonical RAS).
@@ -397,6 +416,8 @@ class Predictor:
             target: class to explain (default: each network's own prediction).
             tta_flip: also run the left-right mirrored volume (same batch) and average the
                 probabilities and the (un-mirrored) Grad-CAM maps.
+            standard: the volume's :class:`StandardSpace` if already computed (e.g. cached by
+                the app while the scan is shown).
 
         Returns:
             :class:`Analysis`.
@@ -411,10 +432,13 @@ class Predictor:
         prepared: dict[PreprocessConfig, Preprocessed] = {}
         predictions: dict[str, Prediction] = {}
         explanations: dict[str, Explanation] = {}
+        needs_std = any(self.cards[a].preprocess.space == "mni" for a in archs)
+        if standard is None and (needs_std or self.settings.input_checks):
+            standard = standardise(volume)
         for arch in archs:
             config = self.cards[arch].preprocess
             if config not in prepared:
-                prepared[config] = preprocess(volume, config)
+                prepared[config] = prepare(volume, config, standard)
             predictions[arch], explanations[arch] = self._run(
                 arch, prepared[config], target_idx, tta_flip
             )
@@ -428,6 +452,7 @@ class Predictor:
             grid=explanations[archs[0]].grid,
             seconds=time.perf_counter() - start,
             tta_flip=tta_flip,
+            standard=standard,
         )
 
     def _run(
@@ -553,6 +578,8 @@ class PredictRow:
         targets: ``{arch: explained class}``.
         cams: ``{arch: written Grad-CAM NIfTI path}``.
         error: one-line message on error.
+        qc: the input checks (:meth:`tumortrace.qc.QCReport.to_dict`), or None when not run.
+        verdict: ``label``, or ``"unreliable input"`` when an input check fails hard.
     """
 
     path: str
@@ -564,6 +591,8 @@ class PredictRow:
     targets: dict[str, str] = field(default_factory=dict)
     cams: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    qc: dict[str, Any] | None = None
+    verdict: str | None = None
 
     @classmethod
     def from_analysis(cls, path: str, analysis: Analysis, cams: dict[str, str]) -> PredictRow:
@@ -577,6 +606,8 @@ class PredictRow:
             networks=dict(analysis.predictions),
             targets={a: e.target for a, e in analysis.explanations.items()},
             cams=cams,
+            qc=None if analysis.standard is None else analysis.standard.qc.to_dict(),
+            verdict=analysis.verdict,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -587,8 +618,10 @@ class PredictRow:
             "path": self.path,
             "ok": True,
             "label": self.label,
+            "verdict": self.verdict,
             "probs": dict(zip(CLASSES, self.probs or (), strict=True)),
             "agree": self.agree,
+            "qc": self.qc,
             "networks": {
                 a: {
                     "label": p.label,
@@ -602,8 +635,26 @@ class PredictRow:
         }
 
 
-def _csv_columns(archs: Sequence[str], with_cams: bool) -> list[str]:
-    cols = ["path", "status", "label", *(f"p_{c}" for c in CLASSES), "agree"]
+_QC_NAMES = ("brain", "skull", "registration", "tissue", "slices", "coverage", "contrast")
+
+
+def _qc_columns(qc: dict[str, Any] | None) -> dict[str, Any]:
+    """``qc_status``, one ``qc_<check>`` value column per check, and ``qc_warnings``."""
+    if qc is None:
+        return {}
+    out: dict[str, Any] = {"qc_status": qc["status"]}
+    for c in qc["checks"]:
+        out[f"qc_{c['name']}"] = c["value"]
+    out["qc_warnings"] = " | ".join(
+        c["message"] for c in qc["checks"] if c["severity"] in ("warning", "unreliable")
+    )
+    return out
+
+
+def _csv_columns(archs: Sequence[str], with_cams: bool, with_qc: bool) -> list[str]:
+    cols = ["path", "status", "label", "verdict", *(f"p_{c}" for c in CLASSES), "agree"]
+    if with_qc:
+        cols += ["qc_status", *(f"qc_{n}" for n in _QC_NAMES), "qc_warnings"]
     for a in archs:
         cols += [f"{a}_label", *(f"{a}_p_{c}" for c in CLASSES), f"{a}_seconds"]
         if with_cams:
@@ -630,13 +681,17 @@ def format_rows(rows: Sequence[PredictRow], fmt: Literal["csv", "json"] = "csv")
     if fmt != "csv":
         raise ConfigError(f"Unknown output format {fmt!r}; expected 'csv' or 'json'.")
     with_cams = any(r.cams for r in rows)
+    with_qc = any(r.qc for r in rows)
     buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=_csv_columns(archs, with_cams), lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, fieldnames=_csv_columns(archs, with_cams, with_qc), lineterminator="\n"
+    )
     writer.writeheader()
     for r in rows:
         line: dict[str, Any] = {"path": r.path, "status": "ok" if r.ok else "error"}
         if r.ok:
-            line.update(label=r.label, agree=r.agree)
+            line.update(label=r.label, verdict=r.verdict, agree=r.agree)
+            line.update(_qc_columns(r.qc))
             line.update({f"p_{c}": f"{p:.6f}" for c, p in zip(CLASSES, r.probs or (), strict=True)})
             for a, p in r.networks.items():
                 line[f"{a}_label"] = p.label

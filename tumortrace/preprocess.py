@@ -9,7 +9,7 @@ Steps, all TorchIO transforms: ``ToCanonical`` -> anti-aliased ``Resample`` to
 centre of :func:`foreground_mask`) to :attr:`PreprocessConfig.shape_dhw` -> intensity
 normalisation over the foreground (``Clamp`` + ``ZNormalization``, or ``RescaleIntensity`` for
 percentile mode) -> float32. The Gaussian anti-aliasing before ``Resample`` runs in a
-``tio.Lambda`` (see :func:`_smooth`).
+``tio.Lambda`` (see :func:`smooth_axes`).
 
 Nothing assumes a zero background: the foreground comes from an Otsu threshold on a smoothed copy,
 padding uses the measured background level, and statistics are taken inside the foreground, so raw
@@ -34,11 +34,13 @@ from tumortrace.io import Volume
 __all__ = [
     "GridMap",
     "Preprocessed",
+    "antialias_sigmas",
     "crop_centre",
     "foreground_mask",
     "from_model_axes",
     "model_to_volume",
     "preprocess",
+    "smooth_axes",
     "to_model_axes",
 ]
 
@@ -78,10 +80,13 @@ class Preprocessed:
     Attributes:
         tensor: ``(1, D, H, W)`` float32 model input.
         grid: geometry to map model-grid arrays back with :func:`model_to_volume`.
+        brain: ``(D, H, W)`` bool brain mask on the model grid (standard-space pipeline), or
+            None (native pipeline).
     """
 
     tensor: torch.Tensor
     grid: GridMap
+    brain: np.ndarray | None = None
 
 
 def to_model_axes(a: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -182,7 +187,7 @@ def _bounds(centre: np.ndarray, shape: tuple[int, ...], target: tuple[int, int, 
     return tuple(pad), tuple(crop)
 
 
-def _antialias_sigmas(
+def antialias_sigmas(
     spacing_xyz: tuple[float, float, float], target_xyz: tuple[float, float, float]
 ) -> tuple[float, ...]:
     """Gaussian sigmas in input voxels matching the point-spread function of a downsampling.
@@ -195,7 +200,7 @@ def _antialias_sigmas(
     return tuple(float(s) for s in np.sqrt(var))
 
 
-def _smooth(tensor: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor:
+def smooth_axes(tensor: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor:
     """Separable Gaussian along the axes being downsampled; ``tensor`` is ``(1, X, Y, Z)``.
 
     scipy's separable filter is used instead of TorchIO's SimpleITK recursive Gaussian, which
@@ -280,11 +285,13 @@ def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
         tensor=torch.from_numpy(np.ascontiguousarray(volume.data, dtype=np.float32)[None]),
         affine=np.asarray(volume.affine, dtype=np.float64),
     )
-    sigmas = _antialias_sigmas(volume.spacing, target_spacing_xyz)
+    sigmas = antialias_sigmas(volume.spacing, target_spacing_xyz)
     geometry = tio.Compose(
         [
             tio.ToCanonical(copy=False),
-            tio.Lambda(lambda t: _smooth(t, sigmas), types_to_apply=[tio.INTENSITY], copy=False),
+            tio.Lambda(
+                lambda t: smooth_axes(t, sigmas), types_to_apply=[tio.INTENSITY], copy=False
+            ),
             tio.Resample(target_spacing_xyz, copy=False),
         ],
         copy=False,
