@@ -31,7 +31,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tumortrace.data import content_sha256  # noqa: E402
+from tumortrace.files import sha256_file  # noqa: E402
 from tumortrace.errors import TumorTraceError  # noqa: E402
 from tumortrace.io import load_volume  # noqa: E402
 from tumortrace.standard import load_cached, save_cached, standardise, warp  # noqa: E402
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             t0 = time.perf_counter()
             volume = load_volume(path)
-            sha = content_sha256(path)
+            sha = sha256_file(path)
             std = load_cached(args.cache, sha, volume)
             cached = std is not None
             if std is None:

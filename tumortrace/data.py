@@ -458,7 +458,7 @@ class VolumeDataset(Dataset):
         if self.config.space == "mni":
             # Extraction and registration run once per file content and pipeline version, whatever
             # the model grid: a new spacing or shape reuses them.
-            sha = content_sha256(case.path)
+            sha = sha256_file(case.path)
             std = load_cached(self.cache_dir / "standard", sha, volume) if self.cache_dir else None
             if std is None:
                 std = standardise(volume)
