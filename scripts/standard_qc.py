@@ -31,8 +31,8 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tumortrace.files import sha256_file  # noqa: E402
 from tumortrace.errors import TumorTraceError  # noqa: E402
+from tumortrace.files import sha256_file  # noqa: E402
 from tumortrace.io import load_volume  # noqa: E402
 from tumortrace.standard import load_cached, save_cached, standardise, warp  # noqa: E402
 from tumortrace.template import load_template  # noqa: E402

@@ -252,7 +252,7 @@ def check_resampling(
             f"least {limits.min_resampled_axis} along each axis. Check the voxel size in the "
             "header."
         )
-    sigmas = _antialias_sigmas(volume.spacing, tuple(float(t) for t in target))
+    sigmas = antialias_sigmas(volume.spacing, tuple(float(t) for t in target))
     taps = sum(2 * int(np.ceil(3.0 * s)) + 1 for s in sigmas if s > 0)
     macs = float(np.prod(volume.shape, dtype=np.float64)) * taps
     if macs > limits.max_antialias_macs:

@@ -42,8 +42,8 @@ QC_THRESHOLDS: dict[str, float] = {
     "skull_ratio": 0.25,
     "dice_warn": 0.85,
     "dice_fail": 0.75,
-    "ncc_warn": 0.5,
-    "ncc_fail": 0.3,
+    "ncc_warn": 0.12,
+    "ncc_fail": 0.06,
     "slice_mm": 3.0,
     "coverage": 0.97,
     "wm_gm_ratio": 1.04,
@@ -187,17 +187,41 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float((a & b).sum()) / total if total else float("nan")
 
 
-def correlation(image: np.ndarray, template: np.ndarray, region: np.ndarray) -> float:
-    """Pearson correlation of a registered scan with the template inside ``region``.
+def _smooth_inside(x: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing within ``mask`` only (normalised convolution): no edge from outside."""
+    m = mask.astype(np.float32)
+    num = ndimage.gaussian_filter(x * m, sigma)
+    den = ndimage.gaussian_filter(m, sigma)
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
+
+
+def correlation(
+    image: np.ndarray,
+    image_brain: np.ndarray,
+    template: np.ndarray,
+    template_brain: np.ndarray,
+    region: np.ndarray,
+) -> float:
+    """Correlation of a registered scan's brain interior with the template's.
+
+    Both are smoothed inside their own brain masks (2 mm, normalised convolution) and compared
+    inside ``region``, the template brain eroded by 4 mm, so the brain's outline, which any
+    brain-shaped blob shares, does not count: what counts is the inside pattern (ventricles, deep
+    grey and white matter). Measured here: 0.9 for template phantoms, about 0 for noise, negative
+    for inverted (T2-like) contrast, 0.15-0.4 for real T1 scans after an affine registration.
 
     Args:
         image: ``(X, Y, Z)`` the scan on the template grid.
+        image_brain: ``(X, Y, Z)`` bool its brain mask on that grid.
         template: ``(X, Y, Z)`` template T1 on the same grid.
-        region: ``(X, Y, Z)`` bool voxels to compare (the template brain within the scan's view).
+        template_brain: ``(X, Y, Z)`` bool template brain mask.
+        region: ``(X, Y, Z)`` bool template voxels inside the scan's field of view.
     """
-    if region.sum() < 50:
+    inner = ndimage.binary_erosion(template_brain, iterations=2) & region & image_brain
+    if inner.sum() < 50:
         return float("nan")
-    a, b = image[region].astype(np.float64), template[region].astype(np.float64)
+    a = _smooth_inside(image, image_brain, 1.0)[inner].astype(np.float64)
+    b = _smooth_inside(template, template_brain, 1.0)[inner].astype(np.float64)
     a, b = a - a.mean(), b - b.mean()
     den = float(np.sqrt((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / den) if den > 0 else float("nan")

@@ -183,7 +183,7 @@ def measure(volume: Volume, bet: BrainMask, reg: Registration) -> qc.QCReport:
         warped = warp(bet.mask, volume.affine, t2n, out_affine, tb.shape) > 0.5
         dice = qc.dice(warped & (fov > 0.5), seen)
         image = warp(np.where(bet.mask, volume.data, 0.0), volume.affine, t2n, out_affine, tb.shape)
-        ncc = qc.correlation(image, tpl.t1[::2, ::2, ::2], seen)
+        ncc = qc.correlation(image, warped, tpl.t1[::2, ::2, ::2], tb, fov > 0.5)
         ratio = qc.wm_gm_ratio(image, tpl.wm[::2, ::2, ::2], tpl.gm[::2, ::2, ::2])
         share = float(seen.sum()) / max(float(tb.sum()), 1.0)
     checks.append(qc.check_registration(bet.found and reg.ok, dice, reg.reason))
