@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="intensity clip percentiles of the brain voxels before z-scoring (100: no upper clip,"
         " keeps enhancing tissue brighter than white matter)",
     )  # fmt: skip
+    p.add_argument(
+        "--space", choices=("mni", "native"), default=pre.space,
+        help="mni: the standard-space pipeline (brain extraction, registration to MNI152, the "
+        "brain in a template box); native: the legacy head crop (the old demo weights)",
+    )  # fmt: skip
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=d.device)
     p.add_argument("--workers", type=int, default=d.workers, help="data-loading processes")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -96,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         shape_dhw=tuple(args.input_shape),
         intensity=DEFAULTS.preprocess.intensity,
         percentiles=(lo, hi),
+        space=args.space,
     )
     return TrainConfig(
         arch=args.arch,

@@ -16,6 +16,6 @@ PY=${PYTHON:-.venv/bin/python}
 for arch in ${ARCHS:-mc3 r2plus1d r3d}; do
   case $arch in mc3) epochs=24 patience=8 ;; *) epochs=6 patience=3 ;; esac
   "$PY" train.py --arch "$arch" --folds 3 --epochs "$epochs" --patience "$patience" \
-    --batch-size 4 --lr 1e-4 --input-shape 28 40 32 --spacing 5 --percentiles 0.5 100 \
+    --batch-size 4 --lr 1e-4 --input-shape 28 40 32 --spacing 5 --percentiles 0.5 100 --space native \
     --out "${OUT:-weights}" "$@"
 done

@@ -16,7 +16,7 @@ from tumortrace.checkpoint import ModelCard, save_checkpoint
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.models import create_model, list_models
 
-TINY = PreprocessConfig(spacing_mm=(6.0, 6.0, 6.0), shape_dhw=(16, 32, 32))
+TINY = PreprocessConfig(spacing_mm=(6.0, 6.0, 6.0), shape_dhw=(16, 32, 32), space="native")
 
 
 def make_tiny_weights(out: Path, seed: int = 0) -> Path:

@@ -39,7 +39,7 @@ def _trained_like(name: str) -> torch.nn.Module:
 def _card(arch: str = "mc3") -> ModelCard:
     return ModelCard(
         arch=arch,
-        preprocess=PreprocessConfig(shape_dhw=(8, 16, 16), intensity="percentile"),
+        preprocess=PreprocessConfig(shape_dhw=(8, 16, 16), intensity="percentile", space="native"),
         data={"source": "synthetic", "counts": {"healthy": 4, "lgg": 2, "hgg": 4}},
         folds=2,
         metrics={"accuracy": {"mean": 0.9, "std": float("nan")}},

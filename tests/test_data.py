@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import tumortrace.preprocess
+import tumortrace.standard
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.data import (
     Case,
@@ -328,7 +328,7 @@ def test_class_weights_bad_labels():
 
 # ---------------------------------------------------------------- dataset
 
-CONFIG = PreprocessConfig(spacing_mm=(4.0, 4.0, 4.0), shape_dhw=(8, 12, 10))
+CONFIG = PreprocessConfig(spacing_mm=(4.0, 4.0, 4.0), shape_dhw=(8, 12, 10), space="native")
 
 
 def test_dataset_caches_preprocessed_tensors(tiny_nifti, tmp_path, monkeypatch):
@@ -344,7 +344,7 @@ def test_dataset_caches_preprocessed_tensors(tiny_nifti, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("preprocess must not run on a cache hit")
 
-    monkeypatch.setattr(tumortrace.preprocess, "preprocess", boom)
+    monkeypatch.setattr(tumortrace.standard, "prepare", boom)
     again = VolumeDataset([case], CONFIG, cache_dir=cache)  # a fresh instance: a disk hit
     assert torch.equal(again[0][0], first)
     # Same content elsewhere hits too: the key is the file's content, not its path.
@@ -353,7 +353,7 @@ def test_dataset_caches_preprocessed_tensors(tiny_nifti, tmp_path, monkeypatch):
     assert torch.equal(VolumeDataset([Case("s1", copy, "lgg", "x")], CONFIG, cache)[0][0], first)
     # Another config misses the cache.
     other = PreprocessConfig(
-        spacing_mm=(4.0, 4.0, 4.0), shape_dhw=(8, 12, 10), intensity="percentile"
+        spacing_mm=(4.0, 4.0, 4.0), shape_dhw=(8, 12, 10), intensity="percentile", space="native"
     )
     with pytest.raises(AssertionError, match="must not run"):
         VolumeDataset([case], other, cache_dir=cache)[0]

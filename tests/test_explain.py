@@ -126,7 +126,9 @@ def test_upsample_cam_scales_to_unit_range_and_keeps_zero_maps_zero() -> None:
 
 # -- geometry --------------------------------------------------------------------------------------
 
-_GEOMETRY_CONFIG = PreprocessConfig(spacing_mm=(3.0, 3.0, 3.0), shape_dhw=(16, 24, 24))
+_GEOMETRY_CONFIG = PreprocessConfig(
+    spacing_mm=(3.0, 3.0, 3.0), shape_dhw=(16, 24, 24), space="native"
+)
 
 
 def _stored_affine(kind: str) -> np.ndarray:

@@ -23,7 +23,7 @@ from tumortrace.io import load_volume
 from tumortrace.models import create_model, list_models
 from tumortrace.preprocess import preprocess
 
-TINY = PreprocessConfig(spacing_mm=(5.0, 3.0, 3.0), shape_dhw=(16, 32, 32))
+TINY = PreprocessConfig(spacing_mm=(5.0, 3.0, 3.0), shape_dhw=(16, 32, 32), space="native")
 FP32 = InferenceSettings(precision="fp32")
 
 
@@ -176,11 +176,11 @@ def test_preprocessing_runs_once_per_distinct_config(monkeypatch, volume) -> Non
     pred = Predictor({a: _model(a) for a in cards}, cards, FP32)
     calls = []
 
-    def counting(vol, config):
+    def counting(vol, config, std=None):
         calls.append(config)
         return preprocess(vol, config)
 
-    monkeypatch.setattr(infer, "preprocess", counting)
+    monkeypatch.setattr(infer, "prepare", counting)
     analysis = pred.analyze(volume)
     assert calls == [TINY, other]
     assert analysis.explanations["r3d"].cam_model.shape == (16, 24, 24)

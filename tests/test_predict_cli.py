@@ -24,7 +24,7 @@ from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.infer import collect_inputs
 from tumortrace.models import create_model, list_models
 
-TINY = PreprocessConfig(spacing_mm=(5.0, 3.0, 3.0), shape_dhw=(16, 32, 32))
+TINY = PreprocessConfig(spacing_mm=(5.0, 3.0, 3.0), shape_dhw=(16, 32, 32), space="native")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,7 +74,7 @@ def test_folder_with_a_corrupt_file_gives_three_rows_one_error_and_exit_1(
     cohort, weights_dir, capsys
 ) -> None:
     code, out, err = _run(
-        ["predict", str(cohort), "--weights", str(weights_dir), "--quiet"], capsys
+        ["predict", str(cohort), "--weights", str(weights_dir), "--skip-checks", "--quiet"], capsys
     )
     assert code == 1
     rows = list(csv.DictReader(io.StringIO(out)))
@@ -181,7 +181,8 @@ def test_hostile_file_among_good_ones_gives_a_row_for_every_file(
 
     monkeypatch.setattr(infer, "load_volume", flaky)
     paths = [cohort / "a_ras.nii.gz", bad_zip, cohort / "b_lps.nii.gz", odd]
-    argv = ["predict", *map(str, paths), "--weights", str(weights_dir), "--arch", "mc3", "--quiet"]
+    argv = ["predict", *map(str, paths), "--weights", str(weights_dir), "--arch", "mc3"]
+    argv += ["--skip-checks", "--quiet"]
     code, out, err = _run(argv, capsys)
     assert code == 1
     rows = list(csv.DictReader(io.StringIO(out)))
@@ -191,3 +192,21 @@ def test_hostile_file_among_good_ones_gives_a_row_for_every_file(
     lines = err.splitlines()
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
     assert "odd\\nname.nii.gz" in lines[1]
+
+
+@pytest.mark.slow
+def test_predict_reports_the_input_checks(weights_dir, real_samples_dir, capsys):
+    """Without --skip-checks every row carries the input checks: JSON and CSV columns."""
+    scan = str(real_samples_dir / "IXI012-HH-1211_T1_2mm_uint8.nii.gz")
+    argv = ["predict", scan, "--weights", str(weights_dir), "--arch", "mc3", "--quiet"]
+    code, out, _ = _run([*argv, "--format", "json"], capsys)
+    assert code == 0
+    (row,) = json.loads(out)["results"]
+    names = [c["name"] for c in row["qc"]["checks"]]
+    assert names == ["brain", "skull", "registration", "tissue", "slices", "coverage", "contrast"]
+    skull = next(c for c in row["qc"]["checks"] if c["name"] == "skull")
+    assert "Skull present" in skull["message"]
+    assert row["verdict"] == row["label"]  # reliable input: the verdict is the label
+    code, out, _ = _run(argv, capsys)
+    (line,) = list(csv.DictReader(io.StringIO(out)))
+    assert line["qc_status"] in ("ok", "warning") and float(line["qc_registration"]) >= 0.85

@@ -22,7 +22,7 @@ from tumortrace.preprocess import (
     to_model_axes,
 )
 
-SMALL = PreprocessConfig(spacing_mm=(4.0, 3.0, 3.0), shape_dhw=(16, 24, 24))
+SMALL = PreprocessConfig(spacing_mm=(4.0, 3.0, 3.0), shape_dhw=(16, 24, 24), space="native")
 NO_CLIP = replace(SMALL, percentiles=(0.0, 100.0))  # keeps the marker a single peak
 STORED_SHAPE = (40, 48, 40)
 RADII_MM = np.array([26.0, 30.0, 24.0])  # head half-axes along x, y, z (RAS)

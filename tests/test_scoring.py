@@ -19,7 +19,7 @@ from tumortrace.manifest import read_manifest, write_manifest
 from tumortrace.models import create_model
 from tumortrace.scoring import format_report, score_manifest, score_report
 
-PRE = PreprocessConfig(spacing_mm=(5.0, 4.0, 4.0), shape_dhw=(4, 12, 12))
+PRE = PreprocessConfig(spacing_mm=(5.0, 4.0, 4.0), shape_dhw=(4, 12, 12), space="native")
 
 
 @pytest.fixture(scope="module")

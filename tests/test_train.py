@@ -47,7 +47,7 @@ def argv_for(manifest: Path, out: Path, data_dir: Path, *extra: str) -> list[str
         "--input-shape", *map(str, SHAPE), "--spacing", *map(str, SPACING), "--device", "cpu",
         "--workers", "0", "--augment", "light", "--manifest", str(manifest),
         "--out", str(out), "--data-dir", str(data_dir), "--max-steps-per-epoch", "2",
-        *extra,
+        "--space", "native", *extra,
     ]  # fmt: skip
 
 
@@ -300,7 +300,7 @@ def test_spacing_needs_one_or_three_values(cohort, tmp_path):
 
 
 def test_spacing_flags_map_onto_the_preprocess_config(cfg, cohort, tmp_path):
-    assert cfg.preprocess == PreprocessConfig(spacing_mm=SPACING, shape_dhw=SHAPE)
+    assert cfg.preprocess == PreprocessConfig(spacing_mm=SPACING, shape_dhw=SHAPE, space="native")
     argv = argv_for(cohort, tmp_path / "w", tmp_path / "data")
     i = argv.index("--spacing")
     argv[i + 1 : i + 4] = ["3"]

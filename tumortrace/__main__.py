@@ -32,11 +32,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 # -- predict: owned by the inference work (fills _cmd_predict) --
 def _cmd_predict(args: argparse.Namespace) -> int:
     """CSV (or one JSON document) on stdout; one stderr line per bad input; exit 1 if any failed."""
-    from tumortrace.infer import Predictor, format_rows
+    from tumortrace.infer import InferenceSettings, Predictor, format_rows
     from tumortrace.io import printable
 
     archs = None if args.arch == "all" else [args.arch]
-    predictor = Predictor.from_dir(args.weights, archs=archs)
+    settings = InferenceSettings(input_checks=not args.skip_checks)
+    predictor = Predictor.from_dir(args.weights, archs=archs, settings=settings)
     for arch, reason in predictor.refused.items():  # the other networks still predict
         print(f"warning: network {arch} left out: {reason}", file=sys.stderr)
     rows = predictor.predict_paths(args.paths, cam_out=args.cam_out, progress=not args.quiet)
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="all", help="all, or one of the architectures")
     p.add_argument("--cam-out", default=None, help="write Grad-CAM NIfTI maps to this folder")
     p.add_argument("--format", choices=("json", "csv"), default="csv")
+    p.add_argument(
+        "--skip-checks",
+        action="store_true",
+        help="skip brain extraction, registration and the input checks (legacy native-space "
+        "weights only; standard-space weights always run them)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 

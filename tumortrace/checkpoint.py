@@ -62,6 +62,9 @@ class ModelCard:
         notes: free text.
         params: number of parameters.
         format_version: card layout version (:data:`CARD_FORMAT`).
+        pipeline: the standard-space pipeline the weights were trained with
+            (:func:`tumortrace.standard.pipeline_description`: version, deepbet, template,
+            registration settings, input-check thresholds); empty for native-space cards.
     """
 
     arch: str
@@ -79,6 +82,7 @@ class ModelCard:
     notes: str = ""
     params: int = 0
     format_version: int = CARD_FORMAT
+    pipeline: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists, NaN becomes ``None``)."""

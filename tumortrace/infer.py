@@ -49,7 +49,7 @@ from tumortrace.explain import (
 from tumortrace.io import Volume, load_volume, printable
 from tumortrace.models import list_models
 from tumortrace.preprocess import GridMap, Preprocessed
-from tumortrace.standard import StandardSpace, prepare, standardise
+from tumortrace.standard import PIPELINE_VERSION, StandardSpace, prepare, standardise
 
 __all__ = [
     "Analysis",
@@ -82,9 +82,9 @@ class InferenceSettings:
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         compile: ``torch.compile`` the trunk (inductor, weights frozen) when the Predictor is built,
             warmed up at each card's model grid; later calls at that grid skip compilation.
-        input_checks: run brain extraction, registration and the input checks
-            (:mod:`tumortrace.standard`) for every analysis, also for legacy native-space cards
-            (standard-space cards always need them).
+        input_checks: :meth:`Predictor.predict_paths` runs brain extraction, registration and
+            the input checks (:mod:`tumortrace.standard`) for every file, also for legacy
+            native-space cards (standard-space cards always need them, whatever this says).
     """
 
     precision: Precision = "auto"
@@ -433,7 +433,7 @@ class Predictor:
         predictions: dict[str, Prediction] = {}
         explanations: dict[str, Explanation] = {}
         needs_std = any(self.cards[a].preprocess.space == "mni" for a in archs)
-        if standard is None and (needs_std or self.settings.input_checks):
+        if standard is None and needs_std:
             standard = standardise(volume)
         for arch in archs:
             config = self.cards[arch].preprocess
@@ -519,7 +519,8 @@ class Predictor:
         for item in tqdm(items, desc="predict", unit="vol", file=sys.stderr, disable=not progress):
             try:
                 volume = load_volume(item)
-                analysis = self.analyze(volume, archs=archs, tta_flip=tta_flip)
+                standard = standardise(volume) if self.settings.input_checks else None
+                analysis = self.analyze(volume, archs=archs, tta_flip=tta_flip, standard=standard)
                 cams: dict[str, str] = {}
                 if cam_dir is not None:
                     stem = _unique_stem(_stem(item), used_stems)
@@ -549,6 +550,15 @@ def _check_card(arch: str, card: ModelCard, model: nn.Module, source: str) -> No
             f"The {source} has classes {list(card.classes)}; expected {list(CLASSES)} "
             "(in this order). These weights belong to another task."
         )
+    if card.preprocess.space == "mni":
+        version = card.pipeline.get("version")
+        if version != PIPELINE_VERSION:
+            raise CheckpointError(
+                f"The {source} was trained on standard-space pipeline version {version!r}; this "
+                f"TumorTrace runs version {PIPELINE_VERSION} (brain extraction, registration and "
+                "normalisation differ), so its inputs would not match what the network learned. "
+                "Retrain the weights, or use the TumorTrace release that made them."
+            )
     head = getattr(model, "fc", None)
     linear = head[-1] if isinstance(head, nn.Sequential) else head
     if not isinstance(linear, nn.Linear) or linear.out_features != len(CLASSES):

@@ -67,6 +67,7 @@ from tumortrace.augment import build_augment
 from tumortrace.config import CLASSES, TrainConfig
 from tumortrace.errors import ConfigError, ManifestError
 from tumortrace.manifest import Case, read_manifest, validate_cases
+from tumortrace.standard import pipeline_description
 
 RESUME_VERSION = 1
 StateDict = dict[str, torch.Tensor]
@@ -1023,6 +1024,7 @@ def _write_outputs(cfg: TrainConfig, cases: Sequence[Case], result: CVResult, co
         date=b["date"],
         shipped=result.shipped,
         params=b["params"],
+        pipeline=pipeline_description() if cfg.preprocess.space == "mni" else {},
         notes=(
             f"Research prototype, not for clinical use. Ships {how}; metrics are the "
             f"{cfg.folds}-fold cross-validated test estimates (mean, std). "
