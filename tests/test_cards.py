@@ -26,7 +26,7 @@ from tumortrace.infer import Predictor
 from tumortrace.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = PreprocessConfig(spacing_mm=(5.0, 5.0, 5.0), shape_dhw=(16, 16, 16))
+TINY = PreprocessConfig(spacing_mm=(5.0, 5.0, 5.0), shape_dhw=(16, 16, 16), space="native")
 
 
 def _model(arch: str = "mc3", seed: int = 0) -> torch.nn.Module:
