@@ -14,6 +14,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from tumortrace.config import PreprocessConfig, TrainConfig
@@ -21,6 +22,12 @@ from tumortrace.errors import ConfigError, TumorTraceError
 from tumortrace.models import list_models
 
 DEFAULTS = TrainConfig()
+FLAG_DERIVED = frozenset({"cosine", "pretrained", "preprocess"})
+"""TrainConfig fields built from differently named flags: ``--no-cosine``, ``--pretrained`` (or
+``--pretrained-path``), ``--input-shape``/``--spacing``/``--percentiles``."""
+NO_FLAG = frozenset({"synthetic", "test_fraction", "val_fraction"})
+"""TrainConfig fields the command line leaves at their defaults. Every other field is copied
+from the flag of the same name."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,32 +110,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         percentiles=(lo, hi),
         space=args.space,
     )
+    flags = vars(args)
+    plain = {
+        f.name: flags[f.name]
+        for f in fields(TrainConfig)
+        if f.name in flags and f.name not in FLAG_DERIVED
+    }
     return TrainConfig(
-        arch=args.arch,
-        folds=args.folds,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
+        **plain,
         cosine=not args.no_cosine,
-        patience=args.patience,
-        dropout=args.dropout,
         pretrained=args.pretrained or args.pretrained_path is not None,
-        pretrained_path=args.pretrained_path,
-        augment=args.augment,
         preprocess=preprocess,
-        device=args.device,
-        workers=args.workers,
-        seed=args.seed,
-        out=args.out,
-        resume=args.resume,
-        refit=args.refit,
-        manifest=args.manifest,
-        brats=args.brats,
-        brats_grades=args.brats_grades,
-        ixi=args.ixi,
-        data_dir=args.data_dir,
-        max_steps_per_epoch=args.max_steps_per_epoch,
     )
 
 
@@ -151,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = None
     try:
-        from tumortrace.train import resume_path, run  # torch and torchvision load here
+        from tumortrace.resume import resume_path  # torch and torchvision load here
+        from tumortrace.train import run
 
         cfg = config_from_args(args)
         result = run(cfg, command=_command(argv))

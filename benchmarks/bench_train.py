@@ -4,7 +4,7 @@
 
 For each network one training step (forward, class-weighted cross entropy, backward, Adam) is timed
 on random ``(N, 1, D, H, W)`` inputs: a warm-up, then the median of ``--steps`` steps. The fast path
-is the one :mod:`tumortrace.train` uses (:func:`tumortrace.train.fast_runtime`): on CPU
+is the one :mod:`tumortrace.train` uses (:func:`tumortrace.runtime.fast_runtime`): on CPU
 ``channels_last_3d``, plus bf16 autocast when the CPU has native bf16; on CUDA AMP (bf16 where
 supported, else fp16) with cuDNN benchmark. Prints samples/s and the speed-up, and optionally
 writes them as JSON.
@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,8 +25,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tumortrace.loop import train_step
 from tumortrace.models import check_input_shape, create_model, list_models
-from tumortrace.train import Runtime, cpu_has_native_bf16, fast_runtime, train_step
+from tumortrace.runtime import CPU_FP32, fast_runtime, native_bf16, resolve_device, set_threads
 
 
 def _sync(device: torch.device) -> None:
@@ -47,7 +49,7 @@ def time_steps(
     model = create_model(arch).to(device)
     x = torch.randn(batch, 1, *shape, device=device)
     y = torch.randint(0, 3, (batch,), device=device)
-    rt = fast_runtime(device) if fast else Runtime(device, None, channels_last=False)
+    rt = fast_runtime(device) if fast else replace(CPU_FP32, device=device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -78,15 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    use_cuda = device.type == "cuda"
     shape = tuple(args.shape)
     fast_name = (
         "AMP"
         if use_cuda
-        else ("bf16+channels_last_3d" if cpu_has_native_bf16() else "fp32+channels_last_3d")
+        else ("bf16+channels_last_3d" if native_bf16(device) else "fp32+channels_last_3d")
     )
     print(
         f"device {device} ({torch.get_num_threads()} threads), input {args.batch_size}x1x"

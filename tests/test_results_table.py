@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tumortrace.evaluate import summarize
+from tumortrace.metrics import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -113,7 +113,7 @@ def test_manifest_with_missing_volume(card, manifest, tmp_path):
 
 
 def test_report_reweights_accuracy_to_the_training_mix(card, manifest, tmp_path):
-    from tumortrace.evaluate import accuracy_at_class_mix
+    from tumortrace.metrics import accuracy_at_class_mix
 
     plain = score_report(card, manifest, device="cpu", progress=False)
     assert plain.training_mix is None and plain.to_dict()["accuracy_at_training_mix"] is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +13,13 @@ import torch
 from conftest import write_head_cohort
 from torch.utils.data import Dataset
 
+from tumortrace import cases as tcases
+from tumortrace import loop, resume, runtime
 from tumortrace import train as tt
 from tumortrace.checkpoint import load_checkpoint
 from tumortrace.config import CLASSES, PreprocessConfig, SyntheticCohort, TrainConfig
 from tumortrace.data import class_weights, load_splits, make_folds
-from tumortrace.errors import ConfigError, ManifestError
+from tumortrace.errors import CheckpointError, ConfigError, ManifestError
 from tumortrace.manifest import read_manifest, write_manifest
 from tumortrace.models import create_model
 
@@ -72,7 +74,7 @@ def test_tiny_run_writes_three_files(tiny_run):
     assert (out / "mc3.safetensors").is_file()
     assert (out / "mc3.json").is_file()
     assert (out / "benchmarks" / "mc3.json").is_file()
-    assert not tt.resume_path(replace(TrainConfig(), out=out)).exists()
+    assert not resume.resume_path(replace(TrainConfig(), out=out)).exists()
     assert not list(out.rglob("*.tmp")), "no temporary files may be left behind"
 
     bench = json.loads((out / "benchmarks" / "mc3.json").read_text())
@@ -147,13 +149,13 @@ def test_folds_and_first_epoch_loss_reproducible(tiny_run, cohort):
 def test_default_data_is_the_cached_synthetic_cohort(tmp_path):
     counts = (("healthy", 1), ("lgg", 1), ("hgg", 1))
     cfg = TrainConfig(data_dir=tmp_path, synthetic=SyntheticCohort(counts, "small", seed=3))
-    assert tt.synthetic_dir(cfg) == tmp_path / "synthetic-small-seed3"
-    cases = tt.load_cases(cfg, progress=False)
+    assert tcases.synthetic_dir(cfg) == tmp_path / "synthetic-small-seed3"
+    cases = tcases.load_cases(cfg, progress=False)
     assert sorted(c.label for c in cases) == sorted(CLASSES)
     assert {c.source for c in cases} == {"synthetic"}
-    manifest = tt.synthetic_dir(cfg) / "manifest.csv"
+    manifest = tcases.synthetic_dir(cfg) / "manifest.csv"
     stamp = manifest.stat().st_mtime_ns
-    assert tt.load_cases(cfg, progress=False) == cases
+    assert tcases.load_cases(cfg, progress=False) == cases
     assert manifest.stat().st_mtime_ns == stamp, "the cached cohort is reused, not regenerated"
 
 
@@ -187,17 +189,17 @@ class BlobSet(Dataset):
 def test_loop_learns_a_blob_within_a_few_epochs():
     # ~36 steps: enough for BatchNorm running statistics to settle (eval mode uses them).
     cfg = TrainConfig(arch="mc3", epochs=3, batch_size=8, lr=1e-3, patience=0, workers=0)
-    rt = tt.setup_runtime("cpu")
+    rt = runtime.setup_runtime("cpu")
     torch.manual_seed(0)
     train, val, test = BlobSet(96, 1), BlobSet(16, 2), BlobSet(16, 3)
     weight = class_weights(train.y.tolist(), n_classes=3)
-    fit = tt.fit_fold(cfg, create_model("mc3"), train, val, rt, weight, progress=False)
+    fit = loop.fit_fold(cfg, create_model("mc3"), train, val, rt, weight, progress=False)
     assert len(fit.curves) == 3
     assert max(c.val_accuracy for c in fit.curves) >= 0.8  # chance is 0.5
     model = create_model("mc3")
     model.load_state_dict(fit.best_state)
     loader = torch.utils.data.DataLoader(test, batch_size=8)
-    ev = tt.evaluate_loader(model, loader, rt, weight)
+    ev = loop.evaluate_loader(model, loader, rt, weight)
     assert (ev.probs.argmax(1) == ev.labels).mean() >= 0.75
     assert fit.curves[-1].train_loss < fit.curves[0].train_loss
 
@@ -207,7 +209,7 @@ def test_loop_learns_a_blob_within_a_few_epochs():
 
 def test_interrupted_run_resumes_to_the_end(cohort, tmp_path, monkeypatch, capsys):
     calls = {"n": 0, "stop_at": 2}
-    real = tt.train_one_epoch
+    real = loop.train_one_epoch
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -215,7 +217,7 @@ def test_interrupted_run_resumes_to_the_end(cohort, tmp_path, monkeypatch, capsy
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tt, "train_one_epoch", flaky)
+    monkeypatch.setattr(loop, "train_one_epoch", flaky)
     argv = argv_for(cohort, tmp_path / "w", tmp_path / "data", "--epochs", "2", "--patience", "5")
     assert cli.main(argv) == 130
     assert "--resume" in capsys.readouterr().err
@@ -318,3 +320,20 @@ def test_percentiles_flag_rejects_out_of_range(cohort, tmp_path, bad):
     argv = argv_for(cohort, tmp_path / "w", tmp_path / "data")
     with pytest.raises(ConfigError, match="--percentiles takes LO HI"):
         config_for([*argv, "--percentiles", *bad])
+
+
+def test_every_config_field_is_a_flag_or_named_as_derived():
+    dests = {a.dest for a in cli.build_parser()._actions}
+    names = {f.name for f in fields(TrainConfig)}
+    assert names - cli.FLAG_DERIVED - cli.NO_FLAG <= dests
+    assert cli.config_from_args(cli.build_parser().parse_args([])) == TrainConfig()
+
+
+def test_missing_pretrained_file_is_refused_before_any_network_is_built(cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(tt, "_new_model", lambda cfg: pytest.fail("a network was built"))
+    monkeypatch.setattr("tumortrace.models.create_model", lambda *a, **k: pytest.fail("built"))
+    with pytest.raises(
+        CheckpointError, match="Pretrained Kinetics-400 weights for 'mc3' not found"
+    ):
+        tt.validate_config(replace(cfg, pretrained_path=tmp_path / "none.pth"))
+    tt.validate_config(cfg)

@@ -34,6 +34,7 @@ from tumortrace.files import (
     sha256_bytes,
 )
 from tumortrace.models import create_model, get_spec, list_models, state_dict_mismatch
+from tumortrace.runtime import resolve_device
 
 CARD_FORMAT = 1
 """Version of the card layout; bumped on an incompatible change."""
@@ -325,15 +326,6 @@ def read_card(path: str | Path) -> ModelCard:
     return card
 
 
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"Unknown device {device!r}; expected 'auto', 'cpu' or 'cuda'.") from err
-
-
 def _check_preprocess_metadata(text: str, card: ModelCard, weights: Path) -> None:
     """The card's preprocessing must equal the one stored inside the weights file."""
     try:
@@ -415,6 +407,6 @@ def load_checkpoint(
             f"{mismatch}The file was saved from another architecture or shape."
         )
     model.load_state_dict({k: state[k].to(v.dtype) for k, v in expected.items()})
-    model.to(device=_device(device), dtype=dtype)
+    model.to(device=resolve_device(device), dtype=dtype)
     model.eval()
     return model, card

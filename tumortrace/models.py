@@ -244,15 +244,27 @@ def adapt_kinetics_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, to
     return out
 
 
-def _load_kinetics(net: VideoResNet, spec: ModelSpec, path: str | Path | None) -> None:
-    path = Path(path) if path is not None else pretrained_file(spec.name)
+def check_pretrained_file(name: str, path: str | Path | None = None) -> Path:
+    """The Kinetics-400 file for ``name`` (``path``, default :func:`pretrained_file`), if it exists.
+
+    Raises:
+        ConfigError: unknown name.
+        CheckpointError: the file is missing; the message says where to put it.
+    """
+    spec = get_spec(name)
+    path = Path(path) if path is not None else pretrained_file(name)
     if not path.is_file():
         raise CheckpointError(
-            f"Pretrained Kinetics-400 weights for {spec.name!r} not found: {path}. Nothing can be "
+            f"Pretrained Kinetics-400 weights for {name!r} not found: {path}. Nothing can be "
             f"downloaded here: copy torchvision's {spec.weights_file} ({spec.weights_url}) into "
-            f"{pretrained_file(spec.name).parent}/ (the torch hub cache, set by $TORCH_HOME), or "
+            f"{pretrained_file(name).parent}/ (the torch hub cache, set by $TORCH_HOME), or "
             "pass its location with --pretrained-path."
         )
+    return path
+
+
+def _load_kinetics(net: VideoResNet, spec: ModelSpec, path: str | Path | None) -> None:
+    path = check_pretrained_file(spec.name, path)
     state = adapt_kinetics_state_dict(_read_state_dict(path))
     own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
     mismatch = state_dict_mismatch(own, state)

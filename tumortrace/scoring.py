@@ -2,7 +2,7 @@
 
 The volumes are preprocessed with the card's own :class:`~tumortrace.config.PreprocessConfig`
 (exactly as at training), the model runs in eval mode in fp32, and the metrics come from
-:func:`tumortrace.evaluate.compute_metrics`.
+:func:`tumortrace.metrics.compute_metrics`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tumortrace import checkpoint, data, evaluate, files
+from tumortrace import checkpoint, data, files
 from tumortrace.config import CLASSES
-from tumortrace.errors import ConfigError
 from tumortrace.manifest import read_manifest
+from tumortrace.metrics import Metrics, accuracy_at_class_mix, compute_metrics
+from tumortrace.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class ScoreReport:
     arch: str
     card_path: Path
     manifest_path: Path
-    metrics: evaluate.Metrics
+    metrics: Metrics
     cases: tuple[CaseScore, ...]
     training_mix: tuple[int, ...] | None = None
 
@@ -80,7 +81,7 @@ class ScoreReport:
         """
         if self.training_mix is None:
             return None
-        value = evaluate.accuracy_at_class_mix(self.metrics.confusion, self.training_mix)
+        value = accuracy_at_class_mix(self.metrics.confusion, self.training_mix)
         return value if np.isfinite(value) else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,23 +111,13 @@ def training_mix(card: checkpoint.ModelCard) -> tuple[int, ...] | None:
     return mix if sum(mix) > 0 and min(mix) >= 0 else None
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was given but torch sees no CUDA device; use cpu or auto.")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"Unknown device {device!r}; expected auto, cpu or cuda.")
-    return torch.device(device)
-
-
 def score_manifest(
     card_path: str | Path,
     manifest_path: str | Path,
     device: str = "auto",
     progress: bool = True,
     batch_size: int = 4,
-) -> tuple[evaluate.Metrics, list[CaseScore]]:
+) -> tuple[Metrics, list[CaseScore]]:
     """Scores the weights behind ``card_path`` on every case of ``manifest_path``.
 
     Args:
@@ -152,8 +143,8 @@ def score_manifest(
 @torch.inference_mode()
 def _score(
     card_path: str | Path, manifest_path: str | Path, device: str, progress: bool, batch_size: int
-) -> tuple[checkpoint.ModelCard, evaluate.Metrics, list[CaseScore]]:
-    dev = _device(device)
+) -> tuple[checkpoint.ModelCard, Metrics, list[CaseScore]]:
+    dev = resolve_device(device)
     model, card = checkpoint.load_checkpoint(card_path, device=dev)
     cases = read_manifest(manifest_path)
     loader = DataLoader(data.VolumeDataset(cases, card.preprocess), batch_size=batch_size)
@@ -163,7 +154,7 @@ def _score(
         labels.append(y)
     p = torch.cat(probs).numpy()
     y_true = torch.cat(labels).numpy().astype(np.int64)
-    metrics = evaluate.compute_metrics(y_true, p, classes=CLASSES)
+    metrics = compute_metrics(y_true, p, classes=CLASSES)
     rows = [
         CaseScore(
             subject_id=case.subject_id,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tumortrace.evaluate import Metrics, compute_metrics, expected_calibration_error, summarize
+from tumortrace.metrics import Metrics, compute_metrics, expected_calibration_error, summarize
 
 # Six cases, three classes. Argmax predictions: 0, 1, 1, 2, 2, 2 (cases 1 and 3 are wrong).
 LABELS = np.array([0, 0, 1, 1, 2, 2])
@@ -148,7 +148,7 @@ def test_summarize_accepts_metrics(metrics):
 
 
 def test_accuracy_at_class_mix():
-    from tumortrace.evaluate import accuracy_at_class_mix
+    from tumortrace.metrics import accuracy_at_class_mix
 
     cm = [[9, 1, 0], [6, 4, 0], [1, 0, 9]]  # recalls 0.9, 0.4, 0.9
     # the cohort's own mix gives its plain accuracy, equal shares its balanced accuracy

@@ -1,0 +1,114 @@
+"""The cases a training run uses: the cached synthetic cohort or real data, and their datasets.
+
+:func:`load_cases` reads them (generating the embedded synthetic cohort once), :func:`warm_cache`
+preprocesses each into the tensor cache before training, :func:`part_dataset` serves one part of a
+fold (augmented for training only) and :func:`class_weight` gives the loss weights of a part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from tumortrace import data
+from tumortrace.augment import build_augment
+from tumortrace.config import CLASSES, TrainConfig
+from tumortrace.errors import ManifestError
+from tumortrace.manifest import Case, read_manifest, validate_cases
+from tumortrace.runtime import CPU_FP32, Runtime, barrier
+
+
+def synthetic_dir(cfg: TrainConfig) -> Path:
+    """Folder of the cached embedded cohort: ``<data_dir>/synthetic-<size>-seed<seed>``."""
+    return cfg.data_dir / f"synthetic-{cfg.synthetic.size}-seed{cfg.synthetic.seed}"
+
+
+def class_counts(cases: Sequence[Case]) -> dict[str, int]:
+    """``{class: number of cases}`` for every class of :data:`CLASSES`."""
+    return {c: sum(1 for x in cases if x.label == c) for c in CLASSES}
+
+
+def load_cases(cfg: TrainConfig, rt: Runtime | None = None, progress: bool = True) -> list[Case]:
+    """The cases to train on.
+
+    With no data flag, the embedded synthetic cohort (``cfg.synthetic``) is generated once under
+    :func:`synthetic_dir` and reused while its manifest exists with the same class counts.
+    Otherwise the manifest, BraTS and IXI cases given are merged.
+
+    Raises:
+        ManifestError: a missing volume, a duplicate subject, or a class without any case.
+    """
+    rt = rt or CPU_FP32
+    if cfg.manifest is None and cfg.brats is None and cfg.ixi is None:
+        from tumortrace.synthetic import write_cohort  # heavy; only for the default cohort
+
+        folder = synthetic_dir(cfg)
+        wanted = dict(cfg.synthetic.counts)
+        manifest = folder / "manifest.csv"
+        if rt.is_main:
+            fresh = manifest.is_file() and class_counts(
+                read_manifest(manifest, check_files=False)
+            ) == {c: wanted.get(c, 0) for c in CLASSES}
+            if not fresh:
+                write_cohort(
+                    folder, wanted, seed=cfg.synthetic.seed, size=cfg.synthetic.size,
+                    progress=progress,
+                )  # fmt: skip
+        barrier(rt)
+        cases = read_manifest(manifest)
+    else:
+        cases = []
+        if cfg.manifest is not None:
+            cases += read_manifest(cfg.manifest)
+        if cfg.brats is not None:
+            cases += data.discover_brats(cfg.brats, grades_csv=cfg.brats_grades)
+        if cfg.ixi is not None:
+            cases += data.discover_ixi(cfg.ixi)
+        cases = validate_cases(cases)
+    counts = class_counts(cases)
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        raise ManifestError(
+            f"No cases for class(es) {empty}: counts per class are {counts}. Every class of "
+            f"{list(CLASSES)} needs cases (e.g. add --ixi for healthy scans, --brats for gliomas)."
+        )
+    return cases
+
+
+def subset(cases: Sequence[Case], ids: Sequence[str]) -> list[Case]:
+    """The cases whose subject ids are ``ids``, in that order."""
+    by_id = {c.subject_id: c for c in cases}
+    return [by_id[i] for i in ids]
+
+
+def part_dataset(cfg: TrainConfig, cases: Sequence[Case], augment: bool) -> Dataset:
+    """``(x (1, D, H, W) float32, label)`` pairs of ``cases`` from the tensor cache; ``augment``
+    applies ``cfg.augment`` (the training part only)."""
+    transform = build_augment(cfg.augment) if augment else None
+    return data.VolumeDataset(
+        list(cases), cfg.preprocess, cache_dir=cfg.data_dir / "cache", transform=transform
+    )
+
+
+def warm_cache(cfg: TrainConfig, cases: Sequence[Case], rt: Runtime, progress: bool = True) -> None:
+    """Preprocesses every case into the tensor cache once, before any training.
+
+    Besides sparing the first epoch, this keeps preprocessing from consuming random numbers in
+    the middle of an epoch, so runs (and resumed runs) draw identical augmentations. Under DDP
+    each rank fills its share of the cache.
+    """
+    ds = data.VolumeDataset(list(cases), cfg.preprocess, cache_dir=cfg.data_dir / "cache")
+    indices = range(rt.rank, len(ds), rt.world_size)
+    bar = tqdm(indices, desc="preprocessing", unit="volume", disable=not (progress and rt.is_main))
+    for i in bar:
+        ds.load(i)
+    barrier(rt)
+
+
+def class_weight(cases: Sequence[Case]) -> torch.Tensor:
+    """``(C,)`` loss weights ``1 - n_c / N`` of ``cases`` (see :func:`data.class_weights`)."""
+    return data.class_weights([c.label_index for c in cases], n_classes=len(CLASSES))
