@@ -46,6 +46,8 @@ REGISTRATION_SETTINGS: dict[str, object] = {
     "metric": "Mattes mutual information, 32 bins, 10 % random samples",
     "levels_mm": {"starts": [8.0], "similarity": [4.0], "affine": [8.0, 4.0]},
     "smoothing_mm": {"starts": [4.0], "similarity": [2.0], "affine": [4.0, 2.0]},
+    "iterations": {"starts": 40, "similarity": 60, "affine": 60},
+    "moving": "brain block-averaged to about 2 mm",
     "fixed_spacing_mm": 2.0,
     "pitch_starts_deg": [-15.0, 0.0, 15.0],
     "max_scale": list(MAX_SCALE),
@@ -129,12 +131,17 @@ def _moving(
     brain = np.where(mask, data, 0.0).astype(np.float32)
     lo, hi = np.percentile(data[mask], (0.5, 99.5)) if mask.any() else (0.0, 1.0)
     brain = np.clip((brain - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * mask
-    if (step > 1).any():
-        sig = [(s**2 - 1) ** 0.5 / 2.355 * 2 if s > 1 else 0.0 for s in step]
-        brain = ndimage.gaussian_filter(brain, sig)
-    sl = tuple(slice(None, None, int(s)) for s in step)
+    # Block averages: anti-aliased and far cheaper than a Gaussian on a 1 mm volume.
+    n = [int(d // s) for d, s in zip(brain.shape, step, strict=True)]
+    blocks = [(k, int(s)) for k, s in zip(n, step, strict=True)]
+    shape = [v for b in blocks for v in b]
+    crop = tuple(slice(0, k * int(s)) for k, s in zip(n, step, strict=True))
+    small = brain[crop].reshape(shape).mean(axis=(1, 3, 5))
+    small_mask = mask[crop].reshape(shape).mean(axis=(1, 3, 5)) > 0.5
+    # Block (i, j, k) is centred on voxel i * s + (s - 1) / 2 of the original grid.
     aff = affine @ np.diag([*step.astype(float), 1.0])
-    return to_sitk(brain[sl].astype(np.float32), aff), to_sitk(mask[sl].astype(np.uint8), aff)
+    aff[:3, 3] = affine[:3, :3] @ ((step - 1) / 2.0) + affine[:3, 3]
+    return to_sitk(small.astype(np.float32), aff), to_sitk(small_mask.astype(np.uint8), aff)
 
 
 def _method(
@@ -208,12 +215,12 @@ def register_to_template(data: np.ndarray, mask: np.ndarray, affine: np.ndarray)
     try:
         best, best_metric = None, np.inf
         for pitch in REGISTRATION_SETTINGS["pitch_starts_deg"]:
-            reg = _method([4], [4.0], 60)
+            reg = _method([4], [4.0], 40)
             reg.SetInitialTransform(_start(fixed_mask, moving_mask, scale, pitch), inPlace=True)
             t = reg.Execute(fixed, moving)
             if reg.GetMetricValue() < best_metric:
                 best, best_metric = t, reg.GetMetricValue()
-        reg = _method([2], [2.0], 80)
+        reg = _method([2], [2.0], 60)
         reg.SetInitialTransform(best, inPlace=True)
         similarity = reg.Execute(fixed, moving)
         sim_metric = reg.GetMetricValue()
@@ -226,7 +233,7 @@ def register_to_template(data: np.ndarray, mask: np.ndarray, affine: np.ndarray)
         affine_t.SetMatrix(similarity.GetMatrix())
         affine_t.SetTranslation(similarity.GetTranslation())
         affine_t.SetCenter(similarity.GetCenter())
-        reg = _method([4, 2], [4.0, 2.0], 100)
+        reg = _method([4, 2], [4.0, 2.0], 60)
         reg.SetInitialTransform(affine_t, inPlace=True)
         result = reg.Execute(fixed, moving)
         full = _matrix_ras(result)
