@@ -26,6 +26,8 @@ from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
 from tumortrace.io import Volume, load_upload, load_volume
 from tumortrace.networks import display_name, in_display_order
+from tumortrace.preprocess import from_model_axes
+from tumortrace.standard import StandardSpace, prepare, standardise
 
 LOG = logging.getLogger("tumortrace.app")
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
@@ -67,18 +69,77 @@ def _volume_entry(key: str, loader) -> tuple[Volume, dict]:
     return _remember(cache, key, (volume, viz.window_presets(volume.data)))
 
 
-def _analysis(shared, volume: Volume, sha: str, target: str | None):
-    """The analysis of ``volume`` for one Grad-CAM target, running the networks once per key."""
-    cache = _lru("tt_analyses")
-    key = (sha, target, id(shared.predictor))
+def _cached(name: str, key: Any) -> Any:
+    """The entry ``key`` of the session LRU ``name``, or None."""
+    cache = _lru(name)
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    names = ", ".join(display_name(a) for a in in_display_order(shared.predictor.archs))
-    what = f"Grad-CAM for {viz.CLASS_NAMES[target]}" if target else "predictions and Grad-CAM"
-    with st.spinner(f"Running {names}: {what}…"), shared.lock:
-        analysis = shared.predictor.analyze(volume, target=target)
-    return _remember(cache, key, analysis)
+    return None
+
+
+@st.cache_resource(show_spinner=False)
+def _standard_store() -> OrderedDict:
+    """Process-wide results of :func:`standardise` by file hash, shared read-only by sessions, so
+    the same file is never brain-extracted twice (a plain dict: the steps report progress into
+    the session's own status box, which a cached function could not replay)."""
+    return OrderedDict()
+
+
+def _standard(volume: Volume, sha: str, say) -> StandardSpace:
+    """The scan's :class:`StandardSpace` (brain, registration, input checks), computed once."""
+    found = _cached("tt_standard", sha)
+    if found is None:
+        store = _standard_store()
+        found = store.get(sha)
+        if found is None:
+            found = standardise(volume, progress=say)
+            store[sha] = found
+            while len(store) > 2 * MAX_CACHED:
+                store.popitem(last=False)
+        _remember(_lru("tt_standard"), sha, found)
+    return found
+
+
+def _analysis(shared, volume: Volume, sha: str, target: str | None, std=None, say=None):
+    """The analysis of ``volume`` for one Grad-CAM target, running the networks once per key.
+
+    Analyses share one predictor and run one at a time; a session that has to wait says so.
+    """
+    key = (sha, target, id(shared.predictor))
+    found = _cached("tt_analyses", key)
+    if found is not None:
+        return found
+    if say is None:
+        names = ", ".join(display_name(a) for a in in_display_order(shared.predictor.archs))
+        what = f"Grad-CAM for {viz.CLASS_NAMES[target]}" if target else "predictions and Grad-CAM"
+        with st.spinner(f"Running {names}: {what}…"), shared.lock:
+            analysis = shared.predictor.analyze(volume, target=target, standard=std)
+        return _remember(_lru("tt_analyses"), key, analysis)
+    if not shared.lock.acquire(blocking=False):
+        say("Waiting for another analysis to finish (one runs at a time)")
+        shared.lock.acquire()
+    try:
+        analysis = shared.predictor.analyze(
+            volume,
+            target=target,
+            standard=std,
+            progress=lambda step: say(f"Running {display_name(step.split()[0])} {step.split()[1]}"),
+        )
+    finally:
+        shared.lock.release()
+    return _remember(_lru("tt_analyses"), key, analysis)
+
+
+def _network_input(volume: Volume, sha: str, config, std) -> tuple[np.ndarray, Any, dict]:
+    """What the networks see, as ``(X, Y, Z)``, its grid and window presets (once per session)."""
+    key = (sha, config)
+    found = _cached("tt_inputs", key)
+    if found is None:
+        prep = prepare(volume, config, std)
+        xyz = np.ascontiguousarray(from_model_axes(prep.tensor[0].numpy()))
+        found = _remember(_lru("tt_inputs"), key, (xyz, prep.grid, viz.window_presets(xyz)))
+    return found
 
 
 # ----------------------------------------------------------------------------- input
@@ -154,8 +215,44 @@ def _facts(volume: Volume) -> None:
 # ----------------------------------------------------------------------------- networks
 
 
-def _predictions(analysis, cards: dict) -> None:
-    """One column per network (class, probabilities, time), then the ensemble verdict."""
+def _trained_on(cards: dict) -> str:
+    """One line: what the loaded weights were trained on (from their cards)."""
+    sources = {str((getattr(c, "data", {}) or {}).get("source", "unknown")) for c in cards.values()}
+    if sources <= {"synthetic"}:
+        return (
+            "Weights trained on synthetic phantoms only: on real scans their output is not "
+            "meaningful."
+        )
+    return f"Weights trained on: {', '.join(sorted(sources))}. Research use only."
+
+
+def _input_checks(std: StandardSpace | None) -> None:
+    """The input checks beside the verdict: warnings shown, every check in an expander."""
+    if std is None:
+        return
+    for check in std.qc.checks:
+        if check.severity == "warning":
+            st.warning(check.message, icon=":material/warning:")
+    with st.expander(f"Input checks: {std.qc.status}", icon=":material/fact_check:"):
+        st.table(
+            [
+                {
+                    "check": c.name,
+                    "measured": "n/a" if not np.isfinite(c.value) else f"{c.value:.3g} {c.unit}",
+                    "result": c.severity,
+                    "meaning": c.message,
+                }
+                for c in std.qc.checks
+            ]
+        )
+        st.caption(
+            "Every scan is brain-extracted (deepbet) and aligned to the MNI152 template "
+            "(SimpleITK, affine) before these checks run."
+        )
+
+
+def _network_columns(analysis, cards: dict) -> None:
+    """One column per network: class, probabilities, time."""
     archs = in_display_order(analysis.predictions)
     cols = st.columns(len(archs))
     for col, arch in zip(cols, archs, strict=True):
@@ -174,13 +271,28 @@ def _predictions(analysis, cards: dict) -> None:
             )
             sha = getattr(cards.get(arch), "weights_sha256", "")[:10]
             st.caption(f"{pred.seconds:.2f} s · weights `{sha}`")
+
+
+def _predictions(analysis, cards: dict) -> None:
+    """The verdict with the input checks beside it, then one column per network."""
+    archs = in_display_order(analysis.predictions)
+    std = analysis.standard
+    if not analysis.reliable:
+        st.error(
+            "**Unreliable input: no verdict.** " + " ".join(std.qc.warnings),
+            icon=":material/block:",
+        )
+        _input_checks(std)
+        with st.expander("Network outputs on this input (not a diagnosis)"):
+            _network_columns(analysis, cards)
+        return
     label = viz.CLASS_NAMES[analysis.ensemble_label]
     p = 100 * float(np.max(analysis.ensemble_probs))
     if analysis.agree and p >= 100 * LOW_CONFIDENCE:
-        st.success(
+        st.info(
             f"**Ensemble verdict: {label}** ({p:.1f} %, mean of {len(archs)} networks). "
             "All networks agree.",
-            icon=":material/check_circle:",
+            icon=":material/info:",
         )
     else:
         votes = ", ".join(
@@ -196,6 +308,9 @@ def _predictions(analysis, cards: dict) -> None:
             f"{why}: treat the result as uncertain.",
             icon=":material/warning:",
         )
+    st.caption(_trained_on(cards))
+    _input_checks(std)
+    _network_columns(analysis, cards)
     total = sum(analysis.predictions[a].seconds for a in archs)
     times = " · ".join(f"{display_name(a)} {analysis.predictions[a].seconds:.2f} s" for a in archs)
     st.caption(f"Time per network (forward pass + Grad-CAM): {times} · total {total:.2f} s")
@@ -317,6 +432,19 @@ def _cam_nifti_bytes(expl, volume: Volume) -> bytes:
 # ----------------------------------------------------------------------------- viewer
 
 
+def _preview(volume: Volume, presets: dict) -> None:
+    """The three mid-planes of the scan, shown at once while the analysis runs."""
+    cols = st.columns(3)
+    mid = [s // 2 for s in volume.data.shape]
+    for plane, col in zip(viz.PLANES, cols, strict=True):
+        axis = viz.plane_layout(plane).fixed_axis
+        img = viz.render_slice(
+            volume.data, plane, mid[axis], presets["brain"], spacing_xyz=volume.spacing
+        )
+        col.image(viz.encode_png(img), caption=f"{plane.capitalize()} (preview)", width="stretch")
+    st.caption("The scan as loaded; the viewer and the networks' results follow.")
+
+
 def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
     """Voxel of highest mean Grad-CAM inside the head (where the viewer opens), or the centre.
 
@@ -338,8 +466,12 @@ def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
 
 
 @st.fragment
-def viewer(sha: str, volume: Volume, presets: dict, shared, base) -> None:
+def viewer(sha: str, volume: Volume, presets: dict, shared, base, std=None) -> None:
     """Three planes with slice sliders, and the per-network Grad-CAM of one plane.
+
+    "Show" switches between the scan, the scan with the extracted brain's outline, and what the
+    networks see (the first network's input grid; in standard space, the brain registered to
+    MNI152), all driven by the same sliders.
 
     Runs as a fragment: its sliders rerun this function only, never the networks (the analyses
     come from the session cache).
@@ -371,6 +503,20 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base) -> None:
         key="tt_crosshair",
         help="Dashed lines show where the other two planes cut this one.",
     )
+    modes = ["Scan"]
+    if std is not None:
+        modes += ["Scan + brain outline"]
+    if std is not None and std.reliable and shared is not None and shared.predictor.archs:
+        modes += ["What the networks see"]
+    mode = st.radio(
+        "Show",
+        modes,
+        horizontal=True,
+        key="tt_show",
+        help="The brain outline is deepbet's brain mask. 'What the networks see' is the input of "
+        f"{display_name(shared.predictor.archs[0]) if shared else 'the networks'}: for "
+        "standard-space weights the brain alone, registered to MNI152 and z-scored.",
+    )
     if preset == "manual":
         full = presets["full range"]
         m1, m2 = st.columns(2)
@@ -393,22 +539,36 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base) -> None:
         if key in st.session_state:
             point[axis] = int(st.session_state[key]) - 1  # sliders count from 1, like captions
         positions[plane] = (col, key, n, axis)
+    shown, shown_point, shown_spacing, shown_window = data, point, volume.spacing, window
+    if mode == "What the networks see":
+        config = shared.predictor.cards[shared.predictor.archs[0]].preprocess
+        shown, grid, model_presets = _network_input(volume, sha, config, std)
+        world = volume.affine @ np.array([*point, 1.0])
+        dhw = grid.world_to_model(world[:3])
+        shown_point = [
+            int(np.clip(round(v), 0, s - 1)) for v, s in zip(dhw[::-1], shown.shape, strict=True)
+        ]
+        shown_spacing = tuple(float(s) for s in config.spacing_mm[::-1])
+        shown_window = model_presets["brain"]
+    outline = std.brain if mode == "Scan + brain outline" else None
     for plane, (col, key, n, axis) in positions.items():
         with col:
             img = viz.render_slice(
-                data,
+                shown,
                 plane,
-                point[axis],
-                window,
-                spacing_xyz=volume.spacing,
+                shown_point[axis],
+                shown_window,
+                spacing_xyz=shown_spacing,
                 convention=convention,
-                crosshair_xyz=point if crosshair else None,
+                crosshair_xyz=shown_point if crosshair else None,
+                outline_xyz=outline,
             )
             mm = (point[axis] - (n - 1) / 2) * volume.spacing[axis]
+            what = " · network input" if shown is not data else ""
             st.image(
                 viz.encode_png(img),
                 caption=f"{plane.capitalize()} · slice {point[axis] + 1}/{n} "
-                f"({mm:+.0f} mm from centre)",
+                f"({mm:+.0f} mm from centre){what}",
                 width="stretch",
             )
             st.slider(
@@ -452,7 +612,7 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base) -> None:
         help="Grad-CAM values (0-1, per network) below this are not drawn.",
     )
     cmap = o5.selectbox("Colour map", viz.COLORMAPS, key="tt_cmap")
-    analysis = base if target is None else _analysis(shared, volume, sha, target)
+    analysis = base if target is None else _analysis(shared, volume, sha, target, std)
     axis = viz.plane_layout(cam_plane).fixed_axis
     archs = in_display_order(analysis.explanations)
     st.caption(
@@ -513,8 +673,12 @@ if picked is None:
 
 sha, volume, presets = picked
 _facts(volume)
+preview = st.empty()
+if _cached("tt_standard", sha) is None:  # the scan first, while the pipeline runs
+    with preview.container():
+        _preview(volume, presets)
 
-shared = base = None
+shared = base = std = None
 try:
     shared = st.session_state["get_predictor"]()
 except KeyError:
@@ -532,7 +696,18 @@ if shared is not None:
             icon=":material/warning:",
         )
     try:
-        base = _analysis(shared, volume, sha, None)
+        with st.status("Analysing the scan…", expanded=False) as status:
+
+            def say(step: str) -> None:
+                status.update(label=f"{step}…")
+                status.write(step)
+
+            std = _standard(volume, sha, say)
+            base = _analysis(shared, volume, sha, None, std, say)
+            status.update(
+                label=f"Done: brain, registration, {len(base.predictions)} networks",
+                state="complete",
+            )
     except TumorTraceError as err:
         st.error(str(err), icon=":material/error:")
     except Exception as err:
@@ -547,8 +722,9 @@ if base is not None:
     st.subheader("Networks")
     _predictions(base, cards)
 
+preview.empty()
 st.subheader("Viewer")
-viewer(sha, volume, presets, shared, base)
+viewer(sha, volume, presets, shared, base, std)
 
 if base is not None:
     st.subheader("Report")

@@ -46,7 +46,17 @@ def app(tiny_weights, monkeypatch) -> AppTest:
 
 @pytest.fixture(scope="session")
 def head_nifti_gz() -> bytes:
-    """A 40x48x36 head with a bright lesion, as .nii.gz bytes."""
+    """A brain phantom with an HGG lesion (the bundled sample, 64x76x64 at 2.5 mm), as bytes.
+
+    A brain, so that brain extraction and registration pass their checks and the networks'
+    verdict is shown (a non-brain gets "unreliable input": see the test below).
+    """
+    return (ROOT / "samples" / "hgg.nii.gz").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def blob_nifti_gz() -> bytes:
+    """A 40x48x36 ellipsoid 'head' with a bright blob: no brain, as .nii.gz bytes."""
     img = nib.Nifti1Image(make_head((40, 48, 36), lesion=True), np.diag([3.0, 3.0, 3.0, 1.0]))
     return gzip.compress(img.to_bytes())
 
@@ -109,7 +119,7 @@ def test_upload_gives_three_predictions_with_overlays(app, head_nifti_gz, monkey
     assert len(overlays) == 3
     for args, kwargs, out in overlays:
         heat = kwargs["heat_xyz"]
-        assert heat.shape == (40, 48, 36)  # Grad-CAM on the uploaded volume's own grid
+        assert heat.shape == (64, 76, 64)  # Grad-CAM on the uploaded volume's own grid
         assert heat.max() > 0
         plain = viz.render_slice(
             args[0], args[1], args[2], args[3], **(kwargs | {"heat_xyz": None})
@@ -117,8 +127,13 @@ def test_upload_gives_three_predictions_with_overlays(app, head_nifti_gz, monkey
         if viz.extract_slice(heat, args[1], args[2], kwargs["convention"]).max() >= 0.2:
             assert not np.array_equal(out, plain)  # the overlay is drawn on this slice
     facts = " ".join(m.value for m in app.markdown)
-    assert "40×48×36 voxels" in facts and "3.00×3.00×3.00 mm" in facts
-    assert any("Ensemble verdict" in x.value for x in [*app.success, *app.warning])
+    assert "64×76×64 voxels" in facts and "2.50×2.50×2.50 mm" in facts
+    assert not app.success  # a verdict is never shown as a success
+    assert any("Ensemble verdict" in x.value for x in [*app.info, *app.warning])
+    assert any(e.label.startswith("Input checks") for e in app.expander)
+    assert any("trained on synthetic" in c.value.lower() for c in app.caption) or any(
+        "Weights trained on" in c.value for c in app.caption
+    )
     labels = [b.label for b in app.get("download_button")]
     assert labels.count("Grad-CAM map (.nii.gz)") == 3
     assert "Report (.json)" in labels and "Report (.csv)" in labels
@@ -132,7 +147,7 @@ def test_slider_redraws_without_rerunning_networks(app, head_nifti_gz, monkeypat
     axial = next(s for s in app.slider if s.key.startswith("tt_slice_axial"))
     axial.set_value(4).run()
     no_exception(app)
-    assert "slice 4/36" in app.image[0].captions[0]
+    assert "slice 4/64" in app.image[0].captions[0]
     assert all("Grad-CAM for" in c for c in cam_captions(app))
     assert len(calls.calls) == 1  # the analysis came from the session cache
     app.selectbox(key="tt_target").set_value("hgg").run()
@@ -255,7 +270,7 @@ def test_downloads_report_and_gradcam_nifti(app, head_nifti_gz, tiny_weights, mo
     assert [r["model"] for r in rows] == ["r2plus1d", "mc3", "r3d", "ensemble"]
     cam_name = next(n for n in deferred if n.startswith("my_scan_mc3_gradcam_"))
     cam = nib.Nifti1Image.from_bytes(gzip.decompress(deferred[cam_name]()))
-    assert cam.shape == (40, 48, 36)
+    assert cam.shape == (64, 76, 64)
     values = np.asarray(cam.dataobj)
     assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0
 
@@ -294,7 +309,7 @@ def test_confident_healthy_verdict_opens_the_viewer_at_the_centre(monkeypatch):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.selectbox(key="tt_sample").set_value("Synthetic healthy brain").run()
     no_exception(at)
-    assert any("Ensemble verdict: Healthy" in x.value for x in at.success)
+    assert any("Ensemble verdict: Healthy" in x.value for x in at.info)
     shape = nib.load(ROOT / "samples" / "healthy.nii.gz").shape  # RAS-stored sample
     sliders = {s.key.split("_")[2]: s.value for s in at.slider if s.key.startswith("tt_slice_")}
     # 1-based slider positions of the centre voxel (x, y, z = sagittal, coronal, axial)
@@ -303,3 +318,31 @@ def test_confident_healthy_verdict_opens_the_viewer_at_the_centre(monkeypatch):
         "coronal": shape[1] // 2 + 1,
         "axial": shape[2] // 2 + 1,
     }
+
+
+def test_non_brain_upload_is_unreliable_input_not_a_verdict(app, blob_nifti_gz):
+    """No brain in the image: the checks say why and no verdict is given."""
+    upload(app, "blob.nii.gz", blob_nifti_gz)
+    no_exception(app)
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and errors[0].startswith("**Unreliable input: no verdict.**")
+    assert not any("Ensemble verdict" in x.value for x in [*app.info, *app.warning])
+    assert any(e.label.startswith("Input checks: unreliable") for e in app.expander)
+
+
+def test_viewer_shows_the_brain_outline_and_the_network_input(app, head_nifti_gz, monkeypatch):
+    render = Recorder(viz.render_slice)
+    monkeypatch.setattr(viz, "render_slice", render)
+    upload(app, "head.nii.gz", head_nifti_gz)
+    show = app.radio(key="tt_show")
+    assert show.options == ["Scan", "Scan + brain outline", "What the networks see"]
+    show.set_value("Scan + brain outline").run()
+    no_exception(app)
+    outlined = [k for _, k, _ in render.calls if k.get("outline_xyz") is not None]
+    assert len(outlined) == 3 and outlined[0]["outline_xyz"].shape == (64, 76, 64)
+    render.calls.clear()
+    app.radio(key="tt_show").set_value("What the networks see").run()
+    no_exception(app)
+    inputs = [a for a, k, _ in render.calls if k.get("heat_xyz") is None][:3]
+    assert all(a[0].shape == (32, 32, 16) for a in inputs)  # the card's 16x32x32 grid, as XYZ
+    assert "network input" in app.image[0].captions[0]

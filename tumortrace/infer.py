@@ -397,6 +397,7 @@ class Predictor:
         target: str | None = None,
         tta_flip: bool = False,
         standard: StandardSpace | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> Analysis:
         """Classifies and explains one volume with each requested network.
 
@@ -411,6 +412,7 @@ class Predictor:
                 probabilities and the (un-mirrored) Grad-CAM maps.
             standard: the volume's :class:`StandardSpace` if already computed (e.g. cached by
                 the app while the scan is shown).
+            progress: called with ``"<arch> (i/n)"`` before each network runs.
 
         Returns:
             :class:`Analysis`.
@@ -428,7 +430,9 @@ class Predictor:
         needs_std = any(self.cards[a].preprocess.space == "mni" for a in archs)
         if standard is None and needs_std:
             standard = standardise(volume)
-        for arch in archs:
+        for i, arch in enumerate(archs, 1):
+            if progress is not None:
+                progress(f"{arch} ({i}/{len(archs)})")
             config = self.cards[arch].preprocess
             if config not in prepared:
                 prepared[config] = prepare(volume, config, standard)

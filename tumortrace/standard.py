@@ -30,6 +30,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,7 @@ from tumortrace.template import TEMPLATE_NAME, box_affine, load_template
 
 __all__ = [
     "PIPELINE_VERSION",
+    "STEPS",
     "StandardSpace",
     "load_cached",
     "measure",
@@ -194,13 +196,29 @@ def measure(volume: Volume, bet: BrainMask, reg: Registration) -> qc.QCReport:
     return qc.merge(checks)
 
 
-def standardise(volume: Volume) -> StandardSpace:
+STEPS: tuple[str, str, str] = (
+    "Finding the brain (deepbet)",
+    "Aligning it to the MNI152 template",
+    "Checking the input",
+)
+"""What :func:`standardise` reports to its ``progress`` callback, in order."""
+
+
+def standardise(volume: Volume, progress: Callable[[str], None] | None = None) -> StandardSpace:
     """Brain extraction, registration to the template and the input checks of one scan.
 
     Never raises for a doubtful scan: what went wrong is in :attr:`StandardSpace.qc`.
+
+    Args:
+        volume: the canonical scan.
+        progress: called with each of :data:`STEPS` before that step runs (e.g. the app's status).
     """
+    say = progress or (lambda _step: None)
+    say(STEPS[0])
     bet = extract_brain(volume.data, volume.spacing)
+    say(STEPS[1])
     reg = register_to_template(volume.data, bet.mask, volume.affine)
+    say(STEPS[2])
     t0 = time.perf_counter()
     report = measure(volume, bet, reg)
     return StandardSpace(

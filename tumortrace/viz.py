@@ -446,6 +446,7 @@ def render_slice(
     labels: bool = True,
     crosshair_xyz: Sequence[int] | None = None,
     min_long_side: int = 256,
+    outline_xyz: np.ndarray | None = None,
 ) -> np.ndarray:
     """One displayable slice: windowed, optionally with a heat-map overlay, labelled.
 
@@ -459,6 +460,8 @@ def render_slice(
         labels: draw the orientation letters at the edges.
         crosshair_xyz: optional voxel (x, y, z) whose other-plane lines are drawn.
         min_long_side: enlarge small slices to at least this many pixels.
+        outline_xyz: optional (X, Y, Z) bool mask on the same grid (the brain mask) whose outline
+            is drawn in cyan, one display pixel wide.
 
     Returns:
         (rows, cols, 3) uint8 RGB image.
@@ -480,6 +483,8 @@ def render_slice(
     img = Image.fromarray(rgb)
     if out_rc != gray.shape:
         img = img.resize((out_rc[1], out_rc[0]), Image.Resampling.BILINEAR)
+    if outline_xyz is not None:
+        img = _draw_outline(img, extract_slice(outline_xyz, plane, index, convention), out_rc)
     if crosshair_xyz is not None:
         r, c = display_position(volume_xyz.shape, plane, crosshair_xyz, convention)
         _draw_crosshair(
@@ -488,6 +493,20 @@ def render_slice(
     if labels:
         _draw_labels(img, edge_labels(plane, convention))
     return np.asarray(img)
+
+
+def _draw_outline(img: Image.Image, mask_rc: np.ndarray, out_rc: tuple[int, int]) -> Image.Image:
+    """``img`` with the boundary of a 2D bool mask (resized to ``out_rc``) in cyan."""
+    m = Image.fromarray(np.asarray(mask_rc, dtype=bool).astype(np.uint8) * 255)
+    m = np.asarray(m.resize((out_rc[1], out_rc[0]), Image.Resampling.NEAREST)) > 0
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    rgb = np.array(img)
+    rgb[m & ~inner] = (0, 220, 255)
+    return Image.fromarray(rgb)
 
 
 def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
