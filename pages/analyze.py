@@ -15,7 +15,7 @@ import tempfile
 from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import streamlit as st
@@ -26,8 +26,9 @@ from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
 from tumortrace.io import Volume, load_upload, load_volume
 from tumortrace.networks import display_name, in_display_order
-from tumortrace.preprocess import from_model_axes
-from tumortrace.standard import StandardSpace, prepare, standardise
+
+if TYPE_CHECKING:  # torch-heavy modules load on first use: the page must render at once
+    from tumortrace.standard import StandardSpace
 
 LOG = logging.getLogger("tumortrace.app")
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
@@ -93,6 +94,8 @@ def _standard(volume: Volume, sha: str, say) -> StandardSpace:
         store = _standard_store()
         found = store.get(sha)
         if found is None:
+            from tumortrace.standard import standardise
+
             found = standardise(volume, progress=say)
             store[sha] = found
             while len(store) > 2 * MAX_CACHED:
@@ -136,6 +139,9 @@ def _network_input(volume: Volume, sha: str, config, std) -> tuple[np.ndarray, A
     key = (sha, config)
     found = _cached("tt_inputs", key)
     if found is None:
+        from tumortrace.preprocess import from_model_axes
+        from tumortrace.standard import prepare
+
         prep = prepare(volume, config, std)
         xyz = np.ascontiguousarray(from_model_axes(prep.tensor[0].numpy()))
         found = _remember(_lru("tt_inputs"), key, (xyz, prep.grid, viz.window_presets(xyz)))
