@@ -91,7 +91,7 @@ MAX_MODEL_VOXELS = 2**21
 
 PREPROCESS_SCHEMA: dict[str, tuple[Any, ...]] = {
     "spacing_mm": ("numbers", 3, 0.1, 20.0, "mm"),
-    "shape_dhw": ("integers", 3, 8, 512, "voxels"),
+    "shape_dhw": ("integers", 3, 4, 512, "voxels"),
     "intensity": ("choice", "zscore", "percentile"),
     "percentiles": ("numbers", 2, 0.0, 100.0, "percent"),
     "space": ("choice", "mni", "native"),
