@@ -203,7 +203,16 @@ def test_predict_reports_the_input_checks(weights_dir, real_samples_dir, capsys)
     assert code == 0
     (row,) = json.loads(out)["results"]
     names = [c["name"] for c in row["qc"]["checks"]]
-    assert names == ["brain", "skull", "registration", "tissue", "slices", "coverage", "contrast"]
+    assert names == [
+        "brain",
+        "skull",
+        "structure",
+        "registration",
+        "tissue",
+        "slices",
+        "coverage",
+        "contrast",
+    ]
     skull = next(c for c in row["qc"]["checks"] if c["name"] == "skull")
     assert "Skull present" in skull["message"]
     assert row["verdict"] == row["label"]  # reliable input: the verdict is the label

@@ -188,10 +188,17 @@ def test_check_brain_and_report_status():
     assert qc.QCReport((none,)).status == "unreliable" and not qc.QCReport((none,)).reliable
 
 
-def test_tissue_check():
-    assert qc.check_tissue(float("nan")).severity == "unreliable"
-    assert qc.check_tissue(0.0).severity == "unreliable"
-    assert qc.check_tissue(0.3).severity == "ok"
+def test_tissue_and_structure_checks():
+    assert qc.check_tissue(-0.5).severity == "warning"
+    assert qc.check_tissue(0.05).severity == "ok"  # a big tumour distorts the pattern: no alarm
+    assert qc.check_structure(0.02).severity == "unreliable"
+    assert "looks like noise" in qc.check_structure(0.02).message
+    assert qc.check_structure(0.85).severity == "ok"
+    rng = np.random.default_rng(0)
+    t1, brain, _ = _template_2mm()
+    noise = rng.random(t1.shape)
+    assert qc.neighbour_correlation(noise, brain, (2.0, 2.0, 2.0)) < 0.1
+    assert qc.neighbour_correlation(t1, brain, (2.0, 2.0, 2.0)) > 0.5
 
 
 # ----------------------------------------------------------------------------- slow: deepbet
@@ -259,7 +266,7 @@ def test_t2_like_contrast(phantom):
     inverted = np.where(head, np.clip(hi - phantom.data, 0, None), 0)
     std = _std("inverted", inverted, phantom.affine)
     assert "does not look like a T1 scan" in std.qc.get("contrast").message
-    assert not std.qc.reliable  # inverted tissue pattern: anti-correlated with the template
+    assert std.qc.get("tissue").severity == "warning"  # anti-correlated with the template
 
 
 @pytest.mark.slow
@@ -267,7 +274,7 @@ def test_noise_is_no_brain():
     rng = np.random.default_rng(0)
     std = _std("noise", rng.random((64, 64, 64)) * 100, np.diag([2.5, 2.5, 2.5, 1.0]))
     assert std.qc.status == "unreliable"
-    assert any("does not look like a brain" in w or "No brain" in w for w in std.qc.warnings)
+    assert "looks like noise" in std.qc.get("structure").message
 
 
 @pytest.mark.slow

@@ -642,7 +642,16 @@ class PredictRow:
         }
 
 
-_QC_NAMES = ("brain", "skull", "registration", "tissue", "slices", "coverage", "contrast")
+_QC_NAMES = (
+    "brain",
+    "skull",
+    "structure",
+    "registration",
+    "tissue",
+    "slices",
+    "coverage",
+    "contrast",
+)
 
 
 def _qc_columns(qc: dict[str, Any] | None) -> dict[str, Any]:

@@ -30,6 +30,7 @@ __all__ = [
     "check_registration",
     "check_skull",
     "check_slices",
+    "check_structure",
     "check_tissue",
 ]
 
@@ -42,8 +43,8 @@ QC_THRESHOLDS: dict[str, float] = {
     "skull_ratio": 0.25,
     "dice_warn": 0.85,
     "dice_fail": 0.75,
-    "ncc_warn": 0.12,
-    "ncc_fail": 0.06,
+    "ncc_warn": 0.0,
+    "structure_fail": 0.3,
     "slice_mm": 3.0,
     "coverage": 0.97,
     "wm_gm_ratio": 1.04,
@@ -255,34 +256,75 @@ def check_registration(ok: bool, dice: float, reason: str = "") -> QCCheck:
     )
 
 
-def check_tissue(ncc: float) -> QCCheck:
-    """Does the aligned scan look like a brain? Correlation of its intensities with the template.
+def neighbour_correlation(data: np.ndarray, brain: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Correlation of each brain voxel with its neighbour along the finest axis.
 
-    Catches a brain-shaped blob that is no brain (noise, another body part), which deepbet and the
-    registration can still produce.
+    Anatomy is spatially smooth at MRI resolution (0.8-0.9 measured on 166 real scans); noise is
+    not (about 0). deepbet finds a confident "brain" even in pure noise, so this is the check
+    that says there is no anatomy to read.
+
+    Args:
+        data: ``(X, Y, Z)`` native intensities.
+        brain: ``(X, Y, Z)`` bool brain mask.
+        spacing: voxel size in mm along x, y, z.
     """
-    t = QC_THRESHOLDS
-    if not np.isfinite(ncc) or ncc < t["ncc_fail"]:
-        shown = "not measurable" if not np.isfinite(ncc) else f"{ncc:.2f}"
+    axis = int(np.argmin(spacing))
+    lead = [slice(None)] * 3
+    lag = [slice(None)] * 3
+    lead[axis], lag[axis] = slice(1, None), slice(None, -1)
+    both = brain[tuple(lead)] & brain[tuple(lag)]
+    if both.sum() < 50:
+        return float("nan")
+    a = data[tuple(lag)][both].astype(np.float64)
+    b = data[tuple(lead)][both].astype(np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def check_structure(corr: float) -> QCCheck:
+    """Is there anatomy in the brain mask at all? (Neighbouring voxels correlate in real images.)"""
+    if not np.isfinite(corr) or corr < QC_THRESHOLDS["structure_fail"]:
+        shown = "not measurable" if not np.isfinite(corr) else f"{corr:.2f}"
         return QCCheck(
-            "tissue",
-            ncc,
+            "structure",
+            corr,
             "correlation",
             "unreliable",
-            f"The aligned image does not look like a brain (correlation with the template "
-            f"{shown}): no verdict can be given.",
+            f"The image shows no anatomy inside the brain outline (neighbouring voxels "
+            f"correlation {shown}; real scans are above {QC_THRESHOLDS['structure_fail']:.1f}): "
+            "it looks like noise, so no verdict can be given.",
         )
-    if ncc < t["ncc_warn"]:
+    return QCCheck(
+        "structure", corr, "correlation", "ok", f"Anatomical structure present ({corr:.2f})."
+    )
+
+
+def check_tissue(ncc: float) -> QCCheck:
+    """Does the aligned brain's inner pattern resemble the template's? (Informative.)
+
+    Real T1 scans measured 0.04-0.57 (big tumours distort the pattern most); an inverted (T2-like)
+    contrast is strongly negative. A warning only: a large tumour must not silence the verdict.
+    """
+    if not np.isfinite(ncc):
+        return QCCheck(
+            "tissue", ncc, "correlation", "info", "Tissue pattern not measurable (no alignment)."
+        )
+    if ncc < QC_THRESHOLDS["ncc_warn"]:
         return QCCheck(
             "tissue",
             ncc,
             "correlation",
             "warning",
-            f"The aligned image resembles the template brain only weakly (correlation {ncc:.2f}, "
-            f"usually above {t['ncc_warn']:.2f}).",
+            f"The brain's tissue pattern runs against the template's (correlation {ncc:.2f}): "
+            "inverted contrast, or not a T1 scan?",
         )
     return QCCheck(
-        "tissue", ncc, "correlation", "ok", f"Brain tissue matches the template ({ncc:.2f})."
+        "tissue",
+        ncc,
+        "correlation",
+        "ok",
+        f"Tissue pattern consistent with the template ({ncc:.2f}).",
     )
 
 

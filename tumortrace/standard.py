@@ -172,6 +172,7 @@ def measure(volume: Volume, bet: BrainMask, reg: Registration) -> qc.QCReport:
     voxel_ml = float(np.prod(spacing)) / 1000.0
     checks = [qc.check_brain(bet.found, bet.volume_ml, bet.reason)]
     checks.append(qc.check_skull(qc.skull_ratio(volume.data, bet.mask, voxel_ml)))
+    checks.append(qc.check_structure(qc.neighbour_correlation(volume.data, bet.mask, spacing)))
     dice, ncc, ratio, share = (float("nan"),) * 4
     if bet.found and reg.ok:
         tpl = load_template()
