@@ -47,7 +47,7 @@ QC_THRESHOLDS: dict[str, float] = {
     "structure_fail": 0.3,
     "slice_mm": 3.0,
     "coverage": 0.97,
-    "wm_gm_ratio": 1.04,
+    "wm_gm_ratio": 1.0,
 }
 """Every QC threshold, in one place (recorded in reports)."""
 
