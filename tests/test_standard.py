@@ -285,3 +285,47 @@ def test_tiny_volume_does_not_crash():
     assert "No brain was found" in std.qc.get("brain").message
     bet = extract_brain(np.zeros((8, 8, 8)), (1.0, 1.0, 1.0))
     assert not bet.found and bet.reason
+
+
+# ----------------------------------------------------------------------------- cards
+
+
+def _mni_card(arch: str, pipeline: dict):
+    from tumortrace.checkpoint import ModelCard
+
+    pre = PreprocessConfig(spacing_mm=(8.0, 8.0, 8.0), shape_dhw=(20, 24, 20), space="mni")
+    return ModelCard(arch=arch, preprocess=pre, pipeline=pipeline)
+
+
+def test_cards_of_another_pipeline_version_are_refused():
+    from tumortrace.errors import CheckpointError
+    from tumortrace.infer import Predictor
+    from tumortrace.models import create_model
+    from tumortrace.standard import pipeline_description
+
+    old = {**pipeline_description(), "version": 0}
+    with pytest.raises(CheckpointError, match="standard-space pipeline version 0"):
+        Predictor({"r3d": create_model("r3d")}, {"r3d": _mni_card("r3d", old)})
+
+
+@pytest.mark.slow
+def test_standard_space_weights_end_to_end(real_samples_dir):
+    """A standard-space card: analyze() extracts, registers, and maps Grad-CAM back to the file."""
+    import torch
+
+    from tumortrace.infer import Predictor
+    from tumortrace.models import create_model
+    from tumortrace.standard import pipeline_description
+
+    torch.manual_seed(0)
+    card = _mni_card("r3d", pipeline_description())
+    predictor = Predictor({"r3d": create_model("r3d").eval()}, {"r3d": card})
+    volume = load_volume(real_samples_dir / "IXI012-HH-1211_T1_2mm_uint8.nii.gz")
+    analysis = predictor.analyze(volume)
+    assert analysis.standard is not None and analysis.reliable
+    expl = analysis.explanations["r3d"]
+    assert expl.cam_model.shape == (20, 24, 20)
+    assert expl.cam_volume.shape == volume.data.shape and expl.cam_volume.max() > 0
+    # The model's box, mapped back through the registration, covers the scan's whole brain.
+    box = model_to_volume(np.ones(expl.cam_model.shape, np.float32), expl.grid) > 0.5
+    assert box[analysis.standard.brain].mean() > 0.99
