@@ -120,7 +120,16 @@ def sidebar(folder: Path) -> None:
         st.warning(NOTICE)
 
 
+@st.cache_resource(show_spinner=False)
+def _clean_once() -> int:
+    """Removes extracted series left in ``tumortrace-*`` temp folders by killed loads (once)."""
+    from tumortrace.io import clean_stale_tempdirs
+
+    return len(clean_stale_tempdirs())
+
+
 st.set_page_config(page_title="TumorTrace", page_icon=":material/neurology:", layout="wide")
+_clean_once()
 st.session_state["weights_dir"] = str(weights_dir())
 st.session_state["get_predictor"] = get_predictor
 st.session_state["read_cards"] = read_cards

@@ -24,7 +24,8 @@ from tumortrace import viz
 from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
-from tumortrace.io import Volume, load_upload, load_volume
+from tumortrace.io import Volume, load_volume
+from tumortrace.isolate import load_upload_isolated
 from tumortrace.networks import display_name, in_display_order
 
 if TYPE_CHECKING:  # torch-heavy modules load on first use: the page must render at once
@@ -186,7 +187,9 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
         if upload.file_id not in ids:
             _remember(ids, upload.file_id, sha256_bytes(upload.getvalue()))
         sha = ids[upload.file_id]
-        volume, presets = _volume_entry(sha, lambda: load_upload(upload.getvalue(), upload.name))
+        volume, presets = _volume_entry(
+            sha, lambda: load_upload_isolated(upload.getvalue(), upload.name)
+        )
         return sha, volume, presets
     except TumorTraceError as err:
         st.error(str(err), icon=":material/error:")

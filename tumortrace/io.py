@@ -58,6 +58,7 @@ SUPPORTED = ".nii, .nii.gz, a folder holding one DICOM series, or a .zip of one 
 """What :func:`load_volume` accepts, as shown in error messages."""
 
 _CHUNK = 1 << 20
+_TRAILING_SLACK = 16 << 20  # bytes tolerated after the data a NIfTI header declares
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _RAS_ORNT = axcodes2ornt(("R", "A", "S"))
@@ -382,8 +383,9 @@ def _read_stream(
     """Reads a (possibly decompressing) stream, checking the NIfTI header before the data.
 
     The header is parsed from the first 540 bytes and validated (:func:`_check_nifti_header`)
-    before the voxel data is read; the rest is read in chunks with a running counter so a stream
-    longer than the cap (a gzip bomb) stops there.
+    before the voxel data is read; the rest is read in chunks with a running counter, so a stream
+    longer than the declared data plus 16 MiB (or the cap) stops there: a gzip bomb behind a small
+    header never reaches memory.
 
     Args:
         compressed: size of the compressed file for the ratio check, or None (not compressed).
@@ -407,14 +409,15 @@ def _read_stream(
             f"{source}: the NIfTI header is damaged ({_one_line(str(err))[:200]})."
         ) from err
     declared = _check_nifti_header(header, source, limits, compressed)
+    limit = min(cap, declared + _TRAILING_SLACK)  # trailing bytes are never read into memory
     while True:
         chunk = stream.read(_CHUNK)
         if not chunk:
             break
         buf += chunk
-        if len(buf) > cap:
+        if len(buf) > limit:
             raise UnsafeArchiveError(
-                f"{source}: decompressed data exceeds the {cap:,}-byte cap (the header declares "
+                f"{source}: decompressed data exceeds the {limit:,}-byte cap (the header declares "
                 f"{declared:,} bytes); the file looks like a decompression bomb and was rejected."
             )
     if len(buf) < declared:
