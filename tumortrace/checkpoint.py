@@ -33,7 +33,13 @@ from tumortrace.files import (
     jsonable,
     sha256_bytes,
 )
-from tumortrace.models import create_model, get_spec, list_models, state_dict_mismatch
+from tumortrace.models import (
+    check_input_shape,
+    create_model,
+    get_spec,
+    list_models,
+    state_dict_mismatch,
+)
 from tumortrace.runtime import resolve_device
 
 CARD_FORMAT = 1
@@ -318,6 +324,12 @@ def read_card(path: str | Path) -> ModelCard:
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from err
     get_spec(card.arch)
+    try:
+        check_input_shape(card.arch, card.preprocess.shape_dhw)
+    except ConfigError as err:
+        raise CheckpointError(
+            f"{path}: Malformed model card for {card.arch!r}: preprocess.shape_dhw: {err}"
+        ) from err
     if tuple(card.classes) != CLASSES:
         raise CheckpointError(
             f"Model card {path} has classes {list(card.classes)}; expected {list(CLASSES)} "
