@@ -74,7 +74,7 @@ def _edit(path: Path, **fields) -> None:
         ("preprocess.intensity", "foo", r"preprocess\.intensity is 'foo'; expected one of"),
         ("preprocess.spacing_mm", [0, 5, 5], r"preprocess\.spacing_mm is \[0, 5, 5\]; expected 3"),
         ("preprocess.spacing_mm", [5, 5], r"preprocess\.spacing_mm is \[5, 5\]"),
-        ("preprocess.shape_dhw", [2, 2, 2], r"preprocess\.shape_dhw is \[2, 2, 2\]; expected 3 int"),
+        ("preprocess.shape_dhw", [2, 2, 2], r"preprocess\.shape_dhw is \[2, 2, 2\]; expected 3"),
         ("preprocess.shape_dhw", [4, 8, 8], r"preprocess\.shape_dhw: Input shape .* too small"),
         ("preprocess.shape_dhw", [0, 16, 16], r"preprocess\.shape_dhw is \[0, 16, 16\]; expected"),
         ("preprocess.shape_dhw", [128, 192, 192], r"shape_dhw is \[128, 192, 192\] = 4,718,592"),

@@ -21,7 +21,7 @@ from tumortrace.io import load_volume, printable
 from tumortrace.models import create_model
 from tumortrace.preprocess import preprocess
 
-CARD = PreprocessConfig(spacing_mm=(5.0, 5.0, 5.0), shape_dhw=(16, 16, 16))
+CARD = PreprocessConfig(spacing_mm=(5.0, 5.0, 5.0), shape_dhw=(16, 16, 16), space="native")
 
 
 @pytest.fixture(scope="module")
