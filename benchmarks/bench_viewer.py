@@ -1,7 +1,8 @@
 """Server time of one viewer slider step at BraTS size (240x240x155); target <= 150 ms.
 
 A slider step reruns only the Analyze page's viewer fragment. Its work is what this script times,
-with the same :mod:`tumortrace.viz` calls and settings: three planes (window, orientation labels,
+through the very routines the page calls (:func:`tumortrace.viz.draw_planes` and
+:func:`tumortrace.viz.draw_overlays`, default settings): three planes (window, orientation labels,
 crosshair, PNG) plus the Grad-CAM overlay of the three networks on one plane. ``--all-planes``
 also times the heavier variant with an overlay for every plane and network (3 + 9 images).
 ``--apptest WEIGHTS`` additionally times a whole-page rerun through ``AppTest`` (an upper bound:
@@ -58,30 +59,16 @@ def brats_volume(path: Path | None = None) -> tuple[Volume, dict[str, np.ndarray
 
 
 def viewer_step(vol, presets, cams, point, cam_planes) -> int:
-    """What the fragment draws for one slider position; returns the PNG bytes produced."""
+    """What the fragment draws for one slider position (the page's own calls, with its default
+    settings); returns the PNG bytes produced."""
     window = presets["brain"]
-    total = 0
-    for plane in viz.PLANES:
-        axis = viz.plane_layout(plane).fixed_axis
-        img = viz.render_slice(
-            vol.data, plane, point[axis], window, spacing_xyz=vol.spacing, crosshair_xyz=point
-        )
-        total += len(viz.encode_png(img))
+    images = list(viz.draw_planes(vol.data, point, window, spacing_xyz=vol.spacing).values())
     for plane in cam_planes:
-        axis = viz.plane_layout(plane).fixed_axis
-        for arch in ARCHS:
-            img = viz.render_slice(
-                vol.data,
-                plane,
-                point[axis],
-                window,
-                spacing_xyz=vol.spacing,
-                heat_xyz=cams[arch],
-                opacity=0.45,
-                threshold=0.2,
-            )
-            total += len(viz.encode_png(img))
-    return total
+        index = point[viz.plane_layout(plane).fixed_axis]
+        images += viz.draw_overlays(
+            vol.data, plane, index, window, cams, spacing_xyz=vol.spacing
+        ).values()
+    return sum(len(png) for png in images)
 
 
 def time_render(steps: int, all_planes: bool, path: Path | None = None) -> list[float]:

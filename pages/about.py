@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+import app_state
 from tumortrace import viz
 from tumortrace.networks import display_name, in_display_order
 
-ROOT = Path(__file__).resolve().parent.parent
-
-if "weights_dir" not in st.session_state:  # opened before app.py set up the navigation
-    st.session_state["tt_page_wanted"] = "pages/about.py"  # app.py comes back here
-    st.switch_page("app.py")
+app_state.require_app("pages/about.py")
 st.title("About TumorTrace")
 st.error(
     "**Research demo, not a medical device.** TumorTrace has not been validated for clinical "
@@ -47,9 +43,8 @@ voxel grid so the overlay lines up with the slices you scroll.
 )
 
 st.header("Model cards")
-folder = Path(st.session_state.get("weights_dir", ROOT / "weights"))
-read_cards = st.session_state.get("read_cards")
-cards = read_cards(folder) if read_cards else {}
+folder = app_state.weights_dir()
+cards = app_state.read_cards(folder)
 if not cards:
     st.info(
         f"No model cards in `{folder}`: no weights are installed yet. Train them with "

@@ -15,11 +15,12 @@ import tempfile
 from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import streamlit as st
 
+import app_state
 from tumortrace import viz
 from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
@@ -474,22 +475,27 @@ def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(mean)), mean.shape))
 
 
-@st.fragment
-def viewer(sha: str, volume: Volume, presets: dict, shared, base, std=None) -> None:
-    """Three planes with slice sliders, and the per-network Grad-CAM of one plane.
+class Display(NamedTuple):
+    """The viewer's display controls."""
 
-    "Show" switches between the scan, the scan with the extracted brain's outline, and what the
-    networks see (the first network's input grid; in standard space, the brain registered to
-    MNI152), all driven by the same sliders.
+    window: viz.Window
+    convention: str
+    crosshair: bool
+    mode: str  # "Scan", "Scan + brain outline" or "What the networks see"
 
-    Runs as a fragment: its sliders rerun this function only, never the networks (the analyses
-    come from the session cache).
-    """
-    data = volume.data
-    starts = _lru("tt_start")  # computed once per file: a full-volume pass is too slow per step
-    if (sha, base is None) not in starts:
-        _remember(starts, (sha, base is None), _centre_of_attention(base, volume))
-    start = starts[(sha, base is None)]
+
+class CamSettings(NamedTuple):
+    """The Grad-CAM row's controls."""
+
+    target: str | None
+    plane: str
+    opacity: float
+    threshold: float
+    cmap: str
+
+
+def _display_controls(presets: dict, shared, std) -> Display:
+    """Window, display convention, crosshair and "Show" widgets."""
     c1, c2, c3 = st.columns([1.3, 1.3, 1.0])
     preset = c1.selectbox(
         "Window",
@@ -526,6 +532,7 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base, std=None) -> N
         f"{display_name(shared.predictor.archs[0]) if shared else 'the networks'}: for "
         "standard-space weights the brain alone, registered to MNI152 and z-scored.",
     )
+    window = presets.get(preset)
     if preset == "manual":
         full = presets["full range"]
         m1, m2 = st.columns(2)
@@ -534,66 +541,65 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base, std=None) -> N
             "Width", full.width / 200, full.width, presets["brain"].width, key="tt_width"
         )
         window = viz.Window(level, width)
-    else:
-        window = presets[preset]
+    return Display(window, convention, crosshair, mode)
 
-    # Slice sliders are keyed by file so a new volume opens at its own centre of attention.
-    positions = {}
-    planes = st.columns(3)
+
+def _slider_key(plane: str, sha: str) -> str:
+    # keyed by file, so a new volume opens at its own centre of attention
+    return f"tt_slice_{plane}_{sha[:12]}"
+
+
+def _shown(volume: Volume, sha: str, point, display: Display, shared, std):
+    """``(volume (X, Y, Z), point, spacing, window)`` of what the planes show: the scan, or the
+    first network's input ("What the networks see") at the same world position."""
+    if display.mode != "What the networks see":
+        return volume.data, point, volume.spacing, display.window
+    config = shared.predictor.cards[shared.predictor.archs[0]].preprocess
+    shown, grid, model_presets = _network_input(volume, sha, config, std)
+    dhw = grid.world_to_model((volume.affine @ np.array([*point, 1.0]))[:3])
+    shown_point = [
+        int(np.clip(round(v), 0, s - 1)) for v, s in zip(dhw[::-1], shown.shape, strict=True)
+    ]
+    spacing = tuple(float(s) for s in config.spacing_mm[::-1])
+    return shown, shown_point, spacing, model_presets["brain"]
+
+
+def _planes(sha: str, volume: Volume, start, display: Display, shared, std) -> list[int]:
+    """The three planes with their slice sliders; returns the scan voxel they cross at."""
     point = list(start)
-    for plane, col in zip(viz.PLANES, planes, strict=True):
+    for plane in viz.PLANES:
+        key = _slider_key(plane, sha)
+        if key in st.session_state:  # sliders count from 1, like captions
+            point[viz.plane_layout(plane).fixed_axis] = int(st.session_state[key]) - 1
+    shown, shown_point, spacing, window = _shown(volume, sha, point, display, shared, std)
+    images = viz.draw_planes(
+        shown, shown_point, window, spacing_xyz=spacing, convention=display.convention,
+        crosshair=display.crosshair,
+        outline_xyz=std.brain if display.mode == "Scan + brain outline" else None,
+    )  # fmt: skip
+    what = " · network input" if shown is not volume.data else ""
+    for plane, col in zip(viz.PLANES, st.columns(3), strict=True):
         axis = viz.plane_layout(plane).fixed_axis
-        n = viz.slice_count(data.shape, plane)
-        key = f"tt_slice_{plane}_{sha[:12]}"
-        if key in st.session_state:
-            point[axis] = int(st.session_state[key]) - 1  # sliders count from 1, like captions
-        positions[plane] = (col, key, n, axis)
-    shown, shown_point, shown_spacing, shown_window = data, point, volume.spacing, window
-    if mode == "What the networks see":
-        config = shared.predictor.cards[shared.predictor.archs[0]].preprocess
-        shown, grid, model_presets = _network_input(volume, sha, config, std)
-        world = volume.affine @ np.array([*point, 1.0])
-        dhw = grid.world_to_model(world[:3])
-        shown_point = [
-            int(np.clip(round(v), 0, s - 1)) for v, s in zip(dhw[::-1], shown.shape, strict=True)
-        ]
-        shown_spacing = tuple(float(s) for s in config.spacing_mm[::-1])
-        shown_window = model_presets["brain"]
-    outline = std.brain if mode == "Scan + brain outline" else None
-    for plane, (col, key, n, axis) in positions.items():
+        n = viz.slice_count(volume.data.shape, plane)
+        mm = (point[axis] - (n - 1) / 2) * volume.spacing[axis]
         with col:
-            img = viz.render_slice(
-                shown,
-                plane,
-                shown_point[axis],
-                shown_window,
-                spacing_xyz=shown_spacing,
-                convention=convention,
-                crosshair_xyz=shown_point if crosshair else None,
-                outline_xyz=outline,
-            )
-            mm = (point[axis] - (n - 1) / 2) * volume.spacing[axis]
-            what = " · network input" if shown is not data else ""
             st.image(
-                viz.encode_png(img),
+                images[plane],
                 caption=f"{plane.capitalize()} · slice {point[axis] + 1}/{n} "
                 f"({mm:+.0f} mm from centre){what}",
                 width="stretch",
             )
             st.slider(
-                f"{plane.capitalize()} slice",
-                1,
-                n,
-                start[axis] + 1,
-                key=key,
-                label_visibility="collapsed",
-            )
+                f"{plane.capitalize()} slice", 1, n, start[axis] + 1,
+                key=_slider_key(plane, sha), label_visibility="collapsed",
+            )  # fmt: skip
+    return point
 
-    if shared is None or base is None:
-        return
-    st.markdown("##### Grad-CAM: where each network looked")
+
+def _cam_controls() -> CamSettings:
+    """Target class, plane, opacity, threshold and colour map of the Grad-CAM row."""
     o1, o2, o3, o4, o5 = st.columns([1.3, 1.3, 1, 1, 0.8])
-    cam_plane = o2.radio(
+    plane = o2.radio(
         "Plane",
         viz.PLANES,
         horizontal=True,
@@ -621,33 +627,30 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base, std=None) -> N
         help="Grad-CAM values (0-1, per network) below this are not drawn.",
     )
     cmap = o5.selectbox("Colour map", viz.COLORMAPS, key="tt_cmap")
-    analysis = base if target is None else _analysis(shared, volume, sha, target, std)
-    axis = viz.plane_layout(cam_plane).fixed_axis
+    return CamSettings(target, plane, opacity, threshold, cmap)
+
+
+def _gradcam_row(volume: Volume, analysis, point, display: Display, cam: CamSettings) -> None:
+    """One column per network: the same slice with its Grad-CAM, and the map's download."""
+    axis = viz.plane_layout(cam.plane).fixed_axis
     archs = in_display_order(analysis.explanations)
     st.caption(
-        f"{cam_plane.capitalize()} slice {point[axis] + 1} (follows the {cam_plane} slider above), "
-        f"same slice in every column. Colour: low → high attention, relative to each network's "
-        "own maximum. No colour outside the box each network sees (the brain-centred crop)."
+        f"{cam.plane.capitalize()} slice {point[axis] + 1} (follows the {cam.plane} slider "
+        "above), same slice in every column. Colour: low → high attention, relative to each "
+        "network's own maximum. No colour outside the box each network sees (the brain-centred "
+        "crop)."
     )
-    cols = st.columns(len(archs))
-    for col, arch in zip(cols, archs, strict=True):
-        expl = analysis.explanations[arch]
-        pred = analysis.predictions[arch]
-        img = viz.render_slice(
-            data,
-            cam_plane,
-            point[axis],
-            window,
-            spacing_xyz=volume.spacing,
-            convention=convention,
-            heat_xyz=expl.cam_volume,
-            opacity=opacity,
-            threshold=threshold,
-            cmap=cmap,
-        )
+    images = viz.draw_overlays(
+        volume.data, cam.plane, point[axis], display.window,
+        {a: analysis.explanations[a].cam_volume for a in archs},
+        spacing_xyz=volume.spacing, convention=display.convention, opacity=cam.opacity,
+        threshold=cam.threshold, cmap=cam.cmap,
+    )  # fmt: skip
+    for col, arch in zip(st.columns(len(archs)), archs, strict=True):
+        expl, pred = analysis.explanations[arch], analysis.predictions[arch]
         with col:
             st.image(
-                viz.encode_png(img),
+                images[arch],
                 caption=f"{display_name(arch)} · Grad-CAM for "
                 f"{viz.CLASS_NAMES[expl.target]} · predicted {viz.CLASS_NAMES[pred.label]}",
                 width="stretch",
@@ -661,14 +664,36 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base, std=None) -> N
                 on_click="ignore",
                 icon=":material/download:",
             )
-    st.image(viz.colorbar_image(cmap, 256, 10), caption="low → high", width=256)
+    st.image(viz.colorbar_image(cam.cmap, 256, 10), caption="low → high", width=256)
+
+
+@st.fragment
+def viewer(sha: str, volume: Volume, presets: dict, shared, base, std=None) -> None:
+    """Three planes with slice sliders, and the per-network Grad-CAM of one plane.
+
+    "Show" switches between the scan, the scan with the extracted brain's outline, and what the
+    networks see (the first network's input grid; in standard space, the brain registered to
+    MNI152), all driven by the same sliders.
+
+    Runs as a fragment: its sliders rerun this function only, never the networks (the analyses
+    come from the session cache).
+    """
+    starts = _lru("tt_start")  # computed once per file: a full-volume pass is too slow per step
+    if (sha, base is None) not in starts:
+        _remember(starts, (sha, base is None), _centre_of_attention(base, volume))
+    display = _display_controls(presets, shared, std)
+    point = _planes(sha, volume, starts[(sha, base is None)], display, shared, std)
+    if shared is None or base is None:
+        return
+    st.markdown("##### Grad-CAM: where each network looked")
+    cam = _cam_controls()
+    analysis = base if cam.target is None else _analysis(shared, volume, sha, cam.target, std)
+    _gradcam_row(volume, analysis, point, display, cam)
 
 
 # ----------------------------------------------------------------------------- page
 
-if "weights_dir" not in st.session_state:  # opened before app.py set up the navigation
-    st.session_state["tt_page_wanted"] = "pages/analyze.py"  # app.py comes back here
-    st.switch_page("app.py")
+app_state.require_app("pages/analyze.py")
 st.title("Analyze a brain MRI")
 st.caption(
     "Classifies a 3D T1 contrast-enhanced volume as healthy, low-grade glioma (LGG) or "
@@ -689,9 +714,7 @@ if _cached("tt_standard", sha) is None:  # the scan first, while the pipeline ru
 
 shared = base = std = None
 try:
-    shared = st.session_state["get_predictor"]()
-except KeyError:
-    st.error("Start the app with `streamlit run app.py` (this page needs its sidebar and weights).")
+    shared = app_state.get_predictor()
 except TumorTraceError as err:
     st.warning(f"{err}\n\nThe viewer below still works; predictions need weights.")
 

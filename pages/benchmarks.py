@@ -14,12 +14,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+import app_state
 from tumortrace import viz
 from tumortrace.config import CLASSES
 from tumortrace.networks import display_name
 from tumortrace.provenance import verify
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = app_state.ROOT
 NOT_ARCH = {"inference", "published"}
 
 
@@ -199,11 +200,9 @@ def _published(path: Path) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, height=_rows_height(len(rows)))
 
 
-if "weights_dir" not in st.session_state:  # opened before app.py set up the navigation
-    st.session_state["tt_page_wanted"] = "pages/benchmarks.py"  # app.py comes back here
-    st.switch_page("app.py")
+app_state.require_app("pages/benchmarks.py")
 st.title("Benchmarks")
-folder = Path(st.session_state.get("weights_dir", ROOT / "weights")) / "benchmarks"
+folder = app_state.weights_dir() / "benchmarks"
 benches, broken = _benchmarks(folder)
 if broken:
     st.error(

@@ -516,6 +516,61 @@ def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def draw_planes(
+    volume_xyz: np.ndarray,
+    point_xyz: Sequence[int],
+    window: Window,
+    *,
+    spacing_xyz: Sequence[float] = (1.0, 1.0, 1.0),
+    convention: Convention = "radiological",
+    crosshair: bool = True,
+    outline_xyz: np.ndarray | None = None,
+) -> dict[Plane, bytes]:
+    """The viewer's three planes through voxel ``point_xyz``, as PNG bytes per plane.
+
+    What the Analyze page draws on every slider step, and what ``benchmarks/bench_viewer.py``
+    times. ``crosshair`` marks where the other two planes cut each one; ``outline_xyz`` is an
+    optional mask whose outline is drawn (see :func:`render_slice`).
+    """
+    out: dict[Plane, bytes] = {}
+    for plane in PLANES:
+        index = point_xyz[plane_layout(plane).fixed_axis]
+        img = render_slice(
+            volume_xyz, plane, index, window, spacing_xyz=spacing_xyz, convention=convention,
+            crosshair_xyz=point_xyz if crosshair else None, outline_xyz=outline_xyz,
+        )  # fmt: skip
+        out[plane] = encode_png(img)
+    return out
+
+
+def draw_overlays(
+    volume_xyz: np.ndarray,
+    plane: Plane,
+    index: int,
+    window: Window,
+    heats_xyz: Mapping[str, np.ndarray],
+    *,
+    spacing_xyz: Sequence[float] = (1.0, 1.0, 1.0),
+    convention: Convention = "radiological",
+    opacity: float = 0.45,
+    threshold: float = 0.2,
+    cmap: str = "jet",
+) -> dict[str, bytes]:
+    """One slice with each heat map of ``heats_xyz`` (``{name: (X, Y, Z) in [0, 1]}``) on it.
+
+    The Analyze page's Grad-CAM row (one image per network, same slice), as PNG bytes per name;
+    ``benchmarks/bench_viewer.py`` times this too.
+    """
+    out: dict[str, bytes] = {}
+    for name, heat in heats_xyz.items():
+        img = render_slice(
+            volume_xyz, plane, index, window, spacing_xyz=spacing_xyz, convention=convention,
+            heat_xyz=heat, opacity=opacity, threshold=threshold, cmap=cmap,
+        )  # fmt: skip
+        out[name] = encode_png(img)
+    return out
+
+
 def colorbar_image(cmap: str = "jet", width: int = 256, height: int = 12) -> np.ndarray:
     """A horizontal (height, width, 3) uint8 colour bar, low (left) to high (right)."""
     lut = colormap_lut(cmap)
