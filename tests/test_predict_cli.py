@@ -23,6 +23,7 @@ from tumortrace.checkpoint import ModelCard, save_checkpoint
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.infer import collect_inputs
 from tumortrace.models import create_model, list_models
+from tumortrace.qc import CHECK_NAMES
 
 TINY = PreprocessConfig(spacing_mm=(5.0, 3.0, 3.0), shape_dhw=(16, 32, 32), space="native")
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,16 +204,7 @@ def test_predict_reports_the_input_checks(weights_dir, real_samples_dir, capsys)
     assert code == 0
     (row,) = json.loads(out)["results"]
     names = [c["name"] for c in row["qc"]["checks"]]
-    assert names == [
-        "brain",
-        "skull",
-        "structure",
-        "registration",
-        "tissue",
-        "slices",
-        "coverage",
-        "contrast",
-    ]
+    assert names == list(CHECK_NAMES)  # every check, in the documented order
     skull = next(c for c in row["qc"]["checks"] if c["name"] == "skull")
     assert "Skull present" in skull["message"]
     assert row["verdict"] == row["label"]  # reliable input: the verdict is the label

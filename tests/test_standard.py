@@ -220,6 +220,7 @@ def test_real_whole_head_scan_from_the_repository(real_samples_dir, tmp_path):
     volume = load_volume(path)
     std = standardise(volume)
     assert std.qc.status == "ok", std.qc.warnings
+    assert tuple(c.name for c in std.qc.checks) == qc.CHECK_NAMES
     assert "Skull present" in std.qc.get("skull").message
     assert std.qc.get("registration").value >= 0.85
     assert 1200 < std.brain_ml < 2000

@@ -49,6 +49,7 @@ from tumortrace.explain import (
 from tumortrace.io import Volume, load_volume, printable
 from tumortrace.models import list_models
 from tumortrace.preprocess import GridMap, Preprocessed
+from tumortrace.qc import CHECK_NAMES
 from tumortrace.runtime import fast_dtype, resolve_device
 from tumortrace.standard import PIPELINE_VERSION, StandardSpace, prepare, standardise
 
@@ -642,18 +643,6 @@ class PredictRow:
         }
 
 
-_QC_NAMES = (
-    "brain",
-    "skull",
-    "structure",
-    "registration",
-    "tissue",
-    "slices",
-    "coverage",
-    "contrast",
-)
-
-
 def _qc_columns(qc: dict[str, Any] | None) -> dict[str, Any]:
     """``qc_status``, one ``qc_<check>`` value column per check, and ``qc_warnings``."""
     if qc is None:
@@ -670,7 +659,7 @@ def _qc_columns(qc: dict[str, Any] | None) -> dict[str, Any]:
 def _csv_columns(archs: Sequence[str], with_cams: bool, with_qc: bool) -> list[str]:
     cols = ["path", "status", "label", "verdict", *(f"p_{c}" for c in CLASSES), "agree"]
     if with_qc:
-        cols += ["qc_status", *(f"qc_{n}" for n in _QC_NAMES), "qc_warnings"]
+        cols += ["qc_status", *(f"qc_{n}" for n in CHECK_NAMES), "qc_warnings"]
     for a in archs:
         cols += [f"{a}_label", *(f"{a}_p_{c}" for c in CLASSES), f"{a}_seconds"]
         if with_cams:

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "CHECK_NAMES",
     "QC_THRESHOLDS",
     "QCCheck",
     "QCReport",
@@ -35,6 +36,18 @@ __all__ = [
 ]
 
 Severity = Literal["ok", "info", "warning", "unreliable"]
+
+CHECK_NAMES: tuple[str, ...] = (
+    "brain",
+    "skull",
+    "structure",
+    "registration",
+    "tissue",
+    "slices",
+    "coverage",
+    "contrast",
+)
+"""Every input check, in the order reports list them (JSON, CSV columns, the app's table)."""
 
 QC_THRESHOLDS: dict[str, float] = {
     "brain_ml_min": 900.0,
@@ -108,14 +121,6 @@ class QCReport:
             d["value"] = None if not np.isfinite(c.value) else round(float(c.value), 4)
             rows.append(d)
         return {"status": self.status, "checks": rows}
-
-    def columns(self) -> dict[str, Any]:
-        """Flat ``qc_<name>`` value columns plus ``qc_status`` and ``qc_warnings`` (CSV)."""
-        out: dict[str, Any] = {"qc_status": self.status}
-        for c in self.checks:
-            out[f"qc_{c.name}"] = None if not np.isfinite(c.value) else round(float(c.value), 4)
-        out["qc_warnings"] = " | ".join(self.warnings)
-        return out
 
 
 def check_brain(found: bool, volume_ml: float, reason: str = "") -> QCCheck:
