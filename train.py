@@ -138,7 +138,7 @@ def _num(value: float | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs training; returns the exit code (0 done, 2 bad input, 130 interrupted)."""
+    """Runs training; returns the exit code (0 done, 2 bad input, 130 Ctrl-C, 143 SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     cfg = None
@@ -151,10 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TumorTraceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        term = type(err).__name__ == "Terminated"  # tumortrace.train.Terminated: SIGTERM
+        what = "terminated (SIGTERM)" if term else "interrupted"
         where = f" from {resume_path(cfg)}" if cfg is not None else ""
-        print(f"\ninterrupted: run again with --resume to continue{where}", file=sys.stderr)
-        return 130
+        print(f"\n{what}: run again with --resume to continue{where}", file=sys.stderr)
+        return 143 if term else 130
     if result.paths:  # rank 0 only
         s = result.benchmark["summary"]
         print(

@@ -337,3 +337,48 @@ def test_missing_pretrained_file_is_refused_before_any_network_is_built(cfg, tmp
     ):
         tt.validate_config(replace(cfg, pretrained_path=tmp_path / "none.pth"))
     tt.validate_config(cfg)
+
+
+def test_sigterm_mid_epoch_resumes_to_the_uninterrupted_weights(cohort, tmp_path, capsys):
+    """A real SIGTERM inside an epoch: exit 143, a resume file, one line and no traceback; then
+    --resume gives the same .safetensors bytes as an uninterrupted run, and two uninterrupted
+    runs give identical bytes."""
+    import os
+    import signal
+
+    data = tmp_path / "data"
+    extra = ("--epochs", "2", "--patience", "5")
+    runs = {name: argv_for(cohort, tmp_path / name, data, *extra) for name in ("a", "b", "t")}
+    assert cli.main(runs["a"]) == 0
+    assert cli.main(runs["b"]) == 0
+    capsys.readouterr()
+
+    real = loop.train_one_epoch
+    calls = {"n": 0}
+
+    def terminated_mid_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # fold 0, epoch 2: the signal lands inside the epoch's first step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    loop.train_one_epoch = terminated_mid_epoch
+    try:
+        assert cli.main(runs["t"]) == 143
+    finally:
+        loop.train_one_epoch = real
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    said = [ln for ln in err.splitlines() if ln.startswith(("terminated", "interrupted", "err"))]
+    assert said == [
+        f"terminated (SIGTERM): run again with --resume to continue from "
+        f"{tmp_path / 't' / 'mc3.resume.pt'}"
+    ]
+    assert (tmp_path / "t" / "mc3.resume.pt").is_file()
+    assert not (tmp_path / "t" / "mc3.safetensors").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+    assert cli.main([*runs["t"], "--resume"]) == 0
+    blobs = {n: (tmp_path / n / "mc3.safetensors").read_bytes() for n in runs}
+    assert blobs["a"] == blobs["b"]  # two identical runs: identical bytes
+    assert blobs["t"] == blobs["a"]  # terminated + resumed: the uninterrupted weights

@@ -31,8 +31,11 @@ This module never prints and never parses arguments; progress bars (tqdm, rank 0
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -246,19 +249,42 @@ def cross_validate(
     return result
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and ``kill`` send) turned into an interrupt, handled like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While training, SIGTERM raises :class:`Terminated` (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(cfg: TrainConfig, command: str = "", progress: bool = True) -> CVResult:
     """``python train.py``: validate, (join torchrun's group,) cross-validate, write, clean up.
 
     Raises:
         TumorTraceError: any invalid flag or data, before training starts where checkable.
-        KeyboardInterrupt: propagated after the resume file holds the last finished epoch.
+        KeyboardInterrupt: Ctrl-C (SIGINT), or :class:`Terminated` for SIGTERM, propagated after
+            the resume file holds the last finished epoch.
     """
     cfg = replace(cfg, out=Path(cfg.out), data_dir=Path(cfg.data_dir))
     validate_config(cfg)
     was_initialised = dist.is_available() and dist.is_initialized()
     rt = setup_runtime(cfg.device)
     try:
-        return cross_validate(cfg, progress, command=command, runtime=rt)
+        with _sigterm_as_interrupt():
+            return cross_validate(cfg, progress, command=command, runtime=rt)
     finally:
         if rt.distributed and not was_initialised and dist.is_initialized():
             dist.destroy_process_group()
