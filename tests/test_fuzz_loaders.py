@@ -10,8 +10,8 @@ Profiles (environment variable ``TUMORTRACE_FUZZ``):
 * ``long``: unbounded examples for a run stopped from outside (``timeout -s INT``); other
   exceptions are counted instead of failing, so the whole run is measured. With
   ``TUMORTRACE_FUZZ_STATS=DIR`` each loader writes ``DIR/<loader>.json`` after every example:
-  examples, accepted, project errors, other exceptions (by type), slowest example (s) and peak
-  RSS of the process (MiB). See the README ("Fuzzing").
+  examples, accepted, project errors, other exceptions (by type), slowest example (wall and CPU
+  seconds) and peak RSS of the process (MiB). See the README ("Fuzzing").
 """
 
 from __future__ import annotations
@@ -65,12 +65,13 @@ class _Stats:
         self.loader = loader
         self.examples = self.accepted = self.project_errors = 0
         self.other: Counter[str] = Counter()
-        self.max_s = 0.0
+        self.max_s = self.max_cpu_s = 0.0
         self.started = time.time()
 
-    def record(self, seconds: float, outcome: str) -> None:
+    def record(self, seconds: float, outcome: str, cpu_s: float = 0.0) -> None:
         self.examples += 1
         self.max_s = max(self.max_s, seconds)
+        self.max_cpu_s = max(self.max_cpu_s, cpu_s)
         if outcome == "accepted":
             self.accepted += 1
         elif outcome == "project":
@@ -87,6 +88,7 @@ class _Stats:
                 "project_errors": self.project_errors,
                 "other_exceptions": dict(self.other),
                 "max_example_s": round(self.max_s, 3),
+                "max_example_cpu_s": round(self.max_cpu_s, 3),
                 "peak_rss_mib": round(rss_mib, 1),
                 "wall_s": round(time.time() - self.started, 1),
             }
@@ -99,7 +101,7 @@ class _Stats:
 
 def _check(path: Path, stats: _Stats) -> None:
     """The property, timed; the long profile counts other exceptions instead of failing."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         result = load_volume(path)
         outcome = "accepted"
@@ -109,11 +111,11 @@ def _check(path: Path, stats: _Stats) -> None:
         outcome = "project"
         assert "\n" not in str(err)
     except Exception as err:
-        stats.record(time.perf_counter() - t0, type(err).__name__)
+        stats.record(time.perf_counter() - t0, type(err).__name__, time.process_time() - c0)
         if not LONG:
             raise
         return
-    stats.record(time.perf_counter() - t0, outcome)
+    stats.record(time.perf_counter() - t0, outcome, time.process_time() - c0)
 
 
 # -- NIfTI -------------------------------------------------------------------------------------
