@@ -91,7 +91,10 @@ def test_mismatched_weights_are_refused(card, manifest, tmp_path, capsys):
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     torch.manual_seed(0)
-    r3d_card = save_checkpoint(create_model("r3d"), ModelCard(arch="r3d", preprocess=PRE), mixed)
+    r3d_pre = replace(PRE, shape_dhw=(8, 12, 12))  # r3d halves D three times: 4 is too few
+    r3d_card = save_checkpoint(
+        create_model("r3d"), ModelCard(arch="r3d", preprocess=r3d_pre), mixed
+    )
     # the r3d card now points at mc3 weights (hash updated so only the content mismatches)
     data = json.loads(r3d_card.read_text())
     data["weights_sha256"] = json.loads(card.read_text())["weights_sha256"]
