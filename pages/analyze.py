@@ -25,6 +25,7 @@ from tumortrace import viz
 from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
+from tumortrace.intensity import otsu_threshold
 from tumortrace.io import Volume, load_volume
 from tumortrace.isolate import load_upload_isolated
 from tumortrace.networks import display_name, in_display_order
@@ -469,7 +470,7 @@ def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
     if guess or analysis.ensemble_label not in ("lgg", "hgg"):
         return tuple(s // 2 for s in shape)
     mean = np.mean([e.cam_volume for e in analysis.explanations.values()], axis=0)
-    mean = mean * (volume.data > viz.otsu_threshold(volume.data[::2, ::2, ::2]))  # in the head
+    mean = mean * (volume.data > otsu_threshold(volume.data[::2, ::2, ::2]))  # in the head
     if not np.any(mean > 0):
         return tuple(s // 2 for s in shape)
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(mean)), mean.shape))

@@ -253,7 +253,7 @@ else:
             f"{inference.get('threads', '?')} threads; 'fast' = {inference.get('settings', {})}."
         )
     else:
-        st.caption("No inference.json: run `python -m tumortrace bench` for CPU timings.")
+        st.caption("No inference.json: run `python benchmarks/bench_infer.py` for CPU timings.")
 
 published = folder / "published.json"
 _published(published if published.is_file() else ROOT / "weights" / "benchmarks" / "published.json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import shutil
@@ -155,19 +154,6 @@ def test_network_not_loaded_is_rejected(weights_dir, volume) -> None:
         ConfigError, match=r"\['r3d'\] are not loaded; this predictor has \['mc3'\]"
     ):
         only.analyze(volume, archs=["r3d"])
-
-
-def test_tta_flip_averages_the_mirrored_pass(volume) -> None:
-    reference = _model("r3d", seed=5)
-    pred = Predictor({"r3d": copy.deepcopy(reference)}, {"r3d": _card("r3d")}, FP32)
-    got = pred.analyze(volume, tta_flip=True)
-    assert got.tta_flip
-    x = preprocess(volume, TINY).tensor[None]
-    with torch.no_grad():
-        p = (reference(x).softmax(1) + reference(x.flip(-1)).softmax(1)) / 2
-    np.testing.assert_allclose(got.predictions["r3d"].probs, p[0].double().numpy(), atol=1e-5)
-    plain = pred.analyze(volume)
-    assert not np.allclose(plain.predictions["r3d"].probs, got.predictions["r3d"].probs, atol=1e-7)
 
 
 def test_preprocessing_runs_once_per_distinct_config(monkeypatch, volume) -> None:

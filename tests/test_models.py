@@ -11,12 +11,10 @@ from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18
 
 from tumortrace.errors import CheckpointError, ConfigError
 from tumortrace.models import (
-    cam_layer,
     check_input_shape,
     count_gflops,
     count_parameters,
     create_model,
-    feature_shape,
     get_spec,
     list_models,
     min_input_shape,
@@ -148,8 +146,6 @@ def test_min_input_shape_is_the_real_minimum(models, name):
 
 def test_mc3_never_halves_depth(models):
     assert {axis for axis, _ in _strided_inputs(models["mc3"], (3, 16, 16))} == {1, 2}
-    assert feature_shape("mc3", (16, 32, 32)) == (16, 2, 2)
-    assert feature_shape("r3d", (16, 32, 32)) == (2, 2, 2)
 
 
 def test_check_input_shape_needs_three_integers():
@@ -189,13 +185,6 @@ def test_count_gflops_equals_convolution_and_linear_macs(models):
 def test_count_gflops_checks_shape(models):
     with pytest.raises(ConfigError, match="too small"):
         count_gflops(models["r3d"], (4, 8, 8))
-
-
-def test_cam_layer_is_layer4(models):
-    for model in models.values():
-        assert cam_layer(model) is model.layer4
-    with pytest.raises(ConfigError, match="has no 'layer4'"):
-        cam_layer(nn.Linear(2, 2))
 
 
 def _torchvision_state(name: str, seed: int = 1) -> dict[str, torch.Tensor]:

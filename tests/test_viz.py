@@ -12,6 +12,7 @@ from PIL import Image
 from tumortrace import viz
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError, InvalidVolumeError
+from tumortrace.metrics import mean_std
 
 SHAPE = (10, 12, 8)  # (X, Y, Z): distinct sizes catch transposes
 
@@ -265,6 +266,6 @@ def test_heldout_table_compares_with_fold_means():
 
 
 def test_mean_std_edge_cases():
-    assert viz.mean_std([0.5]) == (0.5, 0.0, 1)
-    mean, std, n = viz.mean_std([None, float("nan")])
+    assert mean_std([0.5]) == (0.5, 0.0, 1)
+    mean, std, n = mean_std([None, float("nan")])
     assert n == 0 and np.isnan(mean) and np.isnan(std)

@@ -1,4 +1,7 @@
-"""``python -m tumortrace synth|predict|evaluate|bench ...``: argparse only, then the package.
+"""``python -m tumortrace synth|predict|evaluate ...``: argparse only, then the package.
+
+Performance scripts are not subcommands: they live in ``benchmarks/`` beside the package (run
+``python benchmarks/bench_infer.py``), as they time the package rather than belong to it.
 
 Each subcommand maps its flags onto package calls; a :class:`TumorTraceError` is printed as one line
 on stderr and the exit code is non-zero, never a traceback.
@@ -29,7 +32,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- predict: owned by the inference work (fills _cmd_predict) --
 def _cmd_predict(args: argparse.Namespace) -> int:
     """CSV (or one JSON document) on stdout; one stderr line per bad input; exit 1 if any failed."""
     from tumortrace.infer import InferenceSettings, Predictor, format_rows
@@ -52,7 +54,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-# -- evaluate: owned by the training work (fills _cmd_evaluate) --
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """A metrics table (or one JSON document) on stdout; progress bar on stderr."""
     import json
@@ -64,17 +65,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), allow_nan=False))
     else:
         print(format_report(report))
-    return 0
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    import runpy
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_infer.py"
-    if not script.is_file():
-        raise TumorTraceError(f"{script} not found: `bench` runs from a source checkout.")
-    sys.argv = [str(script), *args.rest]
-    runpy.run_path(str(script), run_name="__main__")
     return 0
 
 
@@ -114,9 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("bench", help="run benchmarks/bench_infer.py (flags pass through)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -145,7 +145,6 @@ class Analysis:
         grid: the model-grid -> volume-grid map of the first network (each explanation carries its
             own ``grid`` when cards use different preprocessing).
         seconds: wall time of the whole analysis, preprocessing included.
-        tta_flip: whether left-right flip averaging was used.
         standard: brain mask, registration and input checks (None when they were not run).
     """
 
@@ -156,7 +155,6 @@ class Analysis:
     agree: bool
     grid: GridMap
     seconds: float = 0.0
-    tta_flip: bool = False
     standard: StandardSpace | None = None
 
     @property
@@ -396,7 +394,6 @@ class Predictor:
         volume: Volume,
         archs: Iterable[str] | None = None,
         target: str | None = None,
-        tta_flip: bool = False,
         standard: StandardSpace | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> Analysis:
@@ -409,8 +406,6 @@ class Predictor:
             volume: a loaded volume (canonical RAS).
             archs: networks to run (default: all loaded).
             target: class to explain (default: each network's own prediction).
-            tta_flip: also run the left-right mirrored volume (same batch) and average the
-                probabilities and the (un-mirrored) Grad-CAM maps.
             standard: the volume's :class:`StandardSpace` if already computed (e.g. cached by
                 the app while the scan is shown).
             progress: called with ``"<arch> (i/n)"`` before each network runs.
@@ -437,9 +432,7 @@ class Predictor:
             config = self.cards[arch].preprocess
             if config not in prepared:
                 prepared[config] = prepare(volume, config, standard)
-            predictions[arch], explanations[arch] = self._run(
-                arch, prepared[config], target_idx, tta_flip
-            )
+            predictions[arch], explanations[arch] = self._run(arch, prepared[config], target_idx)
         probs = np.mean([p.probs for p in predictions.values()], axis=0)
         return Analysis(
             predictions=predictions,
@@ -449,34 +442,24 @@ class Predictor:
             agree=len({p.label for p in predictions.values()}) == 1,
             grid=explanations[archs[0]].grid,
             seconds=time.perf_counter() - start,
-            tta_flip=tta_flip,
             standard=standard,
         )
 
     def _run(
-        self, arch: str, prep: Preprocessed, target_idx: int | None, tta_flip: bool
+        self, arch: str, prep: Preprocessed, target_idx: int | None
     ) -> tuple[Prediction, Explanation]:
-        """One forward + one backward of ``arch`` on ``prep.tensor`` (and its mirror with TTA)."""
+        """One forward + one backward of ``arch`` on ``prep.tensor``."""
         start = time.perf_counter()
         x = prep.tensor.to(self._device, torch.float32)[None]  # (1, 1, D, H, W)
-        if tta_flip:
-            x = torch.cat([x, x.flip(-1)])  # W = x: left-right mirror, (2, 1, D, H, W)
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         feats = forward_features(
             self._models[arch], x, self.settings.cam_layer, trunk=self._trunks[arch]
         )
-        probs = torch.softmax(feats.logits.detach().double(), dim=1).mean(0).cpu().numpy()
+        probs = torch.softmax(feats.logits.detach().double(), dim=1)[0].cpu().numpy()
         target = int(np.argmax(probs)) if target_idx is None else target_idx
-        cams = gradcam_from_features(feats, target)  # (N, d, h, w)
+        cam = gradcam_from_features(feats, target)[0]  # (d, h, w)
         shape = tuple(prep.tensor.shape[-3:])
-        if tta_flip:
-            up = torch.nn.functional.interpolate(
-                cams[:, None], size=shape, mode="trilinear", align_corners=False
-            )[:, 0]
-            cam = (up[0] + up[1].flip(-1)) / 2  # mirror back before averaging
-        else:
-            cam = cams[0]
         expl = make_explanation(arch, target, cam, prep.grid, shape)
         pred = Prediction(
             arch=arch,
@@ -494,7 +477,6 @@ class Predictor:
         archs: Iterable[str] | None = None,
         cam_out: str | Path | None = None,
         progress: bool = True,
-        tta_flip: bool = False,
     ) -> list[PredictRow]:
         """Analyses files and folders; a bad input becomes an error row and the rest still run.
 
@@ -504,7 +486,6 @@ class Predictor:
             cam_out: folder for Grad-CAM NIfTI maps ``<stem>_<arch>_cam.nii.gz`` (on each source
                 file's grid, with its affine); ``None`` writes none.
             progress: show a tqdm bar on stderr.
-            tta_flip: see :meth:`analyze`.
 
         Returns:
             One :class:`PredictRow` per input, in input order.
@@ -518,7 +499,7 @@ class Predictor:
             try:
                 volume = load_volume(item)
                 standard = standardise(volume) if self.settings.input_checks else None
-                analysis = self.analyze(volume, archs=archs, tta_flip=tta_flip, standard=standard)
+                analysis = self.analyze(volume, archs=archs, standard=standard)
                 cams: dict[str, str] = {}
                 if cam_dir is not None:
                     stem = _unique_stem(_stem(item), used_stems)

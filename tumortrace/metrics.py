@@ -220,6 +220,19 @@ def compute_metrics(labels: Any, probs: Any, classes: Sequence[str] = CLASSES) -
     )
 
 
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of the non-missing values.
+
+    Returns:
+        (mean, std, n); ``(nan, nan, 0)`` when nothing is available.
+    """
+    vals = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if vals.size == 0:
+        return float("nan"), float("nan"), 0
+    std = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+    return float(vals.mean()), std, int(vals.size)
+
+
 def summarize(results: Sequence[dict[str, Any] | Metrics]) -> dict[str, dict[str, float | None]]:
     """Mean and sample standard deviation (ddof=1; 0 for one value) across folds.
 
@@ -253,11 +266,8 @@ def summarize(results: Sequence[dict[str, Any] | Metrics]) -> dict[str, dict[str
     out: dict[str, dict[str, float | None]] = {}
     for key in ordered:
         values = columns[key]
-        if not values:
-            out[key] = {"mean": None, "std": None}
-        else:
-            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            out[key] = {"mean": float(np.mean(values)), "std": std}
+        mean, std, n = mean_std(values)
+        out[key] = {"mean": mean, "std": std} if n else {"mean": None, "std": None}
     return out
 
 

@@ -18,7 +18,6 @@ channels, so a grey volume fed to the new stem gives what the old stem gave for 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,25 +368,3 @@ def count_gflops(model: nn.Module, shape_dhw: tuple[int, int, int]) -> float:
     finally:
         model.train(was_training)
     return counter.get_total_flops() / 1e9
-
-
-def cam_layer(model: nn.Module) -> nn.Module:
-    """The layer Grad-CAM attributes to: ``model.layer4``, the last residual stage.
-
-    Its output is ``(N, 512, D', H', W')`` with ``H' = ceil(H / 16)`` and ``D' = ceil(D / 8)``
-    (``D' = D`` for MC3).
-    """
-    layer = getattr(model, "layer4", None)
-    if not isinstance(layer, nn.Module):
-        raise ConfigError(
-            f"{type(model).__name__} has no 'layer4'; expected a network from create_model()."
-        )
-    return layer
-
-
-def feature_shape(name: str, shape_dhw: tuple[int, int, int]) -> tuple[int, int, int]:
-    """``(D', H', W')`` of :func:`cam_layer`'s output for an input of ``shape_dhw``."""
-    stages = get_spec(name).strided_stages_dhw
-    return tuple(  # type: ignore[return-value]
-        math.ceil(n / 2**s) for n, s in zip(check_input_shape(name, shape_dhw), stages, strict=True)
-    )

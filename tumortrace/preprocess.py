@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from tumortrace.config import IOLimits, PreprocessConfig
 from tumortrace.errors import InvalidVolumeError
+from tumortrace.intensity import otsu_threshold
 from tumortrace.io import Volume
 
 __all__ = [
@@ -105,19 +106,6 @@ def from_model_axes(a: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     return to_model_axes(a)
 
 
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1D sample (maximises the between-class variance)."""
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist).astype(np.float64)
-    w1 = w0[-1] - w0
-    m = np.cumsum(hist * centres)
-    mu0 = m / np.maximum(w0, 1)
-    mu1 = (m[-1] - m) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centres[int(np.argmax(between[:-1]))])
-
-
 def foreground_mask(data: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """Head or brain mask that does not assume a zero (or any particular) background.
 
@@ -139,7 +127,7 @@ def foreground_mask(data: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     lo, hi = np.percentile(sample, (0.5, 99.5))
     if hi <= lo:
         return np.ones(data.shape, dtype=bool)
-    mask = smooth > _otsu(np.clip(sample, lo, hi))
+    mask = smooth > otsu_threshold(np.clip(sample, lo, hi))
     labels, n = ndimage.label(mask)
     if n == 0:
         return np.ones(data.shape, dtype=bool)

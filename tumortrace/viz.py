@@ -31,6 +31,8 @@ from plotly.subplots import make_subplots
 
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError, InvalidVolumeError
+from tumortrace.intensity import otsu_threshold
+from tumortrace.metrics import mean_std
 from tumortrace.networks import display_name
 
 Plane = Literal["axial", "coronal", "sagittal"]
@@ -251,21 +253,6 @@ def _subsample(data: np.ndarray, max_voxels: int = 400_000) -> np.ndarray:
     sub = data[::step, ::step, ::step] if data.ndim == 3 else data.ravel()[::step]
     sub = np.asarray(sub, dtype=np.float32).ravel()
     return sub[np.isfinite(sub)]
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1D sample (splits background from tissue without assuming zero)."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0 or values.min() == values.max():
-        return float(values.min()) if values.size else 0.0
-    hist, edges = np.histogram(values, bins=bins)
-    centers = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centers) / np.maximum(w0, 1)
-    m1 = ((hist * centers).sum() - np.cumsum(hist * centers)) / np.maximum(w1, 1)
-    between = w0 * w1 * (m0 - m1) ** 2
-    return float(centers[int(np.argmax(between))])
 
 
 def window_presets(volume_xyz: np.ndarray) -> dict[str, Window]:
@@ -769,19 +756,6 @@ OVERALL_METRICS: tuple[str, ...] = (
     "ece",
 )
 PER_CLASS_METRICS: tuple[str, ...] = ("precision", "recall", "f1", "specificity", "auc")
-
-
-def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
-    """Mean and sample standard deviation (ddof=1; 0 for one value) of the non-missing values.
-
-    Returns:
-        (mean, std, n); ``(nan, nan, 0)`` when nothing is available.
-    """
-    vals = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
-    if vals.size == 0:
-        return float("nan"), float("nan"), 0
-    std = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
-    return float(vals.mean()), std, int(vals.size)
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
