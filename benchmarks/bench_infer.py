@@ -10,7 +10,7 @@ For each network, on one preprocessed input of ``--shape D H W``:
 Reports medians of ``--repeats`` runs after ``--warmup`` runs: seconds per network and in total
 (preprocessing excluded from both, reported once), the speed-up, achieved GFLOP/s against a matmul
 peak measured in this run (fp32 and bf16), peak RSS, and the largest probability difference from
-fp32. Writes ``weights/benchmarks/inference.json`` (format in DESIGN.md) atomically.
+fp32. Writes ``weights/benchmarks/inference.json`` (format in docs/ARCHITECTURE.md) atomically.
 
 Usage::
 

@@ -207,7 +207,7 @@ benches, broken = _benchmarks(folder)
 if broken:
     st.error(
         f"Unreadable benchmark files in {folder}: {', '.join(broken)}. Expected the JSON layout "
-        "written by train.py (see DESIGN.md); re-run training or remove them."
+        "written by train.py (see docs/ARCHITECTURE.md); re-run training or remove them."
     )
 if not benches:
     st.info(

@@ -42,7 +42,7 @@ def make_tiny_weights(out: Path, seed: int = 0) -> Path:
 
 
 def _fold(k: int, rng: np.random.Generator) -> dict:
-    """One fold record in the DESIGN.md layout, with seeded plausible values."""
+    """One fold record in the docs/ARCHITECTURE.md layout, with seeded plausible values."""
     cm = rng.integers(0, 4, size=(3, 3)) + np.diag([8, 3, 8])
     fpr = np.linspace(0, 1, 6)
     return {

@@ -1,6 +1,6 @@
 """TumorTrace: explainable 3D brain MRI classification (healthy / LGG / HGG).
 
-See DESIGN.md in the shared folder and the README for the layout and the contracts.
+See docs/ARCHITECTURE.md for the layout, the data flow and the contracts.
 """
 
 from tumortrace.config import CLASSES

@@ -6,7 +6,7 @@ wrapped in a synthetic skull and scalp, then given a bias field, Rician or Gauss
 gamma/contrast change, a scanner-like intensity scale, a storage dtype and a storage order
 (RAS, LPS or LAS).
 
-Only the pathology depends on the class (DESIGN.md, "Phantoms"): every global property is drawn
+Only the pathology depends on the class: every global property is drawn
 from a generator seeded by ``(seed, 0)`` alone, so the phantoms of the three classes made from the
 same seed share their field of view, voxel size, orientation, deformation, noise and intensity
 scaling, and a network can only tell them apart by finding the lesion.
