@@ -106,7 +106,7 @@ def naive_once(model: torch.nn.Module, x: torch.Tensor, grid) -> tuple[float, np
     return time.perf_counter() - start, probs.numpy()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--shape", type=int, nargs=3, default=(64, 128, 128), metavar=("D", "H", "W")
@@ -121,115 +121,120 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "weights" / "benchmarks" / "inference.json"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile the trunks (ours)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _build(args: argparse.Namespace, arch: str) -> tuple[torch.nn.Module, ModelCard]:
+    """The network and its card; the benchmark shape replaces the card's model grid (the networks
+    are fully convolutional up to the global pooling, so any grid above the minimum works)."""
     shape = tuple(args.shape)
+    if args.weights:
+        model, card = load_checkpoint(Path(args.weights) / f"{arch}.json")
+    else:
+        torch.manual_seed(args.seed)  # the same weights every time it is built
+        model, card = create_model(arch).eval(), ModelCard(arch=arch)
+    config = dataclasses.replace(card.preprocess, shape_dhw=shape)
+    return model, dataclasses.replace(card, preprocess=config)
+
+
+def _time_ours(args: argparse.Namespace, volume) -> dict:
+    """``Predictor.analyze`` runs: per-network seconds, whole analyses, settings, peak RSS."""
     archs = list(args.archs)
-
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, shape {shape}", flush=True
-    )
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(
-        f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s", flush=True
-    )
-
-    # Networks and cards: the benchmark shape replaces each card's model grid (the networks are
-    # fully convolutional up to the global pooling, so any grid above the minimum works).
-    def build(arch: str) -> tuple[torch.nn.Module, ModelCard]:
-        if args.weights:
-            model, card = load_checkpoint(Path(args.weights) / f"{arch}.json")
-        else:
-            torch.manual_seed(args.seed)  # the same weights every time it is built
-            model, card = create_model(arch).eval(), ModelCard(arch=arch)
-        config = dataclasses.replace(card.preprocess, shape_dhw=shape)
-        return model, dataclasses.replace(card, preprocess=config)
-
-    models: dict[str, torch.nn.Module] = {}
-    cards: dict[str, ModelCard] = {}
-    for arch in archs:
-        models[arch], cards[arch] = build(arch)
-    config: PreprocessConfig = cards[archs[0]].preprocess
-    volume = brain_volume(shape, config.spacing_mm, args.seed)
-
-    # ours first, so that the peak RSS of the fast path alone is read before the naive models exist.
+    built = {a: _build(args, a) for a in archs}
     settings = InferenceSettings(precision=args.precision, compile=args.compile)
     start = time.perf_counter()
-    predictor = Predictor(models, cards, settings)
+    predictor = Predictor(
+        {a: m for a, (m, _) in built.items()}, {a: c for a, (_, c) in built.items()}, settings
+    )
     setup_seconds = time.perf_counter() - start
     print(f"predictor ready in {setup_seconds:.1f} s (compile={args.compile})", flush=True)
-    fast_runs: dict[str, list[float]] = {a: [] for a in archs}
-    analyze_runs: list[float] = []
-    analysis = None
+    runs: dict[str, list[float]] = {a: [] for a in archs}
+    analyses: list[float] = []
     for i in range(args.warmup + args.repeats):
         analysis = predictor.analyze(volume, archs=archs)
         if i >= args.warmup:
             for a in archs:
-                fast_runs[a].append(analysis.predictions[a].seconds)
-            analyze_runs.append(analysis.seconds)
+                runs[a].append(analysis.predictions[a].seconds)
+            analyses.append(analysis.seconds)
         print(f"ours  run {i}: {analysis.seconds:.2f} s", flush=True)
-    rss_fast = peak_rss_mb()
+    return {
+        "seconds": {a: statistics.median(runs[a]) for a in archs},
+        "analyze_seconds": statistics.median(analyses),
+        "probs": {a: analysis.predictions[a].probs for a in archs},
+        "dtype": "bf16" if predictor._dtype == torch.bfloat16 else "fp32",
+        "settings": settings,
+        "setup_seconds": setup_seconds,
+        "rss": peak_rss_mb(),  # before the naive models exist
+        "config": built[archs[0]][1].preprocess,
+    }
 
+
+def _time_naive(args: argparse.Namespace, volume, config: PreprocessConfig) -> dict:
+    """Preprocessing once, then the fp32 eager forward + Captum Grad-CAM of each network."""
+    archs = list(args.archs)
     prep_runs = []
     for _ in range(max(1, args.repeats)):
         start = time.perf_counter()
         prep = preprocess(volume, config)
         prep_runs.append(time.perf_counter() - start)
     x = prep.tensor[None]
-    fast_dtype = "bf16" if predictor._dtype == torch.bfloat16 else "fp32"
-    del predictor, models
-    naive_models = {a: build(a)[0] for a in archs}
-    gflops = {a: count_gflops(naive_models[a], shape) for a in archs}
-
-    naive_runs: dict[str, list[float]] = {a: [] for a in archs}
-    naive_probs: dict[str, np.ndarray] = {}
+    models = {a: _build(args, a)[0] for a in archs}
+    runs: dict[str, list[float]] = {a: [] for a in archs}
+    probs: dict[str, np.ndarray] = {}
     for i in range(args.warmup + args.repeats):
         for a in archs:
-            seconds, naive_probs[a] = naive_once(naive_models[a], x, prep.grid)
+            seconds, probs[a] = naive_once(models[a], x, prep.grid)
             if i >= args.warmup:
-                naive_runs[a].append(seconds)
+                runs[a].append(seconds)
         print(f"naive run {i} done", flush=True)
+    return {
+        "seconds": {a: statistics.median(runs[a]) for a in archs},
+        "probs": probs,
+        "gflops": {a: count_gflops(models[a], tuple(args.shape)) for a in archs},
+        "preprocess_seconds": statistics.median(prep_runs),
+    }
 
-    fast = {a: statistics.median(fast_runs[a]) for a in archs}
-    naive = {a: statistics.median(naive_runs[a]) for a in archs}
-    fast["total"] = sum(fast[a] for a in archs)
-    naive["total"] = sum(naive[a] for a in archs)
-    max_diff = max(
-        float(np.abs(analysis.predictions[a].probs - naive_probs[a]).max()) for a in archs
-    )
+
+def _record(args: argparse.Namespace, peak: dict, ours: dict, naive_run: dict) -> dict:
+    """The ``inference.json`` document (format in docs/ARCHITECTURE.md)."""
+    archs, gflops, settings = list(args.archs), naive_run["gflops"], ours["settings"]
+    fast, naive = dict(ours["seconds"]), dict(naive_run["seconds"])
+    fast["total"], naive["total"] = sum(fast.values()), sum(naive.values())
     achieved = {
         "naive": {a: 2 * gflops[a] / naive[a] for a in archs},  # two forwards (+ a head backward)
         "fast": {a: gflops[a] / fast[a] for a in archs},
     }
-    result = {
-        "shape": list(shape),
+    max_diff = max(float(np.abs(ours["probs"][a] - naive_run["probs"][a]).max()) for a in archs)
+    return {
+        "shape": list(args.shape),
         "threads": torch.get_num_threads(),
         "peak_gflops": peak,
         "naive": naive,
         "fast": fast,
         "speedup": naive["total"] / fast["total"],
-        "peak_rss_mb": rss_fast,
+        "peak_rss_mb": ours["rss"],
         "peak_rss_mb_with_naive": peak_rss_mb(),
         "max_prob_diff": max_diff,
         "gflops_per_forward": gflops,
         "achieved_gflops": achieved,
         "fraction_of_peak": {
             "naive": {a: v / peak["fp32"] for a, v in achieved["naive"].items()},
-            "fast": {a: v / peak[fast_dtype] for a, v in achieved["fast"].items()},
+            "fast": {a: v / peak[ours["dtype"]] for a, v in achieved["fast"].items()},
         },
-        "preprocess_seconds": statistics.median(prep_runs),
-        "analyze_seconds": statistics.median(analyze_runs),
+        "preprocess_seconds": naive_run["preprocess_seconds"],
+        "analyze_seconds": ours["analyze_seconds"],
         "repeats": args.repeats,
         "warmup": args.warmup,
         "weights": args.weights or "random-init (create_model)",
         "settings": {
-            "precision": fast_dtype,
+            "precision": ours["dtype"],
             "channels_last_3d": settings.channels_last,
             "fuse_batchnorm": settings.fuse_bn,
             "trunk_inference_mode": True,
             "grad_cam": "one forward; backward through the layers after the CAM layer only",
             "cam_layer": settings.cam_layer,
             "torch_compile": settings.compile,
-            "predictor_setup_seconds": setup_seconds,
+            "predictor_setup_seconds": ours["setup_seconds"],
             "threads": torch.get_num_threads(),
         },
         "machine": {
@@ -240,18 +245,40 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    atomic_write_json(args.out, result)
 
+
+def _print_table(result: dict, archs: list[str], out: str) -> None:
+    naive, fast, achieved = result["naive"], result["fast"], result["achieved_gflops"]
     print(f"\n{'network':<10}{'naive s':>10}{'ours s':>10}{'speed-up':>10}{'GFLOP/s ours':>14}")
     for a in [*archs, "total"]:
         gf = f"{achieved['fast'][a]:.0f}" if a in achieved["fast"] else ""
         print(f"{a:<10}{naive[a]:>10.2f}{fast[a]:>10.2f}{naive[a] / fast[a]:>9.1f}x{gf:>14}")
     print(
         f"preprocess {result['preprocess_seconds']:.2f} s (once, both paths); whole analyze "
-        f"{result['analyze_seconds']:.2f} s; peak RSS {rss_fast:.0f} MiB (ours), "
-        f"{result['peak_rss_mb_with_naive']:.0f} MiB (with naive); max |p - p_fp32| {max_diff:.4f}"
+        f"{result['analyze_seconds']:.2f} s; peak RSS {result['peak_rss_mb']:.0f} MiB (ours), "
+        f"{result['peak_rss_mb_with_naive']:.0f} MiB (with naive); "
+        f"max |p - p_fp32| {result['max_prob_diff']:.4f}"
     )
-    print(f"load average {os.getloadavg()}; wrote {args.out}")
+    print(f"load average {os.getloadavg()}; wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Times ours then the naive path (so ours' peak RSS is read alone) and writes the JSON."""
+    args = _parser().parse_args(argv)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, shape {tuple(args.shape)}",
+        flush=True,
+    )
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(
+        f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s", flush=True
+    )
+    config = _build(args, args.archs[0])[1].preprocess
+    volume = brain_volume(tuple(args.shape), config.spacing_mm, args.seed)
+    ours = _time_ours(args, volume)
+    result = _record(args, peak, ours, _time_naive(args, volume, ours["config"]))
+    atomic_write_json(args.out, result)
+    _print_table(result, list(args.archs), args.out)
     return 0
 
 
