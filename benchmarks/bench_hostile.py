@@ -7,8 +7,8 @@ RSS from ``wait4``:
 
 * ``--mode predict``: ``python -m tumortrace predict FILE --weights W --quiet`` (the CLI; the
   limits checked are < 2 GB and < 30 s and exactly one ``error:`` line);
-* ``--mode load``: ``tumortrace.io.load_volume(FILE)`` alone (the "refused from headers" check,
-  < 1 GB).
+* ``--mode load``: ``tumortrace.io.load_volume(FILE)`` and the resampling guard
+  (``preprocess.check_resampling``), no networks (the "refused from headers" check, < 1 GB).
 
 Prints one row per input and a summary; exit code 1 when a row breaks a limit.
 
@@ -34,10 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 LOAD = (
     "import sys\n"
+    "from tumortrace.config import PreprocessConfig\n"
     "from tumortrace.errors import TumorTraceError\n"
     "from tumortrace.io import load_volume\n"
+    "from tumortrace.preprocess import check_resampling\n"
     "try:\n"
-    "    load_volume(sys.argv[1])\n"
+    "    check_resampling(load_volume(sys.argv[1]), PreprocessConfig())\n"
     "except TumorTraceError as err:\n"
     "    print(f'error: {err}', file=sys.stderr)\n"
     "    sys.exit(1)\n"
