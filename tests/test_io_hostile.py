@@ -371,3 +371,19 @@ def test_antialias_cost_bound():
     check_resampling(volume, cfg)  # within the default bound
     with pytest.raises(InvalidVolumeError, match=r"anti-aliasing filter of 81 taps"):
         check_resampling(volume, cfg, IOLimits(max_antialias_macs=1e6))
+
+
+def test_dicom_uid_with_newline_and_pydicom_chatter(tmp_path, vol, capfd, caplog):
+    """A SeriesInstanceUID holding a newline (found by the fuzzer): one-line message, no log."""
+    files = _series(tmp_path, vol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _edit(files[2], SeriesInstanceUID="1.2\n3")
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    capfd.readouterr()
+    with pytest.raises(InvalidVolumeError, match=r"found 2 DICOM series") as info:
+        load_volume(tmp_path / "d")
+    assert "\n" not in str(info.value) and "1.2\\n3" in str(info.value)
+    assert capfd.readouterr().err == ""
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")]

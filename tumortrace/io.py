@@ -258,14 +258,17 @@ def _gb(n: float) -> str:
 
 @contextlib.contextmanager
 def _quiet_nibabel() -> Iterator[None]:
-    """nibabel's header fixes ("vox offset ... setting to minimum") neither printed nor logged."""
-    logger = nib.imageglobals.logger
-    handlers, propagate = logger.handlers, logger.propagate
-    logger.handlers, logger.propagate = [logging.NullHandler()], False
+    """Library log chatter neither printed nor logged: nibabel's header fixes ("vox offset ...
+    setting to minimum") and pydicom's value warnings ("Invalid value for VR UI ...")."""
+    loggers = [nib.imageglobals.logger, logging.getLogger("pydicom")]
+    saved = [(lg.handlers, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.handlers, lg.propagate = [logging.NullHandler()], False
     try:
         yield
     finally:
-        logger.handlers, logger.propagate = handlers, propagate
+        for lg, (handlers, propagate) in zip(loggers, saved, strict=True):
+            lg.handlers, lg.propagate = handlers, propagate
 
 
 @contextlib.contextmanager
@@ -284,8 +287,12 @@ def _guarded(source: str) -> Iterator[None]:
         ):
             warnings.simplefilter("ignore")
             yield
-    except TumorTraceError:
-        raise
+    except TumorTraceError as err:
+        text = str(err)
+        clean = _one_line(text)  # a header value (e.g. a UID) may hold a newline
+        if clean == text:
+            raise
+        raise type(err)(clean) from err
     except MemoryError as err:
         raise InvalidVolumeError(
             f"{source}: reading it needs more memory than this process may use; expected one "
