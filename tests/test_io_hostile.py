@@ -387,3 +387,22 @@ def test_dicom_uid_with_newline_and_pydicom_chatter(tmp_path, vol, capfd, caplog
     assert "\n" not in str(info.value) and "1.2\\n3" in str(info.value)
     assert capfd.readouterr().err == ""
     assert not [r for r in caplog.records if r.name.startswith("pydicom")]
+
+
+def test_dicom_damaged_element_length_is_refused_before_gdcm(tmp_path, vol):
+    """A length field that swallows the rest of the file (found by the fuzzer: GDCM then
+    allocated 1.4 GB for that length): refused from the pydicom read, no pixel data found."""
+    files = _series(tmp_path, vol)
+    raw = bytearray(files[3].read_bytes())
+    i = raw.find(b"\x28\x00\x03\x01US")  # (0028,0103) PixelRepresentation, explicit VR
+    raw[i + 6 : i + 8] = struct.pack("<H", 0xFFF0)
+    files[3].write_bytes(bytes(raw))
+    with pytest.raises(InvalidVolumeError, match=r"slice0003\.dcm: no pixel data was found"):
+        load_volume(tmp_path / "d")
+
+
+def test_dicom_pixel_data_shorter_than_declared(tmp_path, vol):
+    files = _series(tmp_path, vol)
+    _edit(files[1], Rows=SHAPE[1] + 2)  # the pixel data no longer matches Rows x Columns
+    with pytest.raises(InvalidVolumeError, match=r"slice0001\.dcm: the pixel data holds 1,344"):
+        load_volume(tmp_path / "d")

@@ -503,6 +503,7 @@ _ZIP_METHODS = {
     zipfile.ZIP_BZIP2: "bzip2",
     zipfile.ZIP_LZMA: "lzma",
 }
+_PIXEL_DATA = 0x7FE00010
 _IMAGE_TAGS = (0x00280002, 0x00280010, 0x00280011, 0x00280100)  # SamplesPerPixel ... BitsAllocated
 _ZIP_METHOD_NAMES = {1: "shrink", 6: "implode", 9: "deflate64", 93: "zstandard", 99: "AES"}
 
@@ -578,7 +579,7 @@ def _read_slice(path: Path, rel: str, limits: IOLimits) -> _Slice | None:
             "DICOM file; expected one slice of an MRI series."
         )
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, defer_size=4096)  # large values are skipped, not read
     except InvalidDicomError:
         return None  # not DICOM (a README, a NIfTI...): the caller decides
     except Exception as err:
@@ -613,6 +614,19 @@ def _read_slice(path: Path, rel: str, limits: IOLimits) -> _Slice | None:
         raise UnsafeArchiveError(
             f"{rel}: the header declares {pixel_bytes:,} bytes of pixels, over the "
             f"{limits.max_dicom_file_bytes:,}-byte cap for one DICOM file."
+        )
+    # An element whose length field was damaged swallows the rest of the file, PixelData included;
+    # GDCM would then allocate that length. Native pixel data must have exactly the declared size.
+    if _PIXEL_DATA not in ds:
+        raise InvalidVolumeError(
+            f"{rel}: no pixel data was found where the header ends; the header is damaged "
+            "(an element's length is wrong) or the file is truncated."
+        )
+    length = ds.get_item(_PIXEL_DATA).length
+    if length != 0xFFFFFFFF and length != pixel_bytes + (pixel_bytes % 2):  # not encapsulated
+        raise InvalidVolumeError(
+            f"{rel}: the pixel data holds {length:,} bytes but Rows x Columns x frames x "
+            f"BitsAllocated declare {pixel_bytes:,}; the file is damaged or truncated."
         )
     iop = _floats(ds, "ImageOrientationPatient", 6, rel)
     if iop is None:
