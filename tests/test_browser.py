@@ -95,7 +95,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -106,6 +106,9 @@ def page(server):
         )
         page = context.new_page()
         page.set_default_timeout(60_000)
+        # expect() keeps its own 5 s default, too short on a loaded 2-core machine (the viewer
+        # renders after the verdict): give assertions the page's 60 s too
+        expect.set_options(timeout=60_000)
         page.goto(server)
         yield page
         context.close()
