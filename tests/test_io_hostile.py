@@ -406,3 +406,15 @@ def test_dicom_pixel_data_shorter_than_declared(tmp_path, vol):
     _edit(files[1], Rows=SHAPE[1] + 2)  # the pixel data no longer matches Rows x Columns
     with pytest.raises(InvalidVolumeError, match=r"slice0001\.dcm: the pixel data holds 1,344"):
         load_volume(tmp_path / "d")
+
+
+def test_dicom_invalid_vr_is_refused_before_gdcm(tmp_path, vol):
+    """An unknown VR ("SH" -> "S5", found by the fuzzer): GDCM read it as a 4-byte length and
+    allocated 1.2 GB; pydicom's read refuses it first."""
+    files = _series(tmp_path, vol)
+    raw = bytearray(files[3].read_bytes())
+    i = raw.find(b"\x02\x00\x13\x00SH")  # (0002,0013) ImplementationVersionName
+    raw[i + 4 : i + 6] = b"S5"
+    files[3].write_bytes(bytes(raw))
+    with pytest.raises(InvalidVolumeError, match=r"slice0003\.dcm: .*\(0002,0013\) has an invalid"):
+        load_volume(tmp_path / "d")

@@ -589,6 +589,24 @@ def _read_slice(path: Path, rel: str, limits: IOLimits) -> _Slice | None:
         ) from err
     if not any(tag in ds for tag in _IMAGE_TAGS):
         return None  # DICOMDIR, report or other non-image object
+    from pydicom.valuerep import VR
+
+    for group in (getattr(ds, "file_meta", None) or {}, ds):
+        for tag in list(group.keys()):
+            try:
+                vr = getattr(group.get_item(tag), "VR", None)
+            except Exception as err:  # (pydicom: unknown VR, misparsed element...)
+                raise InvalidVolumeError(
+                    f"{rel}: the DICOM header is damaged at element {tag} "
+                    f"({type(err).__name__}: {_one_line(str(err))[:120]})."
+                ) from err
+            if vr is not None and vr not in VR.__members__:
+                # GDCM reads an unknown VR as an implicit element and its length as 4 bytes,
+                # then allocates that length (found by the long DICOM fuzz run: 1.2 GB).
+                raise InvalidVolumeError(
+                    f"{rel}: the DICOM element {tag} has an invalid value representation "
+                    f"{printable(str(vr))!r}; the header is damaged."
+                )
     samples = _int_tag(ds, "SamplesPerPixel", rel, 1)
     if samples != 1:
         raise InvalidVolumeError(
