@@ -288,6 +288,14 @@ def test_tiny_volume_does_not_crash():
     assert not bet.found and bet.reason
 
 
+def test_a_field_of_view_too_small_for_a_brain_is_not_extracted():
+    """512^3 at 0.05 mm (25.6 mm across): no extraction is attempted, no time, no memory."""
+    rng = np.random.default_rng(2)
+    bet = extract_brain(rng.random((64, 64, 64)).astype(np.float32), (0.05, 0.05, 0.05))
+    assert not bet.found and "covers only 3x3x3 mm" in bet.reason
+    assert bet.seconds == 0.0
+
+
 # ----------------------------------------------------------------------------- cards
 
 

@@ -33,6 +33,9 @@ __all__ = ["BrainMask", "deepbet_version", "extract_brain", "model_files"]
 
 _LOCK = threading.Lock()
 _THRESHOLD = 0.5
+MIN_FOV_MM = 50.0
+"""A scan whose field of view is smaller than this along any axis cannot hold a whole brain
+(an adult brain spans about 120-170 mm): extraction is not attempted."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,12 @@ def extract_brain(data: np.ndarray, spacing: tuple[float, float, float]) -> Brai
     x = np.nan_to_num(np.asarray(data, dtype=np.float32))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     empty = np.zeros(x.shape, dtype=bool)
+    fov = np.asarray(x.shape, dtype=np.float64) * np.asarray(spacing, dtype=np.float64)
+    if float(fov.min()) < MIN_FOV_MM:
+        shown = "x".join(f"{v:.0f}" for v in fov)
+        return BrainMask(
+            empty, 0.0, False, f"the scan covers only {shown} mm, too small for a brain", 0.0
+        )
     if min(x.shape) < 8 or float(x.max()) <= float(x.min()):
         return BrainMask(empty, 0.0, False, "the image is too small or has no contrast", 0.0)
     extractor = _extractor()
