@@ -232,7 +232,7 @@ def _record(args: argparse.Namespace, peak: dict, ours: dict, naive_run: dict) -
             "fuse_batchnorm": settings.fuse_bn,
             "trunk_inference_mode": True,
             "grad_cam": "one forward; backward through the layers after the CAM layer only",
-            "cam_layer": settings.cam_layer,
+            "cam_method": settings.cam_method,
             "torch_compile": settings.compile,
             "predictor_setup_seconds": ours["setup_seconds"],
             "threads": torch.get_num_threads(),

@@ -2,8 +2,9 @@
 
 Reads ``<weights>/benchmarks/<arch>.json`` (per-fold metrics, confusion matrices, ROC points,
 training curves), ``heldout/<arch>.json`` (``python -m tumortrace evaluate`` on a cohort the
-networks never saw), ``inference.json`` (CPU cost) and ``published.json`` (figures transcribed from
-two papers). Nothing is computed from a model here; the page only displays stored files.
+networks never saw), ``inference.json`` (CPU cost), ``explanations.json`` (``explain-eval``: do
+the maps point at lesions of known extent?) and ``published.json`` (figures transcribed from two
+papers). Nothing is computed from a model here; the page only displays stored files.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tumortrace.networks import display_name
 from tumortrace.provenance import verify
 
 ROOT = app_state.ROOT
-NOT_ARCH = {"inference", "published"}
+NOT_ARCH = {"inference", "published", "explanations"}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -154,6 +155,33 @@ def _network_tab(arch: str, bench: dict) -> None:
         st.caption("No training curves stored.")
 
 
+def _explanations(doc: dict) -> None:
+    """The explain-eval scores: does each network's map point at the lesion?"""
+    st.header("Explanations")
+    n = doc.get("n_lesion_cases", "?")
+    st.caption(
+        f"Measured by TumorTrace with `python -m tumortrace explain-eval` on "
+        f"**{doc.get('cohort') or doc.get('manifest', '?')}** ({n} lesion cases with known "
+        "lesion masks; healthy cases have no lesion to point at). *Max in lesion*: the pointing "
+        "game, is the map's maximum inside the lesion? *Energy in lesion*: the share of the map's "
+        "mass inside it, against the lesion's share of the brain (what a map blind to the lesion "
+        "would give); *concentration* is their ratio per case (median; 1 = chance). Seconds: one "
+        "network's forward, backward and map per analysis."
+    )
+    target = st.radio(
+        "Map of",
+        ["true", "predicted"],
+        horizontal=True,
+        key="bench_expl_target",
+        format_func=lambda t: "the true class" if t == "true" else "the predicted class",
+    )
+    table = viz.explanations_table(doc, target)
+    if table.empty:
+        st.info("This explanations file has no summary rows for that target.")
+        return
+    st.dataframe(table, hide_index=True, height=_rows_height(min(len(table), 30)))
+
+
 def _published(path: Path) -> None:
     """The two papers' figures, in their own section, never merged with our tables."""
     st.header("Published results (not measured here)")
@@ -254,6 +282,10 @@ else:
         )
     else:
         st.caption("No inference.json: run `python benchmarks/bench_infer.py` for CPU timings.")
+
+explanations = _load(folder / "explanations.json")
+if explanations:
+    _explanations(explanations)
 
 published = folder / "published.json"
 _published(published if published.is_file() else ROOT / "weights" / "benchmarks" / "published.json")

@@ -83,8 +83,9 @@ def _fold(k: int, rng: np.random.Generator) -> dict:
 
 
 def make_benchmark_files(folder: Path, archs: tuple[str, ...] = ("mc3", "r3d")) -> Path:
-    """Writes ``<folder>/benchmarks/<arch>.json`` (two folds), ``inference.json`` and a held-out
-    report for the first network (``heldout/<arch>.json``, as ``tumortrace evaluate`` writes it)."""
+    """Writes ``<folder>/benchmarks/<arch>.json`` (two folds), ``inference.json``, a held-out
+    report for the first network (``heldout/<arch>.json``, as ``tumortrace evaluate`` writes it)
+    and an ``explanations.json`` summary (as ``tumortrace explain-eval`` writes it)."""
     bench_dir = folder / "benchmarks"
     bench_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -127,6 +128,37 @@ def make_benchmark_files(folder: Path, archs: tuple[str, ...] = ("mc3", "r3d")) 
         "per_class": {c: {"recall": r} for c, r in zip(CLASSES, (0.9, 0.3, 0.6), strict=True)},
         "confusion": [[9, 1, 0], [6, 3, 1], [2, 2, 6]],
     }
+    explanations = {
+        "kind": "explanations",
+        "cohort": "fixture phantoms",
+        "n_lesion_cases": 4,
+        "default_method": "layercam-l34",
+        "legacy_method": "gradcam-l4",
+        "near_mm": 10.0,
+        "summary": [
+            {
+                "arch": arch,
+                "method": method,
+                "target": target,
+                "label": "hgg",
+                "n": 4,
+                "hits": hits,
+                "pointing": hits / 4,
+                "pointing_near": 1.0,
+                "energy_share": 0.2,
+                "lesion_share": 0.05,
+                "concentration": 4.0,
+                "energy_share_near": 0.4,
+                "near_share": 0.1,
+                "concentration_near": 4.0,
+                "seconds": 0.25,
+            }
+            for arch in archs
+            for method, hits in (("gradcam-l4", 1), ("layercam-l34", 3))
+            for target in ("true", "predicted")
+        ],
+    }
+    (bench_dir / "explanations.json").write_text(json.dumps(explanations), encoding="utf-8")
     (bench_dir / "heldout").mkdir(exist_ok=True)
     (bench_dir / "heldout" / f"{archs[0]}.json").write_text(json.dumps(heldout), encoding="utf-8")
     return bench_dir

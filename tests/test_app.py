@@ -213,6 +213,17 @@ def test_benchmarks_page_renders_stored_files(app):
     assert published["Accuracy (published)"] == "96.98 %"
     assert published["Macro-F1 (published)"] == "0.9345"
     assert len(app.get("plotly_chart")) >= 4
+    # the explain-eval scores, true class by default, then the predicted class
+    assert "Explanations" in headers
+    expl = next(d.value for d in app.dataframe if "max in lesion" in d.value.columns)
+    rows = expl.set_index(["network", "method"])
+    assert rows.loc[("MC3-18", "layercam-l34 (default)"), "max in lesion"] == "3/4"
+    assert rows.loc[("MC3-18", "gradcam-l4 (before)"), "max in lesion %"] == 25.0
+    assert rows.loc[("R3D-18", "layercam-l34 (default)"), "concentration ×"] == 4.0
+    assert any("fixture phantoms" in c.value for c in app.caption)
+    app.radio(key="bench_expl_target").set_value("predicted").run()
+    no_exception(app)
+    assert any("max in lesion" in d.value.columns for d in app.dataframe)
 
 
 def test_benchmarks_page_without_files(tmp_path, monkeypatch):

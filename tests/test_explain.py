@@ -8,22 +8,34 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from app_fixtures import TINY, make_tiny_weights
+from captum.attr import LayerGradientXActivation
 from conftest import make_head
+from scipy import ndimage
 from torch import nn
 
 from tumortrace.config import PreprocessConfig
 from tumortrace.errors import ConfigError
 from tumortrace.explain import (
     Explanation,
+    brain_mask_on_model_grid,
+    cam_maps,
     cam_to_volume,
     check_cam_layer,
+    finish_map,
     forward_features,
+    fuse_maps,
+    get_cam_method,
     gradcam_captum,
     gradcam_from_features,
+    guided_gradcam_captum,
+    logits_of,
+    occlusion_captum,
+    reference_copy,
     save_cam_nifti,
     upsample_cam,
 )
-from tumortrace.infer import InferenceSettings, prepare_model
+from tumortrace.infer import InferenceSettings, Predictor, prepare_model
 from tumortrace.io import load_volume
 from tumortrace.models import create_model, list_models
 from tumortrace.preprocess import preprocess
@@ -60,7 +72,7 @@ def test_fast_path_equals_captum_layergradcam(arch_model) -> None:
         assert torch.allclose(feats.logits, model(x), atol=1e-5)
     for target in (0, 2):
         cams = gradcam_from_features(feats, target, retain_graph=target == 0)  # both items
-        assert cams.shape[0] == 2 and cams.shape[1:] == feats.activations.shape[2:]
+        assert cams.shape[0] == 2 and cams.shape[1:] == feats.activations["layer4"].shape[2:]
         for i in range(2):
             ref = gradcam_captum(model, x[i : i + 1], target)
             assert ref.abs().max() > 0, f"{arch}: degenerate reference map"
@@ -85,8 +97,8 @@ def test_forward_features_leaves_the_shared_model_untouched(arch_model) -> None:
     _, model = arch_model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grads_flags = [p.requires_grad for p in model.parameters()]
-    feats = forward_features(model, torch.randn(1, 1, *SHAPE), autocast_dtype=torch.bfloat16)
-    gradcam_from_features(feats, 0)
+    feats = forward_features(model, torch.randn(1, 1, *SHAPE), ("layer3", "layer4"))
+    cam_maps(feats, 0, "layercam")
     assert not model.training
     assert [p.requires_grad for p in model.parameters()] == grads_flags
     assert all(p.grad is None for p in model.parameters())
@@ -280,3 +292,121 @@ def test_gradcam_of_a_trained_network_concentrates_on_the_lesion() -> None:
     assert np.mean(p_hgg) > 0.5, f"the network did not learn the task: p(hgg)={p_hgg}"
     assert np.median(ratios) > 2.5, f"CAM mass in lesion / chance = {np.round(ratios, 2)}"
     assert peaks_inside >= 5
+
+
+# -- methods beyond layer-4 Grad-CAM ---------------------------------------------------------------
+
+
+def test_layer3_gradcam_from_a_two_stage_pass_equals_captum(arch_model) -> None:
+    _, model = arch_model
+    x = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(3))
+    feats = forward_features(model, x, ("layer3", "layer4"))
+    assert list(feats.activations) == ["layer3", "layer4"]
+    with torch.no_grad():
+        assert torch.allclose(feats.logits, model(x), atol=1e-5)
+    maps = cam_maps(feats, 2, "gradcam")
+    ref3 = gradcam_captum(model, x, 2, "layer3")
+    ref4 = gradcam_captum(model, x, 2, "layer4")
+    torch.testing.assert_close(maps["layer3"][0], ref3, atol=1e-5 * float(ref3.max()), rtol=1e-4)
+    torch.testing.assert_close(maps["layer4"][0], ref4, atol=1e-5 * float(ref4.max()), rtol=1e-4)
+
+
+def test_gradient_x_activation_equals_captum(arch_model) -> None:
+    _, model = arch_model
+    x = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(4))
+    feats = forward_features(model, x, "layer3")
+    ours = cam_maps(feats, 1, "gradxact")["layer3"][0]
+    with torch.enable_grad():
+        ref = LayerGradientXActivation(model, model.layer3).attribute(x, target=1)
+    ref = torch.relu(ref.detach()[0].sum(0))
+    assert ref.max() > 0
+    torch.testing.assert_close(ours, ref, atol=1e-5 * float(ref.max()), rtol=1e-4)
+
+
+def test_layercam_is_positive_gradients_times_activations(arch_model) -> None:
+    """LayerCAM against the formula computed from a hooked forward and a plain backward."""
+    _, model = arch_model
+    x = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(5))
+    ours = cam_maps(forward_features(model, x, "layer4"), 0, "layercam")["layer4"][0]
+    kept = {}
+    handle = model.layer4.register_forward_hook(lambda m, i, o: kept.setdefault("a", o))
+    try:
+        with torch.enable_grad():
+            logits = model(x.requires_grad_(True))
+            (grad,) = torch.autograd.grad(logits[0, 0], kept["a"])
+    finally:
+        handle.remove()
+    ref = (torch.relu(grad) * kept["a"].detach()).sum(1)[0]
+    assert ref.max() > 0
+    torch.testing.assert_close(ours, ref, atol=1e-5 * float(ref.max()), rtol=1e-4)
+
+
+def test_fused_map_is_restricted_to_the_mask_and_peaks_inside() -> None:
+    l3 = torch.zeros(1, 4, 8, 8)
+    l3[0, 0, 0, 0] = 5.0  # strongest at a corner that the mask removes
+    l3[0, 2, 4, 4] = 1.0
+    l4 = torch.ones(1, 2, 4, 4)
+    fused = fuse_maps({"layer3": l3, "layer4": l4}, (8, 16, 16))
+    assert fused.shape == (1, 8, 16, 16)
+    assert float(fused.max()) <= 1.0 + 1e-6  # each stage scaled to 1, then averaged
+    mask = np.zeros((8, 16, 16), dtype=bool)
+    mask[2:7, 4:14, 4:14] = True
+    out = finish_map(fused[0], mask)
+    assert out.max() == pytest.approx(1.0) and not out[~mask].any()
+    assert mask[np.unravel_index(out.argmax(), out.shape)]
+    with pytest.raises(ConfigError, match=r"does not match the model grid"):
+        finish_map(fused[0], mask[:4])
+
+
+def test_brain_mask_on_model_grid_excludes_the_air(tiny_nifti) -> None:
+    prep = preprocess(load_volume(tiny_nifti), _GEOMETRY_CONFIG)
+    mask = brain_mask_on_model_grid(prep.tensor)
+    assert mask.shape == _GEOMETRY_CONFIG.shape_dhw
+    d, h, w = (s // 2 for s in mask.shape)
+    assert mask[d, h, w] and not mask[0, 0, 0] and not mask[-1, -1, -1]
+    assert 0.1 < mask.mean() < 0.9
+
+
+def test_predictor_maps_have_no_heat_outside_the_brain(tmp_path, tiny_nifti) -> None:
+    weights = make_tiny_weights(tmp_path / "w")
+    predictor = Predictor.from_dir(weights, settings=InferenceSettings(cam_method="layercam-l34"))
+    volume = load_volume(tiny_nifti)
+    analysis = predictor.analyze(volume)
+    prep = preprocess(volume, TINY)
+    mask = brain_mask_on_model_grid(prep.tensor)
+    head = make_head() > 50  # the tiny head's brain (ellipsoid) on the volume grid
+    for expl in analysis.explanations.values():
+        assert expl.method == "layercam-l34"
+        assert expl.cam_model.max() == pytest.approx(1.0)
+        assert not expl.cam_model[~mask].any()
+        far = ndimage.binary_dilation(head, iterations=4)  # a margin for trilinear mapping back
+        assert not expl.cam_volume[~far].any()
+    unmasked = Predictor.from_dir(weights, settings=InferenceSettings(restrict_to_brain=False))
+    assert any(e.cam_model[~mask].any() for e in unmasked.analyze(volume).explanations.values())
+
+
+def test_occlusion_is_the_drop_of_the_target_logit(arch_model) -> None:
+    _, model = arch_model
+    x = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(6))
+    attr = occlusion_captum(model, x, 2, window_dhw=(8, 16, 16), per_eval=4)
+    assert attr.shape == SHAPE and attr.min() >= 0
+    occluded = x.clone()
+    occluded[..., :8, 16:, :16] = 0.0
+    drop = float(logits_of(model, x)[0, 2] - logits_of(model, occluded)[0, 2])
+    assert float(attr[3, 20, 5]) == pytest.approx(max(drop, 0.0), abs=1e-4)
+
+
+def test_guided_gradcam_on_a_reference_copy_leaves_the_model_unhooked(arch_model) -> None:
+    _, model = arch_model
+    x = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(7))
+    ref = reference_copy(model)
+    attr = guided_gradcam_captum(ref, x, 0)
+    assert attr.shape == SHAPE and attr.min() >= 0 and attr.max() > 0
+    assert all(not m.inplace for m in ref.modules() if isinstance(m, nn.ReLU))
+    for m in list(model.modules()) + list(ref.modules()):
+        assert not m._forward_hooks and not m._backward_hooks
+
+
+def test_unknown_method_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"Unknown explanation method 'x'.*layercam-l34"):
+        get_cam_method("x")

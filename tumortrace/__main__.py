@@ -1,4 +1,4 @@
-"""``python -m tumortrace synth|predict|evaluate ...``: argparse only, then the package.
+"""``python -m tumortrace synth|predict|evaluate|explain-eval ...``: argparse, then the package.
 
 Performance scripts are not subcommands: they live in ``benchmarks/`` beside the package (run
 ``python benchmarks/bench_infer.py``), as they time the package rather than belong to it.
@@ -68,6 +68,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain_eval(args: argparse.Namespace) -> int:
+    """The summary table (or the whole JSON document) on stdout; ``--out`` also writes the JSON."""
+    import json
+
+    from tumortrace.explain_eval import evaluate_explanations, format_summary
+    from tumortrace.files import atomic_write_json
+    from tumortrace.infer import InferenceSettings
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    archs = None if args.arch == "all" else [args.arch]
+    settings = InferenceSettings(restrict_to_brain=not args.no_brain_mask)
+    report = evaluate_explanations(
+        args.weights,
+        args.manifest,
+        methods=methods,
+        archs=archs,
+        cohort=args.cohort or f"lesion cases of {args.manifest}",
+        progress=not args.quiet,
+        settings=settings,
+    )
+    doc = report.to_dict()
+    if args.out:
+        atomic_write_json(Path(args.out), doc)
+    if args.format == "json":
+        print(json.dumps(doc, allow_nan=False))
+    else:
+        print(format_summary(report), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser (one subparser per command)."""
     parser = argparse.ArgumentParser(prog="python -m tumortrace", description=__doc__)
@@ -103,6 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "explain-eval", help="score the networks' maps on lesion masks (pointing game, energy)"
+    )
+    p.add_argument("--weights", default="weights", help="folder with <arch>.json cards")
+    p.add_argument(
+        "--manifest",
+        required=True,
+        help="manifest CSV; lesion masks from a 'mask' column or <subject>_lesion.nii.gz",
+    )
+    p.add_argument("--arch", default="all", help="all, or one of the architectures")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated map methods (default: the legacy and the default method); "
+        "slow references: guided-gradcam, occlusion",
+    )
+    p.add_argument("--cohort", default="", help="what the cohort is (stored in the JSON)")
+    p.add_argument(
+        "--no-brain-mask",
+        action="store_true",
+        help="do not restrict the maps to the brain (the app's behaviour before issue 16)",
+    )
+    p.add_argument("--out", default=None, help="also write the JSON document here")
+    p.add_argument("--format", choices=("json", "text"), default="text")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_explain_eval)
 
     return parser
 

@@ -1,24 +1,33 @@
-"""Grad-CAM for the video ResNets: a heat map on the model grid and on the original voxel grid.
+"""Class-activation maps for the video ResNets, on the model grid and on the volume grid.
 
-Grad-CAM (Selvaraju et al., 2017) weights the activations ``A`` of a layer by the spatial mean of
-``d logit_target / d A`` and keeps the positive part. The reference implementation is Captum's
-``LayerGradCam`` with ``relu_attributions=True`` (:func:`gradcam_captum`). The fast path
-(:func:`forward_features` + :func:`gradcam_from_features`) computes the same map from the SAME
-forward pass that gives the probabilities:
+Every production method (:data:`CAM_METHODS`) costs one forward and one backward pass per network
+and reads activations ``A`` of one or two residual stages and the gradient ``g = d logit_t / d A``:
 
-1. the trunk (stem .. ``layer``) runs once, without autograd (optionally bf16 autocast and
-   channels_last_3d), and its output is kept;
-2. a float32 leaf copy of that output feeds the rest of the network (``layer``'s successors, the
-   pooling and ``fc``) with autograd on, giving the logits;
-3. one backward, ``torch.autograd.grad(logit_target, A)``, through those successors only: that is
-   the whole backward Grad-CAM needs, because nothing before ``layer`` changes ``d logit / d A``.
+* ``gradcam`` (Selvaraju et al., 2017): ``relu(sum_k mean_{d,h,w}(g_k) * A_k)``; the reference is
+  Captum's ``LayerGradCam(..., relu_attributions=True)`` (:func:`gradcam_captum`);
+* ``layercam`` (Jiang et al., 2021, LayerCAM): ``sum_k relu(g_k) * A_k``, a weight per location,
+  so it keeps the detail of an earlier, finer stage;
+* ``gradxact`` (gradient x activation): ``relu(sum_k g_k * A_k)``; the reference is Captum's
+  ``LayerGradientXActivation`` summed over channels.
 
-Nothing here registers hooks on a model, except :func:`gradcam_captum` (Captum's own, temporary,
-removed by Captum even on error), so the fast path may run concurrently on a shared, read-only
-model.
-torchvision's blocks use in-place ReLU; the fast path never differentiates through them when
-``layer`` is the last stage, and where it does (an earlier ``layer``) autograd's version counters
-guard correctness.
+Maps of several stages (e.g. ``layercam-l34``, layer 3 and layer 4) are each upsampled
+(trilinear) to the model grid, scaled to a maximum of 1 and averaged. The map is then restricted to
+a brain mask on the model grid (:func:`brain_mask_on_model_grid`) and scaled to [0, 1].
+
+Fast path (:func:`forward_features` + :func:`cam_maps`): the trunk (stem .. the first stage read)
+runs once under ``torch.inference_mode``, in the trunk's own dtype (bf16 weights where the
+Predictor stores them); the rest of the network runs with autograd from a leaf copy of the trunk's
+output and gives the logits; one ``torch.autograd.grad`` call returns the gradients of every stage
+read. Nothing before the first stage read changes those gradients, so that is the whole backward.
+
+Slow references, for the benchmark only (:mod:`tumortrace.explain_eval`): Captum's
+``GuidedGradCam`` (:func:`guided_gradcam_captum`, a full backward to the input through guided
+ReLUs) and ``Occlusion`` (:func:`occlusion_captum`, one forward per occluded window).
+
+Nothing here registers hooks on a model except the Captum references (temporary, removed by
+Captum even on error), so the fast path may run concurrently on a shared, read-only model.
+torchvision's blocks use in-place ReLU; autograd's version counters guard the stages that the
+fast path differentiates through.
 
 Axes: model tensors are ``(N, 1, D, H, W)`` with D = z, H = y, W = x (see
 :func:`tumortrace.preprocess.to_model_axes`); maps on the volume grid are ``(X, Y, Z)``.
@@ -26,40 +35,105 @@ Axes: model tensors are ``(N, 1, D, H, W)`` with D = z, H = y, W = x (see
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradCam
+from captum.attr import GuidedGradCam, LayerGradCam, Occlusion
 from torch import nn
 
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError
 from tumortrace.io import Volume, save_nifti
-from tumortrace.preprocess import GridMap, model_to_volume
+from tumortrace.preprocess import GridMap, foreground_mask, from_model_axes, model_to_volume
 
 DEFAULT_CAM_LAYER = "layer4"
 """The last residual stage of every network (:func:`tumortrace.models.cam_layer`)."""
 
 _CAM_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
+Rule = Literal["gradcam", "layercam", "gradxact"]
+
+
+@dataclass(frozen=True)
+class CamMethod:
+    """One way to turn a forward and a backward pass into a map.
+
+    Attributes:
+        name: registry key in :data:`CAM_METHODS`.
+        rule: ``"gradcam"``, ``"layercam"`` or ``"gradxact"`` (module docstring).
+        layers: the residual stages read, in forward order (their maps are averaged).
+        description: one line for tables and the app.
+    """
+
+    name: str
+    rule: Rule
+    layers: tuple[str, ...]
+    description: str
+
+
+def _method(name: str, rule: Rule, layers: tuple[str, ...], description: str) -> CamMethod:
+    return CamMethod(name=name, rule=rule, layers=layers, description=description)
+
+
+CAM_METHODS: dict[str, CamMethod] = {
+    m.name: m
+    for m in (
+        _method("gradcam-l4", "gradcam", ("layer4",), "Grad-CAM on layer 4 (default until 0.2)"),
+        _method("gradcam-l3", "gradcam", ("layer3",), "Grad-CAM on layer 3"),
+        _method("gradcam-l34", "gradcam", ("layer3", "layer4"), "Grad-CAM, layers 3 + 4 fused"),
+        _method("layercam-l4", "layercam", ("layer4",), "LayerCAM on layer 4"),
+        _method("layercam-l3", "layercam", ("layer3",), "LayerCAM on layer 3"),
+        _method("layercam-l34", "layercam", ("layer3", "layer4"), "LayerCAM, layers 3 + 4 fused"),
+        _method("gradxact-l3", "gradxact", ("layer3",), "gradient x activation on layer 3"),
+        _method(
+            "gradxact-l34", "gradxact", ("layer3", "layer4"), "gradient x activation, layers 3 + 4"
+        ),
+    )
+}
+"""Fast-path methods (one forward + one backward per network), by name."""
+
+LEGACY_CAM_METHOD = "gradcam-l4"
+"""The map the app showed before issue 16 (Grad-CAM on the last stage)."""
+
+DEFAULT_CAM_METHOD = "gradcam-l4"
+"""The method the Predictor uses unless told otherwise (chosen with ``explain-eval``)."""
+
+
+def get_cam_method(name: str) -> CamMethod:
+    """The :class:`CamMethod` called ``name``.
+
+    Raises:
+        ConfigError: unknown name (lists the known ones).
+    """
+    try:
+        return CAM_METHODS[name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown explanation method {name!r}; expected one of {list(CAM_METHODS)} "
+            f"(default {DEFAULT_CAM_METHOD!r})."
+        ) from None
+
 
 @dataclass(frozen=True)
 class Explanation:
-    """One network's Grad-CAM for one volume.
+    """One network's map for one volume.
 
     Attributes:
         arch: network name (``list_models()`` entry).
         target: the class explained, one of ``CLASSES`` (the network's prediction unless the user
             chose another).
-        cam_model: ``(D, H, W)`` float32 in [0, 1] on the model grid (1 = strongest evidence).
+        cam_model: ``(D, H, W)`` float32 in [0, 1] on the model grid (1 = strongest evidence); 0
+            outside the brain mask.
         cam_volume: ``(X, Y, Z)`` float32 in [0, 1] on ``Volume.data``'s canonical grid; 0 outside
-            the model's field of view.
+            the model's field of view and outside the brain mask.
         grid: how the model grid maps onto the volume grid (the preprocessing used for ``arch``).
+        method: the :data:`CAM_METHODS` name that made the map.
     """
 
     arch: str
@@ -67,19 +141,20 @@ class Explanation:
     cam_model: np.ndarray
     cam_volume: np.ndarray
     grid: GridMap
+    method: str = LEGACY_CAM_METHOD
 
 
 @dataclass(frozen=True)
 class Features:
-    """What one forward pass leaves for Grad-CAM.
+    """What one forward pass leaves for the maps.
 
     Attributes:
-        activations: ``(N, C, d, h, w)`` float32 leaf tensor that requires grad: the output of the
-            CAM layer, detached from the trunk.
-        logits: ``(N, num_classes)`` float32, computed from ``activations`` with autograd on.
+        activations: ``{stage: (N, C, d, h, w)}`` outputs of the stages read; the first is a leaf
+            tensor that requires grad (detached from the trunk), the others depend on it.
+        logits: ``(N, num_classes)`` float32, computed from the first activation with autograd on.
     """
 
-    activations: torch.Tensor
+    activations: dict[str, torch.Tensor]
     logits: torch.Tensor
 
 
@@ -115,14 +190,8 @@ def _run_children(model: nn.Module, x: torch.Tensor, names: list[str]) -> torch.
     return x
 
 
-def _autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=dtype)
-
-
 class Trunk(nn.Module):
-    """The part of a network up to and including its CAM layer, as one module (e.g. to compile).
+    """The part of a network up to and including a stage, as one module (e.g. to compile).
 
     Holds references to the network's own children (no copy). ``forward``:
     ``(N, 1, D, H, W) -> (N, C, d, h, w)``.
@@ -145,65 +214,136 @@ def trunk_dtype(model: nn.Module) -> torch.dtype:
     return next(model.stem.parameters()).dtype
 
 
+def _check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
+    """The model's children after validating ``layers`` (non-empty, in forward order)."""
+    if not layers:
+        raise ConfigError("An explanation method must read at least one stage; got none.")
+    names = check_cam_layer(model, layers[0])
+    for layer in layers[1:]:
+        check_cam_layer(model, layer)
+    order = [names.index(layer) for layer in layers]
+    if order != sorted(set(order)):
+        raise ConfigError(f"Stages {list(layers)} must be distinct and in forward order.")
+    return names
+
+
 def forward_features(
     model: nn.Module,
     x: torch.Tensor,
-    layer: str = DEFAULT_CAM_LAYER,
-    autocast_dtype: torch.dtype | None = None,
+    layers: str | Sequence[str] = DEFAULT_CAM_LAYER,
     trunk: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Features:
-    """One forward pass that yields both the logits and what Grad-CAM needs.
+    """One forward pass that yields both the logits and what the maps need.
 
-    The trunk (up to and including ``layer``) runs under ``torch.inference_mode`` (and
-    autocast when ``autocast_dtype`` is given; a trunk whose weights are already bf16 gets a bf16
-    input); the remaining layers run in float32 with autograd on, from a leaf copy of the trunk's
-    output. ``model`` is only read: no hooks, no flag changes.
+    The trunk (up to and including ``layers[0]``) runs under ``torch.inference_mode`` in its own
+    dtype; the remaining stages run with autograd on, from a leaf copy of the trunk's output, in
+    their own dtype; pooling and ``fc`` run in float32. ``model`` is only read: no hooks, no flag
+    changes.
 
     Args:
         model: a ``VideoResNet`` from ``create_model`` in eval mode.
         x: ``(N, 1, D, H, W)`` float32 (any memory format; channels_last_3d is fastest on CPU when
             the model is in channels_last_3d too).
-        layer: the CAM layer (``"layer1"`` .. ``"layer4"``).
-        autocast_dtype: e.g. ``torch.bfloat16`` to autocast an fp32 trunk; ``None`` runs the
-            trunk in its own dtype.
-        trunk: a callable equivalent to :class:`Trunk` ``(model, layer)`` (e.g. its compiled
+        layers: the stage (``"layer1"`` .. ``"layer4"``) or stages, in forward order, to read.
+        trunk: a callable equivalent to :class:`Trunk` ``(model, layers[0])`` (e.g. its compiled
             version); default: the model's children, eagerly.
 
     Returns:
-        :class:`Features` with ``activations (N, C, d, h, w)`` and ``logits (N, num_classes)``.
+        :class:`Features` with ``activations {stage: (N, C, d, h, w)}`` and ``logits (N, K)``.
 
     Raises:
-        ConfigError: unsupported model structure or layer name.
+        ConfigError: unsupported model structure or stage names.
     """
-    names = check_cam_layer(model, layer)
-    cut = names.index(layer) + 1
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    names = _check_layers(model, layers)
+    cut = names.index(layers[0]) + 1
     x = x.to(dtype=trunk_dtype(model))
-    with torch.inference_mode(), _autocast(x.device.type, autocast_dtype):
+    with torch.inference_mode():
         trunk_out = trunk(x) if trunk is not None else _run_children(model, x, names[:cut])
-    # A normal (non-inference) float32 leaf: autograd can differentiate the head w.r.t. it.
-    activations = trunk_out.to(
-        dtype=torch.float32, memory_format=torch.contiguous_format, copy=True
+    # A normal (non-inference) leaf: autograd can differentiate the rest w.r.t. it. It stays in the
+    # dtype of the stages that follow it (float32 when only the pooling and fc follow).
+    rest = names[cut:]
+    stage_dtype = (
+        next(getattr(model, rest[0]).parameters()).dtype
+        if rest[0] in _CAM_LAYERS
+        else (torch.float32)
     )
-    activations.requires_grad_(True)
+    leaf = trunk_out.to(dtype=stage_dtype, memory_format=torch.contiguous_format, copy=True)
+    leaf.requires_grad_(True)
+    activations = {layers[0]: leaf}
     with torch.enable_grad():
-        logits = _run_children(model, activations, names[cut:]).float()
+        h = leaf
+        for name in rest:
+            if name == "avgpool":
+                h = h.float()
+            if name == "fc":
+                h = h.flatten(1)
+            h = getattr(model, name)(h)
+            if name in layers:
+                activations[name] = h
+        logits = h.float()
     return Features(activations=activations, logits=logits)
+
+
+def _check_target(features: Features, target: int) -> None:
+    n_classes = features.logits.shape[1]
+    if not 0 <= target < n_classes:
+        raise ConfigError(
+            f"Grad-CAM target index {target} is out of range; expected 0..{n_classes - 1}."
+        )
+
+
+def cam_maps(
+    features: Features, target: int, rule: Rule = "gradcam", retain_graph: bool = False
+) -> dict[str, torch.Tensor]:
+    """Each stage's map at its own resolution, from a :func:`forward_features` result.
+
+    One backward serves the whole batch (items are independent, so the gradient of the summed
+    target logits is each item's own gradient) and every stage read.
+
+    Args:
+        features: the forward pass's activations and logits.
+        target: class index to explain, the same for every item of the batch.
+        rule: ``"gradcam"``, ``"layercam"`` or ``"gradxact"`` (module docstring).
+        retain_graph: keep the graph so that another target can be explained from the same
+            forward pass (the last call should leave it False to free it).
+
+    Returns:
+        ``{stage: (N, d, h, w)}`` float32, >= 0, not normalised.
+
+    Raises:
+        ConfigError: ``target`` out of range or unknown rule.
+    """
+    _check_target(features, target)
+    if rule not in ("gradcam", "layercam", "gradxact"):
+        raise ConfigError(f"Unknown map rule {rule!r}; expected gradcam, layercam or gradxact.")
+    stages = list(features.activations)
+    grads = torch.autograd.grad(
+        features.logits[:, target].sum(),
+        [features.activations[s] for s in stages],
+        retain_graph=retain_graph,
+    )
+    out: dict[str, torch.Tensor] = {}
+    for stage, grad in zip(stages, grads, strict=True):
+        act = features.activations[stage].detach().float()
+        grad = grad.float()
+        if rule == "gradcam":
+            weights = grad.mean(dim=(2, 3, 4), keepdim=True)  # (N, C, 1, 1, 1)
+            out[stage] = F.relu((weights * act).sum(dim=1))
+        elif rule == "layercam":
+            out[stage] = (F.relu(grad) * act).sum(dim=1).clamp_min(0)
+        else:
+            out[stage] = F.relu((grad * act).sum(dim=1))
+    return out
 
 
 def gradcam_from_features(
     features: Features, target: int, retain_graph: bool = False
 ) -> torch.Tensor:
-    """Grad-CAM at the CAM layer's resolution from a :func:`forward_features` result.
+    """Grad-CAM at the first stage read, from a :func:`forward_features` result.
 
     Same formula as Captum's ``LayerGradCam(..., relu_attributions=True)``:
-    ``relu(sum_k mean_{d,h,w}(dy_t / dA_k) * A_k)``. One backward serves the whole batch (items
-    are independent, so the gradient of the summed target logits is each item's own gradient).
-
-    Args:
-        features: the forward pass's activations and logits.
-        target: class index to explain, the same for every item of the batch.
-        retain_graph: keep the head's graph so that another target can be explained from the
-            same forward pass (the last call should leave it False to free it).
+    ``relu(sum_k mean_{d,h,w}(dy_t / dA_k) * A_k)``.
 
     Returns:
         ``(N, d, h, w)`` float32, >= 0, not normalised.
@@ -211,16 +351,133 @@ def gradcam_from_features(
     Raises:
         ConfigError: ``target`` out of range.
     """
-    n_classes = features.logits.shape[1]
-    if not 0 <= target < n_classes:
-        raise ConfigError(
-            f"Grad-CAM target index {target} is out of range; expected 0..{n_classes - 1}."
-        )
-    (grads,) = torch.autograd.grad(
-        features.logits[:, target].sum(), features.activations, retain_graph=retain_graph
-    )
-    weights = grads.mean(dim=(2, 3, 4), keepdim=True)  # (N, C, 1, 1, 1)
-    return F.relu((weights * features.activations.detach()).sum(dim=1))
+    _check_target(features, target)
+    first = next(iter(features.activations))
+    single = Features(activations={first: features.activations[first]}, logits=features.logits)
+    return cam_maps(single, target, "gradcam", retain_graph=retain_graph)[first]
+
+
+def fuse_maps(maps: Mapping[str, torch.Tensor], shape_dhw: tuple[int, int, int]) -> torch.Tensor:
+    """Upsamples each stage's map (trilinear) to the model grid and averages their unit-max copies.
+
+    Args:
+        maps: ``{stage: (N, d, h, w)}`` non-negative maps (from :func:`cam_maps`).
+        shape_dhw: the model grid ``(D, H, W)``.
+
+    Returns:
+        ``(N, D, H, W)`` float32, >= 0; a single stage is upsampled but not rescaled.
+    """
+    ups = []
+    for cam in maps.values():
+        up = F.interpolate(
+            cam.detach().float()[:, None],
+            size=tuple(shape_dhw),
+            mode="trilinear",
+            align_corners=False,
+        )[:, 0].clamp_min_(0)
+        ups.append(up)
+    if len(ups) == 1:
+        return ups[0]
+    scaled = [u / u.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12) for u in ups]
+    return torch.stack(scaled).mean(0)
+
+
+def finish_map(cam: torch.Tensor, mask: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """Restricts a model-grid map to ``mask`` and scales it to [0, 1] by its maximum.
+
+    Args:
+        cam: ``(D, H, W)`` non-negative map on the model grid.
+        mask: ``(D, H, W)`` bool brain mask on the model grid, or None (no restriction).
+
+    Returns:
+        ``(D, H, W)`` float32 in [0, 1]; all zeros when no positive evidence is left.
+
+    Raises:
+        ConfigError: a mask of another shape.
+    """
+    out = cam.detach().float().clamp_min(0)
+    if mask is not None:
+        m = torch.as_tensor(np.asarray(mask, dtype=bool) if not torch.is_tensor(mask) else mask)
+        if tuple(m.shape) != tuple(out.shape):
+            raise ConfigError(
+                f"Brain mask of shape {tuple(m.shape)} does not match the model grid "
+                f"{tuple(out.shape)}; pass a (D, H, W) mask on the model grid."
+            )
+        out = out * m.to(device=out.device, dtype=out.dtype)
+    peak = float(out.max())
+    if peak > 0:
+        out = out / peak
+    return out.cpu().numpy().astype(np.float32, copy=False)
+
+
+def brain_mask_on_model_grid(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The foreground (head or brain) of a preprocessed model input, as a model-grid mask.
+
+    Stand-in until the standard-space pipeline supplies a brain mask on the model grid (pass that
+    one to :func:`finish_map` instead): :func:`tumortrace.preprocess.foreground_mask` (Otsu, largest
+    component, holes filled) on the normalised input, so air is excluded, the skull of a skull-on
+    head is not.
+
+    Args:
+        tensor: ``(1, D, H, W)`` or ``(D, H, W)`` model input.
+
+    Returns:
+        ``(D, H, W)`` bool.
+    """
+    a = tensor.detach().cpu().float().numpy() if torch.is_tensor(tensor) else np.asarray(tensor)
+    a = a.reshape(a.shape[-3:])
+    return np.ascontiguousarray(from_model_axes(foreground_mask(from_model_axes(a))))
+
+
+def explain_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str | CamMethod,
+    target: int | None = None,
+    trunk: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    retain_graph: bool = False,
+) -> tuple[Features, int, torch.Tensor]:
+    """Forward, prediction and the (upsampled, fused, not yet masked) map of one method.
+
+    Args:
+        model: a prepared ``VideoResNet``.
+        x: ``(N, 1, D, H, W)`` input.
+        method: a :data:`CAM_METHODS` name or :class:`CamMethod`.
+        target: class index to explain; None explains the prediction (mean probabilities).
+        trunk: compiled trunk up to ``method.layers[0]``, or None.
+        retain_graph: keep the graph to explain another target with :func:`cam_maps`.
+
+    Returns:
+        ``(features, target, cam (N, D, H, W) float32 >= 0)``.
+    """
+    m = get_cam_method(method) if isinstance(method, str) else method
+    feats = forward_features(model, x, m.layers, trunk=trunk)
+    if target is None:
+        probs = torch.softmax(feats.logits.detach().double(), dim=1).mean(0)
+        target = int(torch.argmax(probs))
+    maps = cam_maps(feats, target, m.rule, retain_graph=retain_graph)
+    return feats, target, fuse_maps(maps, tuple(x.shape[-3:]))
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` float32 logits without autograd, for a model whose stages may be bf16.
+
+    The input is cast to the stem's dtype and the stages' output to float32 before the pooling
+    (how the Predictor's prepared models run).
+    """
+    names = check_cam_layer(model)
+    with torch.inference_mode():
+        h = _run_children(model, x.to(trunk_dtype(model)), names[: names.index("avgpool")])
+        return _run_children(model, h.float(), names[names.index("avgpool") :]).float()
+
+
+def reference_copy(model: nn.Module) -> nn.Module:
+    """A float32 copy with out-of-place ReLUs, for Captum's hooks (the original is untouched)."""
+    ref = copy.deepcopy(model).float().eval()  # keeps channels_last_3d weights (faster on CPU)
+    for m in ref.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return ref
 
 
 def gradcam_captum(
@@ -246,6 +503,67 @@ def gradcam_captum(
     with torch.enable_grad():
         attr = explainer.attribute(x, target=target, relu_attributions=True)
     return attr.detach()[0, 0].float()
+
+
+def guided_gradcam_captum(
+    model: nn.Module, x: torch.Tensor, target: int, layer: str = DEFAULT_CAM_LAYER
+) -> torch.Tensor:
+    """Reference Guided Grad-CAM: Captum ``GuidedGradCam`` (guided backprop x upsampled Grad-CAM).
+
+    A full backward to the input through guided ReLUs. Captum hooks every ReLU of ``model``
+    (temporarily), which needs float32 weights and out-of-place ReLUs: pass a
+    :func:`reference_copy`, never a model other threads use. The positive part is kept.
+
+    Args:
+        model: a float32 ``VideoResNet`` in eval mode with out-of-place ReLUs.
+        x: ``(1, 1, D, H, W)`` input.
+        target: class index.
+        layer: the stage whose Grad-CAM gates the guided gradients.
+
+    Returns:
+        ``(D, H, W)`` float32 >= 0 on the model grid, not normalised.
+    """
+    check_cam_layer(model, layer)
+    explainer = GuidedGradCam(model, getattr(model, layer))
+    xin = x.detach().float().clone().requires_grad_(True)
+    with torch.enable_grad():
+        attr = explainer.attribute(xin, target=target, interpolate_mode="trilinear")
+    return attr.detach()[0, 0].float().clamp_min(0)
+
+
+def occlusion_captum(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: int,
+    window_dhw: tuple[int, int, int] = (4, 8, 8),
+    per_eval: int = 16,
+) -> torch.Tensor:
+    """Reference occlusion map: Captum ``Occlusion``, the drop in the target logit per window.
+
+    Windows of ``window_dhw`` voxels (stride = window) are set to 0, the mean brain intensity of a
+    z-scored input; one forward per window, ``per_eval`` windows per batch.
+
+    Args:
+        model: a ``VideoResNet`` in eval mode, e.g. a Predictor's prepared one (read only).
+        x: ``(1, 1, D, H, W)`` input.
+        target: class index.
+        window_dhw: occluded block size in model voxels.
+        per_eval: occluded copies per forward batch.
+
+    Returns:
+        ``(D, H, W)`` float32 >= 0 on the model grid, not normalised.
+    """
+    explainer = Occlusion(lambda inp: logits_of(model, inp))
+    with torch.inference_mode():
+        attr = explainer.attribute(
+            x.detach().float(),
+            sliding_window_shapes=(1, *window_dhw),
+            strides=(1, *window_dhw),
+            baselines=0.0,
+            target=target,
+            perturbations_per_eval=per_eval,
+        )
+    return attr.detach()[0, 0].float().clamp_min(0)
 
 
 def upsample_cam(cam: torch.Tensor, shape_dhw: tuple[int, int, int]) -> np.ndarray:
@@ -281,16 +599,35 @@ def cam_to_volume(cam_model: np.ndarray, grid: GridMap) -> np.ndarray:
 
 
 def make_explanation(
-    arch: str, target: int, cam: torch.Tensor, grid: GridMap, shape_dhw: tuple[int, int, int]
+    arch: str,
+    target: int,
+    cam: torch.Tensor,
+    grid: GridMap,
+    shape_dhw: tuple[int, int, int],
+    mask: np.ndarray | torch.Tensor | None = None,
+    method: str = LEGACY_CAM_METHOD,
 ) -> Explanation:
-    """An :class:`Explanation` from a raw ``(d, h, w)`` map (upsample, normalise, map back)."""
-    cam_model = upsample_cam(cam, shape_dhw)
+    """An :class:`Explanation` from a raw map (upsample if needed, mask, normalise, map back).
+
+    Args:
+        arch: network name.
+        target: class index explained.
+        cam: ``(d, h, w)`` map at a stage's resolution or ``(D, H, W)`` on the model grid, >= 0.
+        grid: the model grid -> volume grid map.
+        shape_dhw: the model grid ``(D, H, W)``.
+        mask: ``(D, H, W)`` bool brain mask on the model grid, or None.
+        method: the method name recorded in the explanation.
+    """
+    if tuple(cam.shape) != tuple(shape_dhw):
+        cam = fuse_maps({"map": cam[None]}, shape_dhw)[0]
+    cam_model = finish_map(cam, mask)
     return Explanation(
         arch=arch,
         target=CLASSES[target],
         cam_model=cam_model,
         cam_volume=cam_to_volume(cam_model, grid),
         grid=grid,
+        method=method,
     )
 
 

@@ -1,8 +1,10 @@
 """Predictor: weights cards + preprocessing -> per-network Prediction and Explanation + ensemble.
 
 One analysis of a volume runs, per network, ONE forward pass whose output gives both the
-probabilities and the Grad-CAM activations, and ONE backward pass (through the layers after the CAM
-layer only, which is all Grad-CAM needs; see :mod:`tumortrace.explain`).
+probabilities and the activations the map needs, and ONE backward pass (through the stages after
+the first one the map reads only, which is all the map needs; see :mod:`tumortrace.explain`). The
+map is restricted to the brain on the model grid (``Preprocessed.brain`` from the standard-space
+pipeline, else :func:`tumortrace.explain.brain_mask_on_model_grid`).
 
 Speed on CPU (measured with ``benchmarks/bench_infer.py``; see :class:`InferenceSettings`):
 BatchNorm folded into the preceding convolutions, channels_last_3d tensors, bf16 trunk weights where
@@ -37,12 +39,13 @@ from tumortrace.checkpoint import ModelCard, load_checkpoint, read_card
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.errors import CheckpointError, ConfigError, TumorTraceError
 from tumortrace.explain import (
-    DEFAULT_CAM_LAYER,
+    DEFAULT_CAM_METHOD,
     Explanation,
     Trunk,
+    brain_mask_on_model_grid,
     check_cam_layer,
-    forward_features,
-    gradcam_from_features,
+    explain_batch,
+    get_cam_method,
     make_explanation,
     save_cam_nifti,
 )
@@ -81,7 +84,8 @@ class InferenceSettings:
         channels_last: keep weights and inputs in ``channels_last_3d`` (oneDNN's native layout;
             about 2x faster than contiguous with bf16 on CPU).
         fuse_bn: fold eval-mode BatchNorm into the preceding convolutions (exact up to rounding).
-        cam_layer: the layer Grad-CAM attributes to.
+        cam_method: the map (:data:`tumortrace.explain.CAM_METHODS`), one forward + one backward.
+        restrict_to_brain: zero the map outside the brain mask on the model grid.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         compile: ``torch.compile`` the trunk (inductor, weights frozen) when the Predictor is built,
             warmed up at each card's model grid; later calls at that grid skip compilation.
@@ -93,7 +97,8 @@ class InferenceSettings:
     precision: Precision = "auto"
     channels_last: bool = True
     fuse_bn: bool = True
-    cam_layer: str = DEFAULT_CAM_LAYER
+    cam_method: str = DEFAULT_CAM_METHOD
+    restrict_to_brain: bool = True
     device: str = "cpu"
     compile: bool = False
     input_checks: bool = True
@@ -210,17 +215,18 @@ def prepare_model(model: nn.Module, settings: InferenceSettings) -> nn.Module:
     device, channels_last_3d (``settings.channels_last``), and the trunk (up to the CAM layer)
     cast to :meth:`InferenceSettings.compute_dtype`. Storing bf16 weights gives the numerics of
     bf16 autocast without re-casting every weight on every call (about 30% faster here); the
-    layers after the CAM layer stay fp32 for the logits and the Grad-CAM backward.
+    pooling and ``fc`` stay fp32 for the logits.
     """
     model.eval()
     model.requires_grad_(False)
-    check_cam_layer(model, settings.cam_layer)
+    get_cam_method(settings.cam_method)
+    check_cam_layer(model, "layer4")
     if settings.fuse_bn:
         fuse_batchnorm(model)
     model.to(settings.resolved_device())
     if settings.channels_last:
         model.to(memory_format=torch.channels_last_3d)
-    Trunk(model, settings.cam_layer).to(settings.compute_dtype())
+    Trunk(model, "layer4").to(settings.compute_dtype())  # every stage; pooling and fc stay fp32
     return model
 
 
@@ -288,7 +294,8 @@ class Predictor:
     def _compile(self, arch: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """Compiles ``arch``'s trunk and warms it up at its card's model grid (batch 1)."""
         trunk = torch.compile(
-            Trunk(self._models[arch], self.settings.cam_layer), options={"freezing": True}
+            Trunk(self._models[arch], get_cam_method(self.settings.cam_method).layers[0]),
+            options={"freezing": True},
         )
         x = torch.zeros((1, 1, *self.cards[arch].preprocess.shape_dhw), device=self._device)
         if self.settings.channels_last:
@@ -376,6 +383,15 @@ class Predictor:
         predictor.refused = refused
         return predictor
 
+    @property
+    def device(self) -> torch.device:
+        """The device the networks run on."""
+        return self._device
+
+    def model(self, arch: str) -> nn.Module:
+        """The prepared network ``arch`` (shared: read it, never modify it or hook it)."""
+        return self._models[self._select([arch])[0]]
+
     # -- analysis ------------------------------------------------------------------------------
 
     def _select(self, archs: Iterable[str] | None) -> list[str]:
@@ -396,6 +412,7 @@ class Predictor:
         target: str | None = None,
         standard: StandardSpace | None = None,
         progress: Callable[[str], None] | None = None,
+        method: str | None = None,
     ) -> Analysis:
         """Classifies and explains one volume with each requested network.
 
@@ -409,6 +426,8 @@ class Predictor:
             standard: the volume's :class:`StandardSpace` if already computed (e.g. cached by
                 the app while the scan is shown).
             progress: called with ``"<arch> (i/n)"`` before each network runs.
+            method: a :data:`tumortrace.explain.CAM_METHODS` name (default
+                ``settings.cam_method``).
 
         Returns:
             :class:`Analysis`.
@@ -420,6 +439,8 @@ class Predictor:
         start = time.perf_counter()
         archs = self._select(archs)
         target_idx = _class_index(target)
+        method = method or self.settings.cam_method
+        get_cam_method(method)
         prepared: dict[PreprocessConfig, Preprocessed] = {}
         predictions: dict[str, Prediction] = {}
         explanations: dict[str, Explanation] = {}
@@ -432,7 +453,9 @@ class Predictor:
             config = self.cards[arch].preprocess
             if config not in prepared:
                 prepared[config] = prepare(volume, config, standard)
-            predictions[arch], explanations[arch] = self._run(arch, prepared[config], target_idx)
+            predictions[arch], explanations[arch] = self._run(
+                arch, prepared[config], target_idx, method
+            )
         probs = np.mean([p.probs for p in predictions.values()], axis=0)
         return Analysis(
             predictions=predictions,
@@ -446,21 +469,31 @@ class Predictor:
         )
 
     def _run(
-        self, arch: str, prep: Preprocessed, target_idx: int | None
+        self,
+        arch: str,
+        prep: Preprocessed,
+        target_idx: int | None,
+        method: str,
     ) -> tuple[Prediction, Explanation]:
         """One forward + one backward of ``arch`` on ``prep.tensor``."""
         start = time.perf_counter()
         x = prep.tensor.to(self._device, torch.float32)[None]  # (1, 1, D, H, W)
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        feats = forward_features(
-            self._models[arch], x, self.settings.cam_layer, trunk=self._trunks[arch]
-        )
+        trunk = self._trunks[arch] if method == self.settings.cam_method else None
+        feats, target, cams = explain_batch(
+            self._models[arch], x, method, target=target_idx, trunk=trunk
+        )  # cams: (N, D, H, W) on the model grid
         probs = torch.softmax(feats.logits.detach().double(), dim=1)[0].cpu().numpy()
-        target = int(np.argmax(probs)) if target_idx is None else target_idx
-        cam = gradcam_from_features(feats, target)[0]  # (d, h, w)
-        shape = tuple(prep.tensor.shape[-3:])
-        expl = make_explanation(arch, target, cam, prep.grid, shape)
+        expl = make_explanation(
+            arch,
+            target,
+            cams[0],
+            prep.grid,
+            tuple(prep.tensor.shape[-3:]),
+            mask=self.brain_mask(prep),
+            method=method,
+        )
         pred = Prediction(
             arch=arch,
             probs=probs,
@@ -468,6 +501,19 @@ class Predictor:
             seconds=time.perf_counter() - start,
         )
         return pred, expl
+
+    def brain_mask(self, prep: Preprocessed) -> np.ndarray | None:
+        """``(D, H, W)`` bool mask the maps are restricted to, or None when not restricting.
+
+        ``prep.brain`` when preprocessing supplies one (the standard-space pipeline), else the
+        foreground of the model input (:func:`tumortrace.explain.brain_mask_on_model_grid`).
+        """
+        if not self.settings.restrict_to_brain:
+            return None
+        given = prep.brain
+        if given is not None:
+            return np.asarray(given, dtype=bool).reshape(prep.tensor.shape[-3:])
+        return brain_mask_on_model_grid(prep.tensor)
 
     # -- batch prediction (the CLI) ------------------------------------------------------------
 

@@ -905,3 +905,48 @@ def heldout_table(benches: Mapping[str, Mapping], heldout: Mapping[str, Mapping]
             )
         records.append(rec)
     return pd.DataFrame.from_records(records)
+
+
+def explanations_table(doc: Mapping, target: str = "true") -> pd.DataFrame:
+    """The ``explain-eval`` summary (``weights/benchmarks/explanations.json``) as a table.
+
+    Args:
+        doc: the JSON document of ``python -m tumortrace explain-eval``.
+        target: ``"true"`` (maps of the true class) or ``"predicted"``.
+
+    Returns:
+        One row per network, method and class (LGG, HGG, all): pointing game as ``hits/n`` and
+        percent, pointing within the near margin (%), the map's energy in the lesion (%) against
+        the lesion's share of the brain (%), the median concentration (their ratio per case) in
+        the lesion and within the near margin, and the median seconds per analysis. The default
+        method is marked "(default)", the legacy one "(before)".
+    """
+    default, legacy = doc.get("default_method"), doc.get("legacy_method")
+    near = doc.get("near_mm", 10)
+    records = []
+    for r in doc.get("summary", []):
+        if not isinstance(r, Mapping) or r.get("target") != target:
+            continue
+        method = str(r.get("method"))
+        if method == default:
+            method += " (default)"
+        elif method == legacy:
+            method += " (before)"
+        n = r.get("n") or 0
+        seconds = r.get("seconds")
+        records.append(
+            {
+                "network": display_name(str(r.get("arch"))),
+                "method": method,
+                "class": CLASS_NAMES.get(r.get("label"), r.get("label")),
+                "max in lesion": f"{r.get('hits', 0)}/{n}",
+                "max in lesion %": round(100 * float(r.get("pointing", 0.0)), 1),
+                f"max ≤ {near:g} mm %": round(100 * float(r.get("pointing_near", 0.0)), 1),
+                "energy in lesion %": round(100 * float(r.get("energy_share", 0.0)), 1),
+                "lesion share of brain %": round(100 * float(r.get("lesion_share", 0.0)), 1),
+                "concentration ×": round(float(r.get("concentration", 0.0)), 2),
+                f"concentration ≤ {near:g} mm ×": round(float(r.get("concentration_near", 0.0)), 2),
+                "s / analysis": None if seconds is None else round(float(seconds), 3),
+            }
+        )
+    return pd.DataFrame.from_records(records)
