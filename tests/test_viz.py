@@ -269,3 +269,70 @@ def test_mean_std_edge_cases():
     assert mean_std([0.5]) == (0.5, 0.0, 1)
     mean, std, n = mean_std([None, float("nan")])
     assert n == 0 and np.isnan(mean) and np.isnan(std)
+
+
+# -- peaks, markers, lesion outline, colour bar (issue 16) -----------------------------------------
+
+
+def test_default_colour_map_is_inferno_with_monotonic_lightness() -> None:
+    assert viz.DEFAULT_CMAP == "inferno" and viz.COLORMAPS[0] == "inferno"
+    for name in ("inferno", "magma"):
+        lut = viz.colormap_lut(name).astype(np.float64)
+        luma = lut @ np.array([0.2126, 0.7152, 0.0722])  # relative luminance, sRGB weights
+        assert np.all(np.diff(luma) >= -0.5), name  # low -> high reads dark -> bright
+
+
+def test_peak_voxel() -> None:
+    heat = np.zeros((5, 6, 7), dtype=np.float32)
+    assert viz.peak_voxel(heat) is None
+    heat[1, 4, 2] = 0.9
+    heat[3, 3, 3] = 0.5
+    assert viz.peak_voxel(heat) == (1, 4, 2)
+
+
+def _render(**kwargs) -> np.ndarray:
+    vol = np.zeros((20, 20, 20), dtype=np.float32)
+    vol[0, 0, 0] = 1.0
+    return viz.render_slice(
+        vol, "axial", 10, viz.Window(0.5, 1.0), labels=False, min_long_side=200, **kwargs
+    )
+
+
+def test_marker_ring_drawn_at_the_peak_solid_on_its_slice_dashed_off_it() -> None:
+    red = (255, 0, 0)
+    on = _render(markers=[viz.Marker((5, 14, 10), "", red)])
+    off = _render(markers=[viz.Marker((5, 14, 3), "", red)])
+    plain = _render()
+    # axial radiological: x = 5 -> column 19 - 5 = 14, y = 14 -> row 19 - 14 = 5; 10 px per voxel
+    row, col = 55, 145
+    ring_on = np.all(on == red, axis=2)
+    ring_off = np.all(off == red, axis=2)
+    assert not np.all(plain == red, axis=2).any()
+    ys, xs = np.nonzero(ring_on)
+    assert abs(ys.mean() - row) <= 2 and abs(xs.mean() - col) <= 2
+    assert ring_off.any() and ring_off.sum() < ring_on.sum()  # dashed: fewer pixels
+    ys, xs = np.nonzero(ring_off)
+    assert abs(ys.mean() - row) <= 3 and abs(xs.mean() - col) <= 3
+
+
+def test_lesion_outline_follows_the_mask_boundary() -> None:
+    mask = np.zeros((20, 20, 20), dtype=bool)
+    mask[4:10, 8:16, 9:12] = True  # on axial slice 10
+    img = _render(lesion_xyz=mask)
+    edge = np.all(img == viz.LESION_COLOR, axis=2)
+    assert edge.any()
+    # rows 19-15..19-8 = 4..11 -> pixels 40..119; cols 19-9..19-4 = 10..15 -> pixels 100..159
+    ys, xs = np.nonzero(edge)
+    assert ys.min() == 40 and ys.max() == 119 and xs.min() == 100 and xs.max() == 159
+    assert not edge[80, 130]  # the interior stays untouched
+    assert not np.all(_render(lesion_xyz=np.zeros_like(mask)) == viz.LESION_COLOR, axis=2).any()
+    with pytest.raises(ConfigError, match="Lesion mask shape"):
+        _render(lesion_xyz=mask[:5])
+
+
+def test_colorbar_legend_greys_out_the_hidden_range() -> None:
+    img = viz.colorbar_legend("inferno", threshold=0.5, width=214)
+    assert img.dtype == np.uint8 and img.shape[1] == 214 and img.shape[2] == 3
+    left, right = img[5, 20], img[5, 190]
+    assert left[0] == left[1] == left[2]  # grey: below the threshold, not drawn
+    assert tuple(right) != (right[0],) * 3  # coloured

@@ -50,7 +50,30 @@ CLASS_NAMES: dict[str, str] = {"healthy": "Healthy", "lgg": "LGG", "hgg": "HGG"}
 """Display names of the networks (the paper's names)."""
 
 # Colour maps as anchor points (position in [0, 1], RGB 0..255); matplotlib is not a dependency.
+# inferno and magma: matplotlib's perceptually uniform maps sampled every 1/8.
 _CMAP_ANCHORS: dict[str, list[tuple[float, tuple[int, int, int]]]] = {
+    "inferno": [
+        (0.0, (0, 0, 4)),
+        (0.125, (31, 12, 72)),
+        (0.25, (85, 15, 109)),
+        (0.375, (136, 34, 106)),
+        (0.5, (186, 54, 85)),
+        (0.625, (227, 89, 51)),
+        (0.75, (249, 140, 10)),
+        (0.875, (249, 201, 50)),
+        (1.0, (252, 255, 164)),
+    ],
+    "magma": [
+        (0.0, (0, 0, 4)),
+        (0.125, (28, 16, 68)),
+        (0.25, (79, 18, 123)),
+        (0.375, (129, 37, 129)),
+        (0.5, (181, 54, 122)),
+        (0.625, (229, 80, 100)),
+        (0.75, (251, 135, 97)),
+        (0.875, (254, 194, 135)),
+        (1.0, (252, 253, 191)),
+    ],
     "jet": [
         (0.0, (0, 0, 128)),
         (0.11, (0, 0, 255)),
@@ -60,15 +83,33 @@ _CMAP_ANCHORS: dict[str, list[tuple[float, tuple[int, int, int]]]] = {
         (1.0, (128, 0, 0)),
     ],
     "hot": [(0.0, (10, 0, 0)), (0.37, (255, 0, 0)), (0.75, (255, 255, 0)), (1.0, (255, 255, 255))],
-    "inferno": [
-        (0.0, (0, 0, 4)),
-        (0.25, (87, 16, 110)),
-        (0.5, (188, 55, 84)),
-        (0.75, (249, 142, 9)),
-        (1.0, (252, 255, 164)),
-    ],
 }
 COLORMAPS: tuple[str, ...] = tuple(_CMAP_ANCHORS)
+"""Overlay colour maps; the first (inferno, perceptually uniform) is the default."""
+DEFAULT_CMAP = COLORMAPS[0]
+LESION_COLOR = (0, 255, 128)
+"""Outline colour of a known (true) lesion."""
+
+
+class Marker(NamedTuple):
+    """A point to mark on a slice: a ring at ``xyz``'s in-plane position, labelled.
+
+    Attributes:
+        xyz: voxel ``(x, y, z)`` on the volume grid.
+        label: short text beside the ring (e.g. the network's name).
+        color: RGB of the ring.
+    """
+
+    xyz: tuple[int, int, int]
+    label: str = ""
+    color: tuple[int, int, int] = (255, 255, 255)
+
+
+def peak_voxel(heat_xyz: np.ndarray) -> tuple[int, int, int] | None:
+    """Voxel ``(x, y, z)`` of the map's maximum, or None for a map with no positive value."""
+    if heat_xyz.size == 0 or not float(np.max(heat_xyz)) > 0:
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(heat_xyz)), heat_xyz.shape))
 
 
 class Window(NamedTuple):
@@ -304,7 +345,7 @@ def apply_window(image: np.ndarray, window: Window) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def colormap_lut(name: str = "jet") -> np.ndarray:
+def colormap_lut(name: str = DEFAULT_CMAP) -> np.ndarray:
     """A (256, 3) uint8 lookup table for one of :data:`COLORMAPS`.
 
     Raises:
@@ -328,7 +369,7 @@ def blend_overlay(
     heat: np.ndarray,
     opacity: float = 0.45,
     threshold: float = 0.2,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
 ) -> np.ndarray:
     """Colours a heat map over a grey image.
 
@@ -418,6 +459,52 @@ def _draw_crosshair(img: Image.Image, row: float, col: float) -> None:
         draw.line([(col, y0), (col, min(h - margin, y0 + dash))], fill=color, width=1)
 
 
+def _draw_lesion_outline(
+    img: Image.Image, mask_rc: np.ndarray, color: tuple[int, int, int]
+) -> Image.Image:
+    """Draws the boundary of a (rows, cols) bool mask, scaled to the image, as a 1-pixel line."""
+    w, h = img.size
+    big = (
+        np.asarray(
+            Image.fromarray(mask_rc.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)
+        )
+        > 0
+    )
+    inner = np.zeros_like(big)
+    inner[1:-1, 1:-1] = (
+        big[1:-1, 1:-1] & big[:-2, 1:-1] & big[2:, 1:-1] & big[1:-1, :-2] & big[1:-1, 2:]
+    )
+    edge = big & ~inner
+    rgb = np.asarray(img).copy()
+    rgb[edge] = color
+    return Image.fromarray(rgb)
+
+
+def _draw_marker(img: Image.Image, row: float, col: float, marker: Marker, on_slice: bool) -> None:
+    """A ring with a dark rim at (row, col) pixels; solid on its slice, dashed off it."""
+    draw = ImageDraw.Draw(img)
+    radius = max(6, min(img.size) // 28)
+    box = [col - radius, row - radius, col + radius, row + radius]
+    draw.ellipse(box, outline=(0, 0, 0), width=4)
+    if on_slice:
+        draw.ellipse(box, outline=marker.color, width=2)
+        draw.line([(col, row - 2), (col, row + 2)], fill=marker.color)
+        draw.line([(col - 2, row), (col + 2, row)], fill=marker.color)
+    else:  # the peak is on another slice: a dashed ring at its in-plane position
+        for start in range(0, 360, 45):
+            draw.arc(box, start, start + 22, fill=marker.color, width=2)
+    if marker.label:
+        size = max(10, min(img.size) // 22)
+        draw.text(
+            (col + radius + 2, row - radius),
+            marker.label,
+            fill=marker.color,
+            font=_font(size),
+            stroke_width=max(1, size // 8),
+            stroke_fill=(0, 0, 0),
+        )
+
+
 def render_slice(
     volume_xyz: np.ndarray,
     plane: Plane,
@@ -429,11 +516,13 @@ def render_slice(
     heat_xyz: np.ndarray | None = None,
     opacity: float = 0.45,
     threshold: float = 0.2,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
     labels: bool = True,
     crosshair_xyz: Sequence[int] | None = None,
     min_long_side: int = 256,
     outline_xyz: np.ndarray | None = None,
+    lesion_xyz: np.ndarray | None = None,
+    markers: Sequence[Marker] = (),
 ) -> np.ndarray:
     """One displayable slice: windowed, optionally with a heat-map overlay, labelled.
 
@@ -449,6 +538,10 @@ def render_slice(
         min_long_side: enlarge small slices to at least this many pixels.
         outline_xyz: optional (X, Y, Z) bool mask on the same grid (the brain mask) whose outline
             is drawn in cyan, one display pixel wide.
+        lesion_xyz: optional (X, Y, Z) bool mask (the true lesion) whose boundary on this slice is
+            drawn in :data:`LESION_COLOR`.
+        markers: points (e.g. each network's peak) drawn as rings at their in-plane position:
+            solid when on this slice, dashed when on another.
 
     Returns:
         (rows, cols, 3) uint8 RGB image.
@@ -472,11 +565,26 @@ def render_slice(
         img = img.resize((out_rc[1], out_rc[0]), Image.Resampling.BILINEAR)
     if outline_xyz is not None:
         img = _draw_outline(img, extract_slice(outline_xyz, plane, index, convention), out_rc)
+    if lesion_xyz is not None:
+        if lesion_xyz.shape != volume_xyz.shape:
+            raise ConfigError(
+                f"Lesion mask shape {lesion_xyz.shape} differs from the volume "
+                f"{volume_xyz.shape}; it must be on the volume grid."
+            )
+        mask_rc = extract_slice(lesion_xyz, plane, index, convention).astype(bool)
+        if mask_rc.any():
+            img = _draw_lesion_outline(img, mask_rc, LESION_COLOR)
     if crosshair_xyz is not None:
         r, c = display_position(volume_xyz.shape, plane, crosshair_xyz, convention)
         _draw_crosshair(
             img, (r + 0.5) * out_rc[0] / gray.shape[0], (c + 0.5) * out_rc[1] / gray.shape[1]
         )
+    fixed = plane_layout(plane).fixed_axis
+    for marker in markers:
+        r, c = display_position(volume_xyz.shape, plane, marker.xyz, convention)
+        row = (r + 0.5) * out_rc[0] / gray.shape[0]
+        col = (c + 0.5) * out_rc[1] / gray.shape[1]
+        _draw_marker(img, row, col, marker, on_slice=int(marker.xyz[fixed]) == int(index))
     if labels:
         _draw_labels(img, edge_labels(plane, convention))
     return np.asarray(img)
@@ -512,12 +620,14 @@ def draw_planes(
     convention: Convention = "radiological",
     crosshair: bool = True,
     outline_xyz: np.ndarray | None = None,
+    lesion_xyz: np.ndarray | None = None,
 ) -> dict[Plane, bytes]:
     """The viewer's three planes through voxel ``point_xyz``, as PNG bytes per plane.
 
     What the Analyze page draws on every slider step, and what ``benchmarks/bench_viewer.py``
     times. ``crosshair`` marks where the other two planes cut each one; ``outline_xyz`` is an
-    optional mask whose outline is drawn (see :func:`render_slice`).
+    optional mask whose outline is drawn, ``lesion_xyz`` the true lesion (see
+    :func:`render_slice`).
     """
     out: dict[Plane, bytes] = {}
     for plane in PLANES:
@@ -525,6 +635,7 @@ def draw_planes(
         img = render_slice(
             volume_xyz, plane, index, window, spacing_xyz=spacing_xyz, convention=convention,
             crosshair_xyz=point_xyz if crosshair else None, outline_xyz=outline_xyz,
+            lesion_xyz=lesion_xyz,
         )  # fmt: skip
         out[plane] = encode_png(img)
     return out
@@ -541,28 +652,66 @@ def draw_overlays(
     convention: Convention = "radiological",
     opacity: float = 0.45,
     threshold: float = 0.2,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
+    lesion_xyz: np.ndarray | None = None,
+    markers: Mapping[str, Sequence[Marker]] | None = None,
 ) -> dict[str, bytes]:
     """One slice with each heat map of ``heats_xyz`` (``{name: (X, Y, Z) in [0, 1]}``) on it.
 
     The Analyze page's Grad-CAM row (one image per network, same slice), as PNG bytes per name;
-    ``benchmarks/bench_viewer.py`` times this too.
+    ``benchmarks/bench_viewer.py`` times this too. ``lesion_xyz``: the true lesion outlined on
+    each; ``markers``: ``{name: markers}`` drawn on that name's image (e.g. its peak).
     """
     out: dict[str, bytes] = {}
     for name, heat in heats_xyz.items():
         img = render_slice(
             volume_xyz, plane, index, window, spacing_xyz=spacing_xyz, convention=convention,
             heat_xyz=heat, opacity=opacity, threshold=threshold, cmap=cmap,
+            lesion_xyz=lesion_xyz, markers=(markers or {}).get(name, ()),
         )  # fmt: skip
         out[name] = encode_png(img)
     return out
 
 
-def colorbar_image(cmap: str = "jet", width: int = 256, height: int = 12) -> np.ndarray:
+def colorbar_image(cmap: str = DEFAULT_CMAP, width: int = 256, height: int = 12) -> np.ndarray:
     """A horizontal (height, width, 3) uint8 colour bar, low (left) to high (right)."""
     lut = colormap_lut(cmap)
     idx = np.linspace(0, 255, width).astype(np.uint8)
     return np.repeat(lut[idx][None, :, :], height, axis=0)
+
+
+def colorbar_legend(
+    cmap: str = DEFAULT_CMAP, threshold: float = 0.0, width: int = 360, bar_height: int = 14
+) -> np.ndarray:
+    """A labelled colour bar: ticks 0, 0.25 .. 1 under the bar, values below ``threshold`` greyed.
+
+    Args:
+        cmap: one of :data:`COLORMAPS`.
+        threshold: the overlay's "hide below" value; that part of the bar is shown grey and
+            hatched, as it is not drawn on the slices.
+        width: image width in pixels.
+        bar_height: height of the coloured bar.
+
+    Returns:
+        ``(rows, width, 3)`` uint8 RGB on a white background.
+    """
+    size = 12
+    pad = 14
+    rows = bar_height + size + 10
+    img = Image.new("RGB", (width, rows), (255, 255, 255))
+    inner = width - 2 * pad
+    bar = colorbar_image(cmap, inner, bar_height).copy()
+    cut = round(float(np.clip(threshold, 0.0, 1.0)) * inner)
+    if cut > 0:
+        bar[:, :cut] = 200
+        bar[::3, :cut] = 150  # hatched: hidden on the slices
+    img.paste(Image.fromarray(bar), (pad, 0))
+    draw = ImageDraw.Draw(img)
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = pad + v * (inner - 1)
+        draw.line([(x, bar_height), (x, bar_height + 3)], fill=(0, 0, 0))
+        draw.text((x, bar_height + 4), f"{v:g}", fill=(0, 0, 0), font=_font(size), anchor="mt")
+    return np.asarray(img)
 
 
 # --------------------------------------------------------------------------- plotly figures
