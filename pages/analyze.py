@@ -174,6 +174,8 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
             path = SAMPLES_DIR / SAMPLES[name]
             sha = sha256_file(path)
             volume, presets = _volume_entry(sha, lambda: load_volume(path))
+            lesion = path.with_name(path.name.replace(".nii.gz", "_lesion.nii.gz"))
+            st.session_state["tt_lesion_path"] = str(lesion) if lesion.is_file() else None
             return sha, volume, presets
         upload = st.file_uploader(
             "MRI volume: NIfTI (.nii, .nii.gz) or a zipped DICOM series (.zip)",
@@ -189,6 +191,7 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
         if upload.file_id not in ids:
             _remember(ids, upload.file_id, sha256_bytes(upload.getvalue()))
         sha = ids[upload.file_id]
+        st.session_state["tt_lesion_path"] = None  # an upload has no known lesion
         volume, presets = _volume_entry(
             sha, lambda: load_upload_isolated(upload.getvalue(), upload.name)
         )
@@ -476,6 +479,24 @@ def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(mean)), mean.shape))
 
 
+def _true_lesion(volume: Volume) -> np.ndarray | None:
+    """``(X, Y, Z)`` bool true lesion of a bundled sample (``samples/<name>_lesion.nii.gz``)."""
+    path = st.session_state.get("tt_lesion_path")
+    if not path:
+        return None
+    cache = _lru("tt_lesions")
+    if path not in cache:
+        mask = load_volume(path).data > 0.5
+        _remember(cache, path, mask if mask.shape == volume.data.shape else None)
+    return cache[path]
+
+
+def _go_to(sha: str, xyz: tuple[int, int, int]) -> None:
+    """Moves the three slice sliders to voxel ``xyz`` (a network's peak)."""
+    for plane in viz.PLANES:
+        st.session_state[_slider_key(plane, sha)] = int(xyz[viz.plane_layout(plane).fixed_axis]) + 1
+
+
 class Display(NamedTuple):
     """The viewer's display controls."""
 
@@ -483,6 +504,7 @@ class Display(NamedTuple):
     convention: str
     crosshair: bool
     mode: str  # "Scan", "Scan + brain outline" or "What the networks see"
+    lesion: np.ndarray | None  # the true lesion (bundled samples), when its outline is shown
 
 
 class CamSettings(NamedTuple):
@@ -495,7 +517,7 @@ class CamSettings(NamedTuple):
     cmap: str
 
 
-def _display_controls(presets: dict, shared, std) -> Display:
+def _display_controls(volume: Volume, presets: dict, shared, std) -> Display:
     """Window, display convention, crosshair and "Show" widgets."""
     c1, c2, c3 = st.columns([1.3, 1.3, 1.0])
     preset = c1.selectbox(
@@ -542,7 +564,16 @@ def _display_controls(presets: dict, shared, std) -> Display:
             "Width", full.width / 200, full.width, presets["brain"].width, key="tt_width"
         )
         window = viz.Window(level, width)
-    return Display(window, convention, crosshair, mode)
+    lesion = _true_lesion(volume)
+    if lesion is not None and not st.toggle(
+        "Outline the true lesion",
+        value=True,
+        key="tt_lesion",
+        help="This bundled sample is a phantom whose lesion is known exactly: its outline (green) "
+        "lets you judge whether each network's map points at it.",
+    ):
+        lesion = None
+    return Display(window, convention, crosshair, mode, lesion)
 
 
 def _slider_key(plane: str, sha: str) -> str:
@@ -577,6 +608,7 @@ def _planes(sha: str, volume: Volume, start, display: Display, shared, std) -> l
         shown, shown_point, window, spacing_xyz=spacing, convention=display.convention,
         crosshair=display.crosshair,
         outline_xyz=std.brain if display.mode == "Scan + brain outline" else None,
+        lesion_xyz=display.lesion if shown is volume.data else None,
     )  # fmt: skip
     what = " · network input" if shown is not volume.data else ""
     for plane, col in zip(viz.PLANES, st.columns(3), strict=True):
@@ -627,34 +659,65 @@ def _cam_controls() -> CamSettings:
         key="tt_threshold",
         help="Grad-CAM values (0-1, per network) below this are not drawn.",
     )
-    cmap = o5.selectbox("Colour map", viz.COLORMAPS, key="tt_cmap")
+    cmap = o5.selectbox(
+        "Colour map",
+        viz.COLORMAPS,
+        key="tt_cmap",
+        help="inferno and magma are perceptually uniform: equal steps in value look like equal "
+        "steps in brightness, dark = weak, bright = strong.",
+    )
     return CamSettings(target, plane, opacity, threshold, cmap)
 
 
-def _gradcam_row(volume: Volume, analysis, point, display: Display, cam: CamSettings) -> None:
-    """One column per network: the same slice with its Grad-CAM, and the map's download."""
+def _gradcam_row(
+    sha: str, volume: Volume, analysis, point, display: Display, cam: CamSettings
+) -> None:
+    """One column per network: the same slice with its map and a ring at the map's peak, a
+    "Go to peak" button, the map's download; then the colour bar."""
     axis = viz.plane_layout(cam.plane).fixed_axis
     archs = in_display_order(analysis.explanations)
+    lesion = display.lesion
     st.caption(
         f"{cam.plane.capitalize()} slice {point[axis] + 1} (follows the {cam.plane} slider "
-        "above), same slice in every column. Colour: low → high attention, relative to each "
-        "network's own maximum. No colour outside the box each network sees (the brain-centred "
-        "crop)."
+        "above), same slice in every column. Colour: how strongly each region raised the score "
+        "of the class explained, relative to that network's own maximum (colour bar below); none "
+        "outside the brain. Ring: the network's peak (solid on its slice, dashed when the peak "
+        "lies on another slice; 'Go to peak' moves the sliders there)."
+        + (" Green outline: the true lesion." if lesion is not None else "")
     )
+    peaks = {a: viz.peak_voxel(analysis.explanations[a].cam_volume) for a in archs}
     images = viz.draw_overlays(
         volume.data, cam.plane, point[axis], display.window,
         {a: analysis.explanations[a].cam_volume for a in archs},
         spacing_xyz=volume.spacing, convention=display.convention, opacity=cam.opacity,
-        threshold=cam.threshold, cmap=cam.cmap,
+        threshold=cam.threshold, cmap=cam.cmap, lesion_xyz=lesion,
+        markers={a: [viz.Marker(p, "peak", (80, 220, 255))] for a, p in peaks.items() if p},
     )  # fmt: skip
+    n_slices = viz.slice_count(volume.data.shape, cam.plane)
     for col, arch in zip(st.columns(len(archs)), archs, strict=True):
         expl, pred = analysis.explanations[arch], analysis.predictions[arch]
+        peak = peaks[arch]
+        where = "no peak (empty map)"
+        if peak is not None:
+            where = f"peak on {cam.plane} slice {peak[axis] + 1}/{n_slices}"
+            if lesion is not None:
+                where += " · inside the lesion" if lesion[peak] else " · outside the lesion"
         with col:
             st.image(
                 images[arch],
                 caption=f"{display_name(arch)} · Grad-CAM for "
-                f"{viz.CLASS_NAMES[expl.target]} · predicted {viz.CLASS_NAMES[pred.label]}",
+                f"{viz.CLASS_NAMES[expl.target]} · predicted {viz.CLASS_NAMES[pred.label]} · "
+                f"{where}",
                 width="stretch",
+            )
+            st.button(
+                "Go to peak",
+                key=f"tt_peak_{arch}",
+                on_click=_go_to,
+                args=(sha, peak),
+                disabled=peak is None,
+                icon=":material/my_location:",
+                help=f"Move the three slice sliders to {display_name(arch)}'s strongest evidence.",
             )
             st.download_button(
                 "Grad-CAM map (.nii.gz)",
@@ -665,7 +728,12 @@ def _gradcam_row(volume: Volume, analysis, point, display: Display, cam: CamSett
                 on_click="ignore",
                 icon=":material/download:",
             )
-    st.image(viz.colorbar_image(cam.cmap, 256, 10), caption="low → high", width=256)
+    st.image(
+        viz.colorbar_legend(cam.cmap, cam.threshold),
+        caption="Share of each network's own maximum: 0 = no evidence for the class explained, "
+        "1 = that network's strongest evidence. Grey: below 'Hide heat below', not drawn.",
+        width=360,
+    )
 
 
 @st.fragment
@@ -682,14 +750,14 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base, std=None) -> N
     starts = _lru("tt_start")  # computed once per file: a full-volume pass is too slow per step
     if (sha, base is None) not in starts:
         _remember(starts, (sha, base is None), _centre_of_attention(base, volume))
-    display = _display_controls(presets, shared, std)
+    display = _display_controls(volume, presets, shared, std)
     point = _planes(sha, volume, starts[(sha, base is None)], display, shared, std)
     if shared is None or base is None:
         return
     st.markdown("##### Grad-CAM: where each network looked")
     cam = _cam_controls()
     analysis = base if cam.target is None else _analysis(shared, volume, sha, cam.target, std)
-    _gradcam_row(volume, analysis, point, display, cam)
+    _gradcam_row(sha, volume, analysis, point, display, cam)
 
 
 # ----------------------------------------------------------------------------- page

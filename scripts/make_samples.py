@@ -1,4 +1,6 @@
-"""Regenerates the app's bundled samples, ``samples/{healthy,lgg,hgg}.nii.gz``.
+"""Regenerates the app's bundled samples, ``samples/{healthy,lgg,hgg}.nii.gz``, and the true
+lesion masks of the tumour samples, ``samples/{lgg,hgg}_lesion.nii.gz`` (uint8, same grid), which
+the Analyze page can outline so a user can judge the maps.
 
 Each is a small synthetic phantom from :func:`tumortrace.synthetic.make_phantom` (fixed seed),
 stored as int16 (as scanners store T1 volumes) and gzipped with a zero timestamp, so re-running
@@ -41,6 +43,15 @@ def sample_bytes(label: str) -> bytes:
     return gzip.compress(img.to_bytes(), compresslevel=9, mtime=0)
 
 
+def lesion_bytes(label: str) -> bytes:
+    """The .nii.gz bytes of a sample's lesion mask (uint8, the sample's grid and affine)."""
+    ph = make_phantom(label, seed=SEEDS[label], size=SIZE)
+    img = nib.Nifti1Image(ph.lesion.astype(np.uint8), ph.affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = f"TumorTrace synthetic {label} seed {SEEDS[label]} lesion".encode()
+    return gzip.compress(img.to_bytes(), compresslevel=9, mtime=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "samples")
@@ -53,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"{label}.nii.gz"
         path.write_bytes(blob)
         print(f"wrote {path} ({len(blob) / 1e6:.2f} MB)")
+        if label != "healthy":
+            mask = args.out / f"{label}_lesion.nii.gz"
+            mask.write_bytes(lesion_bytes(label))
+            print(f"wrote {mask}")
     return 0
 
 

@@ -25,6 +25,8 @@ from streamlit.testing.v1 import AppTest
 from tumortrace import viz
 from tumortrace.config import IOLimits
 from tumortrace.infer import Predictor
+from tumortrace.io import load_volume
+from tumortrace.networks import in_display_order
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -311,6 +313,15 @@ def test_bundled_samples_are_small_and_reproducible(label):
     # voxels exactly (measured: 3 of 311,296 voxels of the LGG sample on an AMD EPYC).
     diff = np.abs(np.asarray(fresh.dataobj, np.int32) - np.asarray(stored.dataobj, np.int32))
     assert diff.max() <= 1 and np.count_nonzero(diff) <= diff.size // 10_000
+    lesion_path = ROOT / "samples" / f"{label}_lesion.nii.gz"
+    if label == "healthy":
+        assert not lesion_path.exists()
+        return
+    lesion = nib.load(lesion_path)  # the true lesion the viewer can outline, on the same grid
+    np.testing.assert_array_equal(lesion.affine, stored.affine)
+    fresh_lesion = nib.Nifti1Image.from_bytes(gzip.decompress(make_samples.lesion_bytes(label)))
+    np.testing.assert_array_equal(np.asarray(lesion.dataobj), np.asarray(fresh_lesion.dataobj))
+    assert 0 < np.count_nonzero(np.asarray(lesion.dataobj)) < diff.size // 20
 
 
 def test_confident_healthy_verdict_opens_the_viewer_at_the_centre(monkeypatch):
@@ -357,3 +368,42 @@ def test_viewer_shows_the_brain_outline_and_the_network_input(app, head_nifti_gz
     inputs = [a for a, k, _ in render.calls if k.get("heat_xyz") is None][:3]
     assert all(a[0].shape == (32, 32, 16) for a in inputs)  # the card's 16x32x32 grid, as XYZ
     assert "network input" in app.image[0].captions[0]
+
+
+def test_viewer_peaks_go_to_peak_colour_bar_and_true_lesion(app, tiny_weights):
+    """The HGG sample: a ring at each network's peak, 'Go to peak' moves the sliders to it, the
+    default colour map is inferno with a labelled colour bar, and the true lesion can be outlined;
+    an upload has no lesion to outline."""
+    app.run()
+    app.selectbox(key="tt_sample").set_value("Synthetic high-grade glioma (HGG)").run()
+    no_exception(app)
+    assert app.selectbox(key="tt_cmap").value == "inferno"
+    assert any("Share of each network's own maximum" in c for i in app.image for c in i.captions)
+    assert app.toggle(key="tt_lesion").value is True
+    captions = cam_captions(app)
+    assert len(captions) == 3 and all("peak on axial slice" in c for c in captions)
+    assert all(("inside the lesion" in c) != ("outside the lesion" in c) for c in captions)
+    # the peaks as the package computes them, on the same sample with the same weights
+    volume = load_volume(ROOT / "samples" / "hgg.nii.gz")
+    analysis = Predictor.from_dir(tiny_weights).analyze(volume)
+    sha = hashlib.sha256((ROOT / "samples" / "hgg.nii.gz").read_bytes()).hexdigest()
+    lesion = load_volume(ROOT / "samples" / "hgg_lesion.nii.gz").data > 0.5
+    for arch, caption in zip(in_display_order(analysis.explanations), captions, strict=True):
+        peak = viz.peak_voxel(analysis.explanations[arch].cam_volume)
+        assert f"slice {peak[2] + 1}/" in caption
+        assert ("inside the lesion" in caption) == bool(lesion[peak])
+    arch = in_display_order(analysis.explanations)[-1]
+    peak = viz.peak_voxel(analysis.explanations[arch].cam_volume)
+    app.button(key=f"tt_peak_{arch}").click().run()
+    no_exception(app)
+    for plane, axis in (("axial", 2), ("coronal", 1), ("sagittal", 0)):
+        assert app.slider(key=f"tt_slice_{plane}_{sha[:12]}").value == peak[axis] + 1
+    app.toggle(key="tt_lesion").set_value(False).run()
+    assert not any("lesion" in c for c in cam_captions(app))
+
+
+def test_upload_has_no_true_lesion_toggle(app, head_nifti_gz):
+    upload(app, "head.nii.gz", head_nifti_gz)
+    no_exception(app)
+    assert not [t for t in app.toggle if t.key == "tt_lesion"]
+    assert len([b for b in app.button if str(b.key).startswith("tt_peak_")]) == 3
