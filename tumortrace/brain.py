@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from tumortrace.errors import TumorTraceError
+from tumortrace.intensity import largest_component
 
 __all__ = ["BrainMask", "deepbet_version", "extract_brain", "model_files"]
 
@@ -102,15 +103,6 @@ def _extractor():
         return BrainExtraction(no_gpu=True, model_path=str(model), bbox_model_path=str(bbox_model))
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
 def extract_brain(data: np.ndarray, spacing: tuple[float, float, float]) -> BrainMask:
     """Brain mask of a canonical RAS volume.
 
@@ -146,7 +138,7 @@ def extract_brain(data: np.ndarray, spacing: tuple[float, float, float]) -> Brai
     mask = prob > _THRESHOLD
     if not mask.any():
         return BrainMask(empty, 0.0, False, "no brain found", time.perf_counter() - t0)
-    mask = ndimage.binary_fill_holes(_largest_component(mask))
+    mask = ndimage.binary_fill_holes(largest_component(mask))
     return BrainMask(
         mask=mask,
         volume_ml=float(mask.sum()) * voxel_ml,

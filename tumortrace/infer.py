@@ -677,9 +677,7 @@ def _qc_columns(qc: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"qc_status": qc["status"]}
     for c in qc["checks"]:
         out[f"qc_{c['name']}"] = c["value"]
-    out["qc_warnings"] = " | ".join(
-        c["message"] for c in qc["checks"] if c["severity"] in ("warning", "unreliable")
-    )
+    out["qc_warnings"] = " | ".join(qc["warnings"])
     return out
 
 

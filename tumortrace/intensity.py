@@ -1,6 +1,7 @@
-"""Otsu's threshold: the one split of tissue from background, torch-free.
+"""Otsu's threshold and the largest component: the one split of tissue from background, torch-free.
 
-Used by preprocessing (:func:`tumortrace.preprocess.foreground_mask`) and by the display
+Used by preprocessing (:func:`tumortrace.preprocess.foreground_mask`), brain extraction
+(:func:`tumortrace.brain.extract_brain`) and the display
 (:func:`tumortrace.viz.window_presets`, the viewer's "inside the head"), so both cut at the same
 intensity. Kept apart from :mod:`tumortrace.preprocess` because the display must not import torch.
 """
@@ -8,6 +9,7 @@ intensity. Kept apart from :mod:`tumortrace.preprocess` because the display must
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -30,3 +32,14 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mu1 = (m[-1] - m) / np.maximum(w1, 1)
     between = w0 * w1 * (mu0 - mu1) ** 2
     return float(centres[int(np.argmax(between[:-1]))])
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component (6-connectivity) of a bool mask; the mask itself when it
+    has at most one component."""
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))

@@ -29,13 +29,15 @@ from scipy import ndimage
 
 from tumortrace.config import IOLimits, PreprocessConfig
 from tumortrace.errors import InvalidVolumeError
-from tumortrace.intensity import otsu_threshold
+from tumortrace.intensity import largest_component, otsu_threshold
 from tumortrace.io import Volume
 
 __all__ = [
+    "DHW_TO_XYZ",
     "GridMap",
     "Preprocessed",
     "antialias_sigmas",
+    "clip_range",
     "crop_centre",
     "foreground_mask",
     "from_model_axes",
@@ -46,11 +48,12 @@ __all__ = [
 ]
 
 _MASK = "foreground"
-# (d, h, w, 1) -> (x, y, z, 1): x = w, y = h, z = d.
-_DHW_TO_XYZ = np.array(
+DHW_TO_XYZ = np.array(
     [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]],
     dtype=np.float64,
 )
+"""``(4, 4)`` model voxel ``(d, h, w, 1)`` -> canonical voxel ``(x, y, z, 1)``: x = w, y = h,
+z = d (the affine form of :func:`to_model_axes`)."""
 
 
 @dataclass(frozen=True)
@@ -128,14 +131,9 @@ def foreground_mask(data: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     if hi <= lo:
         return np.ones(data.shape, dtype=bool)
     mask = smooth > otsu_threshold(np.clip(sample, lo, hi))
-    labels, n = ndimage.label(mask)
-    if n == 0:
+    if not mask.any():
         return np.ones(data.shape, dtype=bool)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(mask)
+    return ndimage.binary_fill_holes(largest_component(mask))
 
 
 def crop_centre(mask: np.ndarray, target_xyz: tuple[int, int, int], margin: int = 2) -> np.ndarray:
@@ -252,6 +250,23 @@ def check_resampling(
         )
 
 
+def clip_range(
+    values: np.ndarray, percentiles: tuple[float, float], source: str
+) -> tuple[float, float]:
+    """The intensity clip ``(lo, hi)`` of the brain's voxels at the card's percentiles.
+
+    Raises:
+        InvalidVolumeError: when the two percentiles coincide (no contrast to normalise).
+    """
+    lo, hi = np.percentile(values, percentiles)
+    if hi - lo <= 1e-6 * max(abs(float(lo)), abs(float(hi)), 1e-30):
+        raise InvalidVolumeError(
+            f"{source}: no intensity contrast inside the brain after resampling (the "
+            f"{percentiles} percentiles are both {lo:.4g}); expected an MRI volume."
+        )
+    return float(lo), float(hi)
+
+
 def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
     """Runs the pipeline on a volume.
 
@@ -309,12 +324,7 @@ def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
     fg = subject.image.data[0][subject[_MASK].data[0] > 0]
     if fg.numel() < 2:
         fg = subject.image.data.ravel()
-    lo, hi = np.percentile(fg.numpy(), config.percentiles)
-    if hi - lo <= 1e-6 * max(abs(float(lo)), abs(float(hi)), 1e-30):
-        raise InvalidVolumeError(
-            f"{volume.source}: no intensity contrast inside the brain after resampling (the "
-            f"{config.percentiles} percentiles are both {lo:.4g}); expected an MRI volume."
-        )
+    lo, hi = clip_range(fg.numpy(), config.percentiles, volume.source)
     if config.intensity == "zscore":
         intensity = tio.Compose(
             [
@@ -338,7 +348,7 @@ def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
     if not torch.isfinite(tensor).all():  # pragma: no cover - guarded by the checks above
         raise InvalidVolumeError(f"{volume.source}: preprocessing produced non-finite values.")
     grid = GridMap(
-        model_affine=np.asarray(out.affine, dtype=np.float64) @ _DHW_TO_XYZ,
+        model_affine=np.asarray(out.affine, dtype=np.float64) @ DHW_TO_XYZ,
         volume_affine=np.asarray(volume.affine, dtype=np.float64),
         volume_shape=tuple(int(s) for s in volume.data.shape),
     )
@@ -364,7 +374,7 @@ def model_to_volume(map_dhw: np.ndarray, grid: GridMap, order: int = 1) -> np.nd
         raise ValueError(f"model_to_volume expects a (D, H, W) array, got shape {m.shape}")
     # On the (W, H, D) = x, y, z view an axis-aligned grid gives a diagonal matrix.
     m_xyz = np.ascontiguousarray(from_model_axes(m))
-    matrix = np.linalg.inv(grid.model_affine @ np.linalg.inv(_DHW_TO_XYZ)) @ grid.volume_affine
+    matrix = np.linalg.inv(grid.model_affine @ np.linalg.inv(DHW_TO_XYZ)) @ grid.volume_affine
     linear, offset = matrix[:3, :3], matrix[:3, 3]
     diagonal = np.diag(linear)
     if order in (0, 1) and np.allclose(linear, np.diag(diagonal), atol=1e-9):

@@ -114,13 +114,13 @@ class QCReport:
         return next((c for c in self.checks if c.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: status and every check (nan values become None)."""
+        """JSON-ready: status, every check (nan values become None) and the warnings."""
         rows = []
         for c in self.checks:
             d = asdict(c)
             d["value"] = None if not np.isfinite(c.value) else round(float(c.value), 4)
             rows.append(d)
-        return {"status": self.status, "checks": rows}
+        return {"status": self.status, "checks": rows, "warnings": self.warnings}
 
 
 def check_brain(found: bool, volume_ml: float, reason: str = "") -> QCCheck:

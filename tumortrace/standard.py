@@ -45,9 +45,11 @@ from tumortrace.config import PreprocessConfig
 from tumortrace.errors import InvalidVolumeError
 from tumortrace.io import Volume
 from tumortrace.preprocess import (
+    DHW_TO_XYZ,
     GridMap,
     Preprocessed,
     antialias_sigmas,
+    clip_range,
     preprocess,
     smooth_axes,
     to_model_axes,
@@ -72,8 +74,6 @@ __all__ = [
 
 PIPELINE_VERSION = 1
 """Bumped whenever extraction, registration or the checks change what they produce."""
-
-_DHW_TO_XYZ = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
 def _geometry_description() -> dict[str, object]:
@@ -274,13 +274,7 @@ def model_input(volume: Volume, std: StandardSpace, config: PreprocessConfig) ->
     mask = warp(std.brain, volume.affine, t2n, box, out_shape) > 0.5
     if mask.sum() < 8:
         raise InvalidVolumeError(f"{volume.source}: the brain is outside the template box.")
-    values = image[mask]
-    lo, hi = np.percentile(values, config.percentiles)
-    if hi - lo <= 1e-6 * max(abs(float(lo)), abs(float(hi)), 1e-30):
-        raise InvalidVolumeError(
-            f"{volume.source}: no intensity contrast inside the brain (the {config.percentiles} "
-            f"percentiles are both {lo:.4g}); expected an MRI volume."
-        )
+    lo, hi = clip_range(image[mask], config.percentiles, volume.source)
     clipped = np.clip(image, lo, hi)
     if config.intensity == "zscore":
         inside = clipped[mask]
@@ -290,7 +284,7 @@ def model_input(volume: Volume, std: StandardSpace, config: PreprocessConfig) ->
         z = np.where(mask, (clipped - lo) / (hi - lo), 0.0).astype(np.float32)
     tensor = to_model_axes(torch.from_numpy(z)[None]).contiguous()
     grid = GridMap(
-        model_affine=t2n @ box @ _DHW_TO_XYZ,
+        model_affine=t2n @ box @ DHW_TO_XYZ,
         volume_affine=np.asarray(volume.affine, dtype=np.float64),
         volume_shape=tuple(int(s) for s in volume.data.shape),
     )
