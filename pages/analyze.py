@@ -232,7 +232,7 @@ def _facts(volume: Volume) -> None:
 def _trained_on(cards: dict) -> str:
     """One line: what the loaded weights were trained on (from their cards)."""
     sources = {str((getattr(c, "data", {}) or {}).get("source", "unknown")) for c in cards.values()}
-    if sources <= {"synthetic"}:
+    if sources and all(s.startswith("synthetic") for s in sources):
         return (
             "Weights trained on synthetic phantoms only: on real scans their output is not "
             "meaningful."
