@@ -81,7 +81,7 @@ def test_healthy_has_no_lesion(trio):
 
 @pytest.mark.parametrize("label", ["lgg", "hgg"])
 def test_lesion_is_inside_the_brain(label):
-    tpl = synthetic._template()
+    tpl = synthetic.padded_template()
     for seed in range(4):
         ph, twin = make_phantom(label, seed), make_phantom("healthy", seed)
         assert ph.lesion.sum() > 0

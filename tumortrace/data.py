@@ -484,19 +484,17 @@ class VolumeDataset(Dataset):
 
     def _compute(self, case: Case) -> torch.Tensor:
         from tumortrace.io import load_volume
-        from tumortrace.standard import load_cached, prepare, save_cached, standardise
+        from tumortrace.standard import prepare, standardise, standardise_cached
 
         volume = load_volume(case.path)
         std = None
         if self.config.space == "mni":
             # Extraction and registration run once per file content and pipeline version, whatever
             # the model grid: a new spacing or shape reuses them.
-            sha = sha256_file(case.path)
-            std = load_cached(self.cache_dir / "standard", sha, volume) if self.cache_dir else None
-            if std is None:
+            if self.cache_dir is not None:
+                std = standardise_cached(volume, case.path, self.cache_dir / "standard")
+            else:
                 std = standardise(volume)
-                if self.cache_dir is not None:
-                    save_cached(self.cache_dir / "standard", sha, std)
         tensor = prepare(volume, self.config, std).tensor
         return tensor.detach().to(torch.float32).contiguous()
 

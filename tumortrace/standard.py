@@ -43,6 +43,7 @@ from tumortrace import qc
 from tumortrace.brain import BrainMask, deepbet_version, extract_brain
 from tumortrace.config import PreprocessConfig
 from tumortrace.errors import InvalidVolumeError
+from tumortrace.files import sha256_file
 from tumortrace.io import Volume
 from tumortrace.preprocess import (
     DHW_TO_XYZ,
@@ -69,6 +70,7 @@ __all__ = [
     "prepare",
     "save_cached",
     "standardise",
+    "standardise_cached",
     "warp",
 ]
 
@@ -395,3 +397,20 @@ def load_cached(cache_dir: str | Path, sha256: str, volume: Volume) -> StandardS
     return StandardSpace(
         brain=brain, brain_ml=bet.volume_ml, registration=reg, qc=report, seconds=seconds
     )
+
+
+def standardise_cached(volume: Volume, path: str | Path, cache_dir: str | Path) -> StandardSpace:
+    """:func:`standardise` of a scan file through the on-disk cache: loaded when the file's
+    content was seen under this pipeline, else computed and stored.
+
+    Args:
+        volume: the canonical scan read from ``path``.
+        path: the scan file (its SHA-256 is the cache key).
+        cache_dir: the cache folder (:func:`save_cached`).
+    """
+    sha = sha256_file(path)
+    std = load_cached(cache_dir, sha, volume)
+    if std is None:
+        std = standardise(volume)
+        save_cached(cache_dir, sha, std)
+    return std

@@ -104,7 +104,7 @@ _PRESETS: dict[str, _Preset] = {
 
 
 @dataclass(frozen=True)
-class _Template:
+class PaddedTemplate:
     brain: torch.Tensor  # (1, 1, X, Y, Z) skull-stripped T1, white matter = 1
     head: torch.Tensor  # (1, 1, X, Y, Z) same with a synthetic skull, scalp and neck
     mask: np.ndarray  # (X, Y, Z) float32 brain probability (padded template grid)
@@ -138,7 +138,7 @@ class _Global:
 
 
 @dataclass(frozen=True)
-class _Lesion:
+class LesionParams:
     """Class-specific pathology parameters (MNI mm, relative-to-WM intensities)."""
 
     grade: str
@@ -222,7 +222,7 @@ def _synth_head(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
-def _template() -> _Template:
+def padded_template() -> PaddedTemplate:
     """Loads, normalises and pads the MNI152 2009a template once per process."""
     folder = _template_dir()
     t1, gm, wm = (_load_uint8(folder / _TEMPLATE_FILES[k]) for k in ("t1", "gm", "wm"))
@@ -245,7 +245,7 @@ def _template() -> _Template:
     def as_tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
 
-    return _Template(
+    return PaddedTemplate(
         brain=as_tensor(t1),
         head=as_tensor(head),
         mask=mask.astype(np.float32),
@@ -299,7 +299,7 @@ def _draw_global(seed: int, size: str) -> tuple[_Global, np.random.Generator]:
     return g, rng
 
 
-def _draw_lesion(label: str, seed: int, tpl: _Template) -> _Lesion | None:
+def draw_lesion(label: str, seed: int, tpl: PaddedTemplate) -> LesionParams | None:
     """Draws the pathology of an ``"lgg"`` or ``"hgg"`` subject (None for healthy)."""
     if label == "healthy":
         return None
@@ -317,7 +317,7 @@ def _draw_lesion(label: str, seed: int, tpl: _Template) -> _Lesion | None:
         "irregularity": float(u(0.15, 0.3) if label == "lgg" else u(0.2, 0.4)),
     }
     if label == "lgg":
-        return _Lesion(
+        return LesionParams(
             **common,
             radius_mm=float(u(16.0, 32.0)),
             margin=float(u(0.12, 0.3)),
@@ -330,7 +330,7 @@ def _draw_lesion(label: str, seed: int, tpl: _Template) -> _Lesion | None:
             mass_effect=float(u(0.0, 0.1)),
         )
     if atypical:  # small, solid, modestly enhancing, little oedema
-        return _Lesion(
+        return LesionParams(
             **common,
             radius_mm=float(u(8.0, 14.0)),
             margin=float(u(0.05, 0.12)),
@@ -342,7 +342,7 @@ def _draw_lesion(label: str, seed: int, tpl: _Template) -> _Lesion | None:
             enhancement=0.0,
             mass_effect=float(u(0.05, 0.2)),
         )
-    return _Lesion(
+    return LesionParams(
         **common,
         radius_mm=float(u(13.0, 27.0)),
         margin=float(u(0.04, 0.08)),
@@ -363,7 +363,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
 
 
-def _mass_effect(q: np.ndarray, les: _Lesion | None) -> np.ndarray:
+def mass_effect(q: np.ndarray, les: LesionParams | None) -> np.ndarray:
     """Radial push away from the lesion centre: (..., 3) MNI mm -> (..., 3) template mm.
 
     The map ``p = c + (q - c) (1 - m exp(-|q - c|^2 / L^2))`` is monotone in ``|q - c|`` for
@@ -378,7 +378,7 @@ def _mass_effect(q: np.ndarray, les: _Lesion | None) -> np.ndarray:
     return (c + d * (1.0 - les.mass_effect * np.exp(-r2 / reach**2))).astype(np.float32)
 
 
-def _lesion_box(les: _Lesion, rng: np.random.Generator, tpl: _Template):
+def render_lesion(les: LesionParams, rng: np.random.Generator, tpl: PaddedTemplate):
     """Renders the lesion in a local MNI box.
 
     Returns:
@@ -412,7 +412,7 @@ def _lesion_box(les: _Lesion, rng: np.random.Generator, tpl: _Template):
 
     centre = np.asarray(les.centre_mni, dtype=np.float32)
     q = np.stack([x, y, z], -1) + centre
-    p = _mass_effect(q, les)
+    p = mass_effect(q, les)
     vox = p @ tpl.inv_affine[:3, :3].T.astype(np.float32) + tpl.inv_affine[:3, 3]
     coords = np.moveaxis(vox, -1, 0)
     brain = ndi.map_coordinates(tpl.mask, coords, order=1).astype(np.float32)
@@ -548,9 +548,9 @@ def make_phantom(label: str, seed: int, size: str = "small") -> Phantom:
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfigError(f"Phantom seed must be a non-negative int, got {seed!r}.")
     seed = int(seed)
-    tpl = _template()
+    tpl = padded_template()
     g, grng = _draw_global(seed, size)
-    les = _draw_lesion(label, seed, tpl)
+    les = draw_lesion(label, seed, tpl)
     preset = _PRESETS[size]
     shape, spacing = g.shape, np.asarray(g.spacing)
 
@@ -570,7 +570,7 @@ def make_phantom(label: str, seed: int, size: str = "small") -> Phantom:
     )
     q = (w - centre) @ lin.T + centre + np.asarray(g.translation_mm) + g.elastic_mm * elastic
     q = q.astype(np.float32)
-    p = _mass_effect(q, les)
+    p = mass_effect(q, les)
     log_bias = g.bias * _upsample(grng.standard_normal((4, 4, 4)).astype(np.float32), cshape)
     source = tpl.head if g.skull else tpl.brain
     dims = tuple(source.shape[2:])
@@ -593,7 +593,7 @@ def make_phantom(label: str, seed: int, size: str = "small") -> Phantom:
     parts = np.zeros(shape, np.uint8)
     if les is not None:
         lrng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
-        chans, origin, res = _lesion_box(les, lrng, tpl)
+        chans, origin, res = render_lesion(les, lrng, tpl)
         ldims = tuple(chans.shape[2:])
         box_affine = np.diag([res, res, res, 1.0])
         box_affine[:3, 3] = origin
