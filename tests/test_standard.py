@@ -231,6 +231,8 @@ def test_real_whole_head_scan_from_the_repository(real_samples_dir, tmp_path):
         again.registration.template_to_native, std.registration.template_to_native
     )
     assert [c.severity for c in again.qc.checks] == [c.severity for c in std.qc.checks]
+    stored = load_cached(tmp_path, "ab" * 32, volume, checks=False)  # training: not re-measured
+    assert stored is not None and stored.qc.to_dict() == std.qc.to_dict()
     assert any(p.name.endswith(pipeline_key()) for p in tmp_path.iterdir())
     prep = model_input(volume, std, MNI_CONFIG)
     assert prep.tensor.shape == (1, 40, 48, 40) and prep.brain.sum() > 10_000

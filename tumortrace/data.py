@@ -492,7 +492,9 @@ class VolumeDataset(Dataset):
             # Extraction and registration run once per file content and pipeline version, whatever
             # the model grid: a new spacing or shape reuses them.
             if self.cache_dir is not None:
-                std = standardise_cached(volume, case.path, self.cache_dir / "standard")
+                std = standardise_cached(
+                    volume, case.path, self.cache_dir / "standard", checks=False
+                )
             else:
                 std = standardise(volume)
         tensor = prepare(volume, self.config, std).tensor

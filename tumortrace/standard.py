@@ -358,11 +358,14 @@ def save_cached(cache_dir: str | Path, sha256: str, std: StandardSpace) -> Path:
     return entry
 
 
-def load_cached(cache_dir: str | Path, sha256: str, volume: Volume) -> StandardSpace | None:
+def load_cached(
+    cache_dir: str | Path, sha256: str, volume: Volume, checks: bool = True
+) -> StandardSpace | None:
     """The stored :class:`StandardSpace` of a file hash under this pipeline, or None.
 
     The brain mask and the registration come from the cache; the input checks are measured again
-    on ``volume`` (about a second), so new thresholds never need a new extraction.
+    on ``volume`` (about a second), so new thresholds never need a new extraction. With
+    ``checks=False`` (training, which never reads them) the stored checks are returned instead.
     """
     entry = _entry(Path(cache_dir), sha256)
     try:
@@ -391,7 +394,7 @@ def load_cached(cache_dir: str | Path, sha256: str, volume: Volume) -> StandardS
         seconds=float(meta["seconds"].get("brain", 0.0)),
     )
     t0 = time.perf_counter()
-    report = measure(volume, bet, reg)
+    report = measure(volume, bet, reg) if checks else _stored_checks(meta["qc"])
     seconds = {k: float(v) for k, v in meta["seconds"].items()}
     seconds["checks"] = time.perf_counter() - t0
     return StandardSpace(
@@ -399,7 +402,15 @@ def load_cached(cache_dir: str | Path, sha256: str, volume: Volume) -> StandardS
     )
 
 
-def standardise_cached(volume: Volume, path: str | Path, cache_dir: str | Path) -> StandardSpace:
+def _stored_checks(d: dict) -> qc.QCReport:
+    """A :class:`tumortrace.qc.QCReport` as :meth:`~tumortrace.qc.QCReport.to_dict` stored it."""
+    rows = [{**c, "value": float("nan") if c["value"] is None else c["value"]} for c in d["checks"]]
+    return qc.merge([qc.QCCheck(**c) for c in rows])
+
+
+def standardise_cached(
+    volume: Volume, path: str | Path, cache_dir: str | Path, checks: bool = True
+) -> StandardSpace:
     """:func:`standardise` of a scan file through the on-disk cache: loaded when the file's
     content was seen under this pipeline, else computed and stored.
 
@@ -407,9 +418,10 @@ def standardise_cached(volume: Volume, path: str | Path, cache_dir: str | Path) 
         volume: the canonical scan read from ``path``.
         path: the scan file (its SHA-256 is the cache key).
         cache_dir: the cache folder (:func:`save_cached`).
+        checks: re-measure the input checks of a cached entry (see :func:`load_cached`).
     """
     sha = sha256_file(path)
-    std = load_cached(cache_dir, sha, volume)
+    std = load_cached(cache_dir, sha, volume, checks=checks)
     if std is None:
         std = standardise(volume)
         save_cached(cache_dir, sha, std)
