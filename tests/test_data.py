@@ -170,6 +170,37 @@ def test_duplicate_subject_in_folds(cases):
         make_folds([*cases, cases[0]])
 
 
+def _grouped_cases(n_groups: int = 20, seed: int = 0) -> list[Case]:
+    """``n_groups`` base brains, each healthy + HGG, every third one also LGG."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for g in rng.permutation(n_groups):
+        brain = f"brain-{g:02d}"
+        labels = ("healthy", "lgg", "hgg") if g % 3 == 0 else ("healthy", "hgg")
+        for label in labels:
+            sid = brain if label == "healthy" else f"{brain}+{label}"
+            out.append(Case(sid, Path(f"/nowhere/{sid}.nii.gz"), label, "ixi", group=brain))
+    return out
+
+
+def test_groups_never_straddle_the_parts_of_a_fold():
+    cases = _grouped_cases()
+    group = {c.subject_id: c.group_id for c in cases}
+    label = {c.subject_id: c.label for c in cases}
+    folds = make_folds(cases, k=3, test_fraction=0.2, val_fraction=0.15, seed=3)
+    for f in folds:
+        parts = [{group[s] for s in part} for part in (f.train, f.val, f.test)]
+        assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+        assert sorted(f.train + f.val + f.test) == sorted(group)
+        assert {label[s] for s in f.test} == set(CLASSES)
+    assert make_folds(list(reversed(cases)), 3, 0.2, 0.15, seed=3) == folds
+
+
+def test_one_case_groups_fold_as_subjects(cases, folds):
+    named = [Case(c.subject_id, c.path, c.label, c.source, group=c.subject_id) for c in cases]
+    assert make_folds(named, k=3, test_fraction=0.2, val_fraction=0.15, seed=7) == folds
+
+
 # ---------------------------------------------------------------- manifests
 
 

@@ -32,6 +32,22 @@ def test_round_trip_stores_relative_paths(tmp_path):
     assert [c.label_index for c in back] == [0, 1, 2]
 
 
+def test_group_column_round_trips_and_is_optional(tmp_path):
+    cases = _cases(tmp_path)
+    grouped = [Case(c.subject_id, c.path, c.label, c.source, group="brain-1") for c in cases[:2]]
+    path = write_manifest([*grouped, cases[2]], tmp_path / "grouped.csv")
+    assert path.read_text().splitlines()[0] == "subject_id,path,label,source,group"
+    back = read_manifest(path)
+    assert [c.group_id for c in back] == ["brain-1", "brain-1", "s2"]
+    plain = write_manifest(cases, tmp_path / "plain.csv")
+    assert plain.read_text().splitlines()[0] == "subject_id,path,label,source"
+    assert [(c.group, c.group_id) for c in read_manifest(plain)] == [
+        ("", "s0"),
+        ("", "s1"),
+        ("", "s2"),
+    ]
+
+
 def test_moved_folder_still_reads(tmp_path):
     write_manifest(_cases(tmp_path), tmp_path / "manifest.csv")
     moved = tmp_path.parent / (tmp_path.name + "-moved")

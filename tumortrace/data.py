@@ -2,7 +2,8 @@
 
 The universal input is a manifest CSV (``subject_id,path,label,source``, see
 :mod:`tumortrace.manifest`, re-exported here). Discovery helpers turn a BraTS or IXI tree into
-:class:`Case` records; :func:`make_folds` splits subjects into stratified, seeded folds; and
+:class:`Case` records; :func:`make_folds` splits groups of cases (base brains) into stratified,
+seeded folds; and
 :class:`VolumeDataset` serves ``(tensor (1, D, H, W) float32, label)`` pairs, caching each
 preprocessed tensor on disk so only the first epoch pays for loading and resampling.
 """
@@ -240,6 +241,24 @@ def _min_per_class(n_groups: int, val_fraction: float) -> int:
     return n
 
 
+def _strata(cases: Sequence[Case]) -> tuple[dict[str, list[str]], list[tuple[int, ...]], dict]:
+    """``({group: sorted subject ids}, strata, {stratum: sorted groups})``.
+
+    A group's stratum is the sorted tuple of its cases' label indices; strata are ordered by
+    descending number of labels, then by the tuple (one-case groups: :data:`CLASSES` order).
+    """
+    members: dict[str, list[str]] = {}
+    labels: dict[str, set[int]] = {}
+    for c in cases:
+        members.setdefault(c.group_id, []).append(c.subject_id)
+        labels.setdefault(c.group_id, set()).add(c.label_index)
+    by_stratum: dict[tuple[int, ...], list[str]] = {}
+    for group in sorted(members):
+        by_stratum.setdefault(tuple(sorted(labels[group])), []).append(group)
+    order = sorted(by_stratum, key=lambda s: (-len(s), s))
+    return {g: sorted(m) for g, m in members.items()}, order, by_stratum
+
+
 def make_folds(
     cases: Sequence[Case],
     k: int = 3,
@@ -247,20 +266,25 @@ def make_folds(
     val_fraction: float = 0.15,
     seed: int = 42,
 ) -> list[FoldSplit]:
-    """Stratified, subject-grouped, seeded cross-validation folds.
+    """Stratified, group-level, seeded cross-validation folds.
 
-    Each class's subjects (sorted, then shuffled with ``seed``) are dealt round-robin into
-    ``G = max(k, round(1 / test_fraction))`` groups, continuing the deal across classes so group
-    sizes differ by at most one overall and, per class, by at most one. Fold ``i`` tests on group
-    ``i`` (test parts never overlap; with the defaults, k = 3 and 5 groups, each fold is an 8:2
-    train:test split as in the seed paper); ``round(val_fraction * n)`` of each class's remaining
-    subjects (at least one) form the validation part, and the rest train. The result does not
-    depend on the order of ``cases``.
+    The unit dealt is the group (:attr:`Case.group_id`: the base brain; without a ``group`` column
+    every case is its own group), so all cases of one group land in the same part of a fold.
+    Groups are stratified by their set of labels: each stratum (e.g. groups holding healthy, LGG and
+    HGG versions first, then healthy and HGG, ...; one-case groups in :data:`CLASSES` order) is
+    sorted, shuffled with ``seed`` and dealt round-robin into
+    ``G = max(k, round(1 / test_fraction))`` test groups, continuing the deal across strata so
+    their sizes differ by at most one group.
+    Fold ``i`` tests on test group ``i`` (test parts never overlap; with the defaults, k = 3 and 5
+    test groups, each fold is an 8:2 train:test split as in the seed paper); ``round(val_fraction *
+    n)`` of each stratum's remaining groups (at least one while two remain) form the validation
+    part, and the rest train. The result does not depend on the order of ``cases``; with one case
+    per group it is the subject-level split of earlier versions, unchanged.
 
     Raises:
         ConfigError: ``k < 2`` or a fraction outside its range.
-        ManifestError: an empty or invalid case list, a class with no cases, or too few cases in a
-            class for the split.
+        ManifestError: an empty or invalid case list, a class with no cases, or too few groups
+            holding a class for the split.
     """
     if not isinstance(k, int) or k < 2:
         raise ConfigError(
@@ -273,43 +297,52 @@ def make_folds(
     cases = validate_cases(cases, check_files=False)
     n_groups = max(k, round(1.0 / test_fraction))
     need = _min_per_class(n_groups, val_fraction)
-    by_class = {c: sorted(x.subject_id for x in cases if x.label == c) for c in CLASSES}
-    for label, subjects in by_class.items():
-        if not subjects:
-            counts = {c: len(s) for c, s in by_class.items()}
+    members, strata, by_stratum = _strata(cases)
+    for i, label in enumerate(CLASSES):
+        holding = sum(len(g) for s, g in by_stratum.items() if i in s)
+        if not holding:
+            counts = {c: sum(1 for x in cases if x.label == c) for c in CLASSES}
             raise ManifestError(
                 f"Class {label!r} has no cases (counts {counts}); every class in {list(CLASSES)} "
                 "needs cases. Add data for it."
             )
-        if len(subjects) < need:
+        if holding < need:
+            where = " in distinct groups" if len(members) < len(cases) else ""
             raise ManifestError(
-                f"Class {label!r} has {len(subjects)} case(s); {k} folds with test_fraction="
+                f"Class {label!r} has {holding} case(s){where}; {k} folds with test_fraction="
                 f"{test_fraction} ({n_groups} test groups) need at least {need} per class (one in "
                 "each test part, plus training and validation cases). Add cases or use fewer folds."
             )
     rng = np.random.default_rng(seed)
-    groups: list[list[str]] = [[] for _ in range(n_groups)]
+    bins: list[list[str]] = [[] for _ in range(n_groups)]
     cursor = 0
-    shuffled: dict[str, list[str]] = {}
-    for label in CLASSES:
-        shuffled[label] = [by_class[label][i] for i in rng.permutation(len(by_class[label]))]
-        for subject in shuffled[label]:
-            groups[cursor % n_groups].append(subject)
+    shuffled: dict[tuple[int, ...], list[str]] = {}
+    for stratum in strata:
+        groups = by_stratum[stratum]
+        shuffled[stratum] = [groups[i] for i in rng.permutation(len(groups))]
+        for group in shuffled[stratum]:
+            bins[cursor % n_groups].append(group)
             cursor += 1
+
+    def subjects(groups: Iterable[str]) -> tuple[str, ...]:
+        return tuple(sorted(s for g in groups for s in members[g]))
+
     folds = []
     for i in range(k):
-        test = set(groups[i])
+        test = set(bins[i])
         train: list[str] = []
         val: list[str] = []
-        for label in CLASSES:
-            rest = [s for s in shuffled[label] if s not in test]
+        for stratum in strata:
+            rest = [g for g in shuffled[stratum] if g not in test]
             rest = [rest[j] for j in rng.permutation(len(rest))]
             n_val = (
-                min(max(1, round(val_fraction * len(rest))), len(rest) - 1) if val_fraction else 0
+                max(0, min(max(1, round(val_fraction * len(rest))), len(rest) - 1))
+                if val_fraction
+                else 0
             )
             val += rest[:n_val]
             train += rest[n_val:]
-        folds.append(FoldSplit(i, tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test))))
+        folds.append(FoldSplit(i, subjects(train), subjects(val), subjects(test)))
     return folds
 
 

@@ -1,4 +1,9 @@
-"""Case records and the manifest CSV (``subject_id,path,label,source``), the universal data input.
+"""Case records and the manifest CSV (``subject_id,path,label,source[,group]``), the universal data
+input.
+
+The optional ``group`` column names the base brain a case was made from (e.g. a healthy scan and
+the same scan with a synthetic lesion): folds keep a group's cases together. Empty or absent, a
+case is its own group.
 
 Relative paths in a manifest are resolved against the manifest's own folder, so a cohort folder
 can be moved or cloned as a whole.
@@ -17,6 +22,9 @@ from tumortrace.errors import ManifestError
 from tumortrace.files import atomic_write_text
 
 COLUMNS: tuple[str, str, str, str] = ("subject_id", "path", "label", "source")
+"""The required columns."""
+GROUP_COLUMN = "group"
+"""The optional column: the base brain of a case (empty: the case's own subject id)."""
 
 
 @dataclass(frozen=True)
@@ -28,12 +36,20 @@ class Case:
         path: the volume file (absolute once read from a manifest).
         label: one of :data:`tumortrace.config.CLASSES`.
         source: where it came from, e.g. ``"synthetic"``, ``"brats2020"``, ``"ixi"``.
+        group: the base brain this case was made from (cases of one group are never split across
+            the parts of a fold); ``""`` means the case is its own group.
     """
 
     subject_id: str
     path: Path
     label: str
     source: str
+    group: str = ""
+
+    @property
+    def group_id(self) -> str:
+        """:attr:`group`, or :attr:`subject_id` when the case is its own group."""
+        return self.group or self.subject_id
 
     @property
     def label_index(self) -> int:
@@ -75,7 +91,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Case]:
     """Reads and validates a manifest CSV.
 
     Args:
-        path: CSV with header ``subject_id,path,label,source``.
+        path: CSV with header ``subject_id,path,label,source`` and optionally ``group``.
         check_files: also require every volume file to exist.
 
     Raises:
@@ -105,24 +121,30 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Case]:
                 path=p if p.is_absolute() else (path.parent / p).resolve(),
                 label=row["label"].strip().lower(),
                 source=(row.get("source") or "").strip() or "unknown",
+                group=(row.get(GROUP_COLUMN) or "").strip(),
             )
         )
     return validate_cases(cases, check_files=check_files)
 
 
 def write_manifest(cases: Iterable[Case], path: str | Path, *, relative: bool = True) -> Path:
-    """Writes a manifest atomically; paths are stored relative to its folder when possible."""
+    """Writes a manifest atomically; paths are stored relative to its folder when possible.
+
+    The ``group`` column is written only when some case has a group.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cases = validate_cases(cases, check_files=False)
     root = path.parent.resolve()
     buf = io.StringIO()
     writer = csv.writer(buf)  # "\r\n" line ends, the csv default
-    writer.writerow(COLUMNS)
+    grouped = any(c.group for c in cases)
+    writer.writerow(COLUMNS + ((GROUP_COLUMN,) if grouped else ()))
     for c in cases:
         p = Path(c.path)
         if relative and p.is_absolute() and p.is_relative_to(root):
             p = p.relative_to(root)
-        writer.writerow([c.subject_id, p.as_posix(), c.label, c.source])
+        row = [c.subject_id, p.as_posix(), c.label, c.source]
+        writer.writerow(row + ([c.group] if grouped else []))
     atomic_write_text(path, buf.getvalue())
     return path
