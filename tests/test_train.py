@@ -347,7 +347,7 @@ def test_sigterm_mid_epoch_resumes_to_the_uninterrupted_weights(cohort, tmp_path
     import signal
 
     data = tmp_path / "data"
-    extra = ("--epochs", "2", "--patience", "5")
+    extra = ("--epochs", "2", "--patience", "5", "--balanced")
     runs = {name: argv_for(cohort, tmp_path / name, data, *extra) for name in ("a", "b", "t")}
     assert cli.main(runs["a"]) == 0
     assert cli.main(runs["b"]) == 0

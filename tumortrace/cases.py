@@ -109,6 +109,9 @@ def warm_cache(cfg: TrainConfig, cases: Sequence[Case], rt: Runtime, progress: b
     barrier(rt)
 
 
-def class_weight(cases: Sequence[Case]) -> torch.Tensor:
-    """``(C,)`` loss weights ``1 - n_c / N`` of ``cases`` (see :func:`data.class_weights`)."""
+def class_weight(cases: Sequence[Case], balanced: bool = False) -> torch.Tensor:
+    """``(C,)`` loss weights ``1 - n_c / N`` of ``cases`` (see :func:`data.class_weights`); all
+    ones when ``balanced`` (the batches already are)."""
+    if balanced:
+        return torch.ones(len(CLASSES), dtype=torch.float32)
     return data.class_weights([c.label_index for c in cases], n_classes=len(CLASSES))

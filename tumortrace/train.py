@@ -148,8 +148,8 @@ class _Run:
         val_set = None if val is None else part_dataset(self.cfg, val, augment=False)
         return loop.fit_fold(
             self.cfg, _new_model(self.cfg), part_dataset(self.cfg, train, augment=True), val_set,
-            self.rt, class_weight(train), fold=fold, progress=self.progress, state=resumed,
-            on_epoch=lambda s: self.save({"fold": fold, **s}), **kw,
+            self.rt, class_weight(train, self.cfg.balanced), fold=fold, progress=self.progress,
+            state=resumed, on_epoch=lambda s: self.save({"fold": fold, **s}), **kw,
         )  # fmt: skip
 
 
@@ -161,7 +161,7 @@ def _test(run: _Run, split: data.FoldSplit, fit: loop.FoldFit) -> FoldResult:
     model.to(rt.device, memory_format=rt.memory_format)
     test_set = part_dataset(cfg, subset(run.cases, split.test), augment=False)
     loader = loop.make_loader(test_set, cfg, rt, train=False, seed=0)
-    weight = class_weight(subset(run.cases, split.train))
+    weight = class_weight(subset(run.cases, split.train), cfg.balanced)
     ev = loop.evaluate_loader(model, loader, rt, weight)
     scores = metrics.compute_metrics(ev.labels, ev.probs, classes=CLASSES)
     return FoldResult(
