@@ -141,10 +141,12 @@ def test_refit_ships_a_model_trained_on_all_cases(cohort, tmp_path):
 
 
 def test_ship_fold_ships_that_fold(cohort, tmp_path):
-    argv = argv_for(cohort, tmp_path / "w", tmp_path / "data", "--ship-fold", "1")
+    extra = ("--ship-fold", "1", "--augment", "scanner")
+    argv = argv_for(cohort, tmp_path / "w", tmp_path / "data", *extra)
     result = tt.run(config_for(argv), command="", progress=False)
     _, card = load_checkpoint(tmp_path / "w" / "mc3.json")
     assert result.shipped == card.shipped == "fold:1" and "--ship-fold" in card.notes
+    assert "Augmentation: scanner." in card.notes
 
 
 @pytest.mark.parametrize(

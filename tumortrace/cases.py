@@ -89,7 +89,7 @@ def subset(cases: Sequence[Case], ids: Sequence[str]) -> list[Case]:
 def part_dataset(cfg: TrainConfig, cases: Sequence[Case], augment: bool) -> Dataset:
     """``(x (1, D, H, W) float32, label)`` pairs of ``cases`` from the tensor cache; ``augment``
     applies ``cfg.augment`` (the training part only)."""
-    transform = build_augment(cfg.augment) if augment else None
+    transform = build_augment(cfg.augment, fill=cfg.preprocess.fill) if augment else None
     return data.VolumeDataset(
         list(cases), cfg.preprocess, cache_dir=cfg.data_dir / "cache", transform=transform
     )
