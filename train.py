@@ -53,7 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--pretrained", action="store_true", help="start from Kinetics-400 weights")
     p.add_argument("--pretrained-path", type=Path, default=None, help="Kinetics-400 .pth file")
-    p.add_argument("--augment", choices=("light", "heavy", "none"), default=d.augment)
+    p.add_argument(
+        "--augment", choices=("light", "heavy", "scanner", "none"), default=d.augment,
+        help="scanner: registration-sized jitter and scanner variation inside the brain, for "
+        "standard-space inputs",
+    )  # fmt: skip
+    p.add_argument(
+        "--balanced", action="store_true",
+        help="class-balanced batches and an unweighted loss (instead of 1 - n_c/N weights)",
+    )  # fmt: skip
+    p.add_argument(
+        "--healthy-reference", action="store_true",
+        help="the network subtracts the mean input of each fold's healthy training cases",
+    )  # fmt: skip
     p.add_argument(
         "--input-shape", type=int, nargs=3, metavar=("D", "H", "W"), default=list(pre.shape_dhw),
         help="model grid (D=axial slices, H, W)",
@@ -78,9 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=d.out, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--refit", action="store_true", help="ship a refit on all data")
+    p.add_argument(
+        "--ship-fold", type=int, default=d.ship_fold, metavar="N",
+        help="ship fold N's network (default: the fold with the best validation macro-F1)",
+    )  # fmt: skip
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap (smoke runs)")
     g = p.add_argument_group("data (default: the embedded synthetic cohort)")
-    g.add_argument("--manifest", type=Path, default=None, help="CSV subject_id,path,label,source")
+    g.add_argument(
+        "--manifest", type=Path, default=None,
+        help="CSV subject_id,path,label,source[,group] (group: the base brain, kept in one part)",
+    )  # fmt: skip
     g.add_argument("--brats", type=Path, default=None, help="BraTS 2019/2020/2021+ folder")
     g.add_argument("--brats-grades", type=Path, default=None, help="CSV of BraTS 2021+ grades")
     g.add_argument("--ixi", type=Path, default=None, help="IXI T1 folder (healthy)")

@@ -90,3 +90,42 @@ def test_seeded_is_reproducible_and_isolated():
     torch.manual_seed(5)
     build_augment("heavy", seed=1)(x)
     assert torch.equal(torch.rand(1), expected)  # the global generator is untouched
+
+
+def _standard_volume(fill: float = -3.0) -> torch.Tensor:
+    """An ellipsoid 'brain' z-scored inside, ``fill`` outside (a standard-space model input)."""
+    d, h, w = SHAPE[1:]
+    zz, yy, xx = torch.meshgrid(
+        torch.linspace(-1, 1, d), torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij"
+    )
+    brain = (zz**2 + yy**2 + xx**2) < 0.7
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(SHAPE, generator=g) + xx
+    x = (x - x[:, brain].mean()) / x[:, brain].std()
+    return torch.where(brain, x, torch.tensor(fill))
+
+
+def test_scanner_keeps_the_standard_space_contract():
+    x = _standard_volume()
+    augment = build_augment("scanner", seed=0)
+    for _ in range(6):
+        y = augment(x)
+        assert isinstance(y, torch.Tensor) and y.shape == SHAPE and y.dtype == torch.float32
+        brain = y != -3.0
+        assert torch.isfinite(y).all() and not torch.equal(y, x)
+        assert (brain ^ (x != -3.0)).float().mean() < 0.1  # the brain moved by a voxel at most
+        assert float(y[brain].mean()) == pytest.approx(0.0, abs=1e-4)
+        assert float(y[brain].std()) == pytest.approx(1.0, abs=1e-3)
+        assert (y[0, ::11, ::23, ::19] == -3.0).all()  # the box's corners stay fill
+    assert torch.equal(x, _standard_volume())  # the input is not modified in place
+
+
+def test_scanner_is_seeded_and_each_effect_runs():
+    x = _standard_volume()
+    a, b = build_augment("scanner", seed=3), build_augment("scanner", seed=3)
+    first = a(x)
+    assert torch.equal(first, b(x)) and not torch.equal(a(x), first)
+    always = build_augment("scanner", seed=4)
+    always.p = 1.0
+    y = always(x)
+    assert y.shape == SHAPE and float(y[y != -3.0].std()) == pytest.approx(1.0, abs=1e-3)

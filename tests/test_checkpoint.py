@@ -21,7 +21,13 @@ from tumortrace.checkpoint import (
 from tumortrace.config import PreprocessConfig
 from tumortrace.errors import CheckpointError, ConfigError
 from tumortrace.files import sha256_bytes
-from tumortrace.models import create_model, list_models
+from tumortrace.models import (
+    INPUT_REFERENCE_KEY,
+    create_model,
+    has_input_reference,
+    list_models,
+    set_input_reference,
+)
 
 X = torch.randn(2, 1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
 
@@ -77,6 +83,21 @@ def test_round_trip_gives_identical_logits(tmp_path, name):
     with torch.no_grad():
         assert torch.equal(loaded(X), _fp16_rounded(model)(X))
         assert torch.allclose(loaded(X), model(X), atol=2e-2)
+
+
+def test_input_reference_round_trips_through_the_file(tmp_path, saved):
+    _, plain_card = saved
+    assert not has_input_reference(load_checkpoint(plain_card)[0])  # old files load as before
+    model = set_input_reference(
+        _trained_like("mc3"), torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(1))
+    )
+    card_path = save_checkpoint(model, _card("mc3"), tmp_path)
+    with safe_open(str(card_path.with_suffix(".safetensors")), framework="pt") as f:
+        assert INPUT_REFERENCE_KEY in set(f.keys())
+    loaded, _ = load_checkpoint(card_path)
+    assert has_input_reference(loaded)
+    with torch.no_grad():
+        assert torch.equal(loaded(X), _fp16_rounded(model)(X))
 
 
 def test_file_layout(saved):

@@ -14,6 +14,7 @@ import torch
 import tumortrace.standard
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.data import (
+    BalancedSampler,
     Case,
     FoldSplit,
     VolumeDataset,
@@ -199,6 +200,26 @@ def test_groups_never_straddle_the_parts_of_a_fold():
 def test_one_case_groups_fold_as_subjects(cases, folds):
     named = [Case(c.subject_id, c.path, c.label, c.source, group=c.subject_id) for c in cases]
     assert make_folds(named, k=3, test_fraction=0.2, val_fraction=0.15, seed=7) == folds
+
+
+def test_balanced_sampler_gives_each_class_an_equal_share_seeded_per_epoch():
+    labels = [0] * 12 + [1] * 3 + [2] * 9
+    sampler = BalancedSampler(labels, seed=5)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 24
+    assert Counter(labels[i] for i in first) == {0: 8, 1: 8, 2: 8}
+    rare = Counter(i for i in first if labels[i] == 1)  # 8 draws of 3 cases: 3, 3, 2
+    assert sorted(rare.values()) == [2, 3, 3]
+    again = BalancedSampler(labels, seed=5)
+    again.set_epoch(1)
+    assert list(again) == first
+    sampler.set_epoch(2)
+    assert list(sampler) != first
+    ranks = [BalancedSampler(labels, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(1)
+    assert sorted(list(ranks[0]) + list(ranks[1])) == sorted(first)
 
 
 # ---------------------------------------------------------------- manifests

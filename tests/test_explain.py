@@ -79,6 +79,22 @@ def test_fast_path_equals_captum_layergradcam(arch_model) -> None:
             torch.testing.assert_close(cams[i], ref, atol=1e-5 * float(ref.max()), rtol=1e-4)
 
 
+def test_explain_path_subtracts_the_input_reference(arch_model) -> None:
+    from tumortrace.models import set_input_reference
+
+    _, model = arch_model
+    ref = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(5))
+    with_ref = set_input_reference(copy.deepcopy(model), ref)
+    layers = ("layer3", "layer4")
+    feats, plain = forward_features(with_ref, x, layers), forward_features(model, x - ref, layers)
+    torch.testing.assert_close(feats.logits, plain.logits)
+    torch.testing.assert_close(feats.activations["layer3"], plain.activations["layer3"])
+    with torch.no_grad():
+        torch.testing.assert_close(feats.logits, with_ref(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cam_maps(feats, 2, "layercam"), cam_maps(plain, 2, "layercam"))
+
+
 def test_prepared_fp32_model_gives_the_same_map(arch_model) -> None:
     """BatchNorm folding + channels_last_3d (the Predictor's preparation) change nothing in fp32."""
     _, model = arch_model

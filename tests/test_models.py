@@ -11,14 +11,18 @@ from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18
 
 from tumortrace.errors import CheckpointError, ConfigError
 from tumortrace.models import (
+    INPUT_REFERENCE_KEY,
+    adopt_input_reference,
     check_input_shape,
     count_gflops,
     count_parameters,
     create_model,
     get_spec,
+    has_input_reference,
     list_models,
     min_input_shape,
     pretrained_file,
+    set_input_reference,
 )
 from tumortrace.networks import display_name, in_display_order, network_names
 
@@ -244,3 +248,24 @@ def test_pretrained_unreadable_file(tmp_path):
     path.write_bytes(b"not a torch file at all")
     with pytest.raises(CheckpointError, match="Could not read pretrained weights"):
         create_model("mc3", pretrained_path=path)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_input_reference_is_subtracted_inside_the_stem(models, name):
+    import copy
+
+    plain = models[name]
+    ref = torch.randn(1, *SMALL, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(2, 1, *SMALL, generator=torch.Generator().manual_seed(3))
+    with_ref = set_input_reference(copy.deepcopy(plain), ref)
+    assert has_input_reference(with_ref) and not has_input_reference(plain)
+    assert INPUT_REFERENCE_KEY in with_ref.state_dict()
+    assert INPUT_REFERENCE_KEY not in plain.state_dict()
+    with torch.no_grad():
+        torch.testing.assert_close(with_ref(x), plain(x - ref))
+        set_input_reference(with_ref, torch.zeros(SMALL))  # overwrites, one hook
+        torch.testing.assert_close(with_ref(x), plain(x))
+    assert len(with_ref.stem._forward_pre_hooks) == 1
+    fresh = adopt_input_reference(create_model(name), {INPUT_REFERENCE_KEY: ref})
+    assert fresh.stem.input_reference.shape == (1, 1, *SMALL)
+    assert not has_input_reference(adopt_input_reference(create_model(name), {}))

@@ -78,6 +78,7 @@ def test_tiny_run_writes_three_files(tiny_run):
     assert not list(out.rglob("*.tmp")), "no temporary files may be left behind"
 
     bench = json.loads((out / "benchmarks" / "mc3.json").read_text())
+    splits = load_splits(out / "benchmarks" / "mc3.splits.json")
     assert bench["arch"] == "mc3" and bench["classes"] == list(CLASSES)
     assert bench["input_shape"] == list(SHAPE) and bench["spacing_mm"] == list(SPACING)
     assert bench["data"]["counts"] == {"healthy": 5, "lgg": 5, "hgg": 5}
@@ -93,6 +94,13 @@ def test_tiny_run_writes_three_files(tiny_run):
         assert [c["epoch"] for c in fold["curves"]] == [1]
         assert fold["curves"][0]["train_loss"] > 0 and fold["best_epoch"] == 1
         assert fold["train_seconds"] >= 0
+        assert len(fold["cases"]) == fold["n_test"]
+        assert {c["subject_id"] for c in fold["cases"]} == set(splits[fold["fold"]].test)
+        for case in fold["cases"]:
+            assert case["label"] in CLASSES and len(case["probs"]) == 3
+            assert sum(case["probs"]) == pytest.approx(1.0)
+        hits = [CLASSES[int(np.argmax(c["probs"]))] == c["label"] for c in fold["cases"]]
+        assert np.mean(hits) == pytest.approx(fold["accuracy"])
     accs = [f["accuracy"] for f in bench["folds"]]
     assert bench["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
     assert bench["summary"]["accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
@@ -130,6 +138,25 @@ def test_refit_ships_a_model_trained_on_all_cases(cohort, tmp_path):
     x = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(model(x), result.model(x))
+
+
+def test_ship_fold_ships_that_fold(cohort, tmp_path):
+    extra = ("--ship-fold", "1", "--augment", "scanner")
+    argv = argv_for(cohort, tmp_path / "w", tmp_path / "data", *extra)
+    result = tt.run(config_for(argv), command="", progress=False)
+    _, card = load_checkpoint(tmp_path / "w" / "mc3.json")
+    assert result.shipped == card.shipped == "fold:1" and "--ship-fold" in card.notes
+    assert "Augmentation: scanner." in card.notes
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [(("--ship-fold", "2"), "expected 0 to 1"), (("--ship-fold", "0", "--refit"), "give one")],
+)
+def test_ship_fold_is_checked(cohort, tmp_path, extra, match):
+    argv = argv_for(cohort, tmp_path / "w", tmp_path / "data", *extra)
+    with pytest.raises(ConfigError, match=match):
+        tt.validate_config(config_for(argv))
 
 
 def test_folds_and_first_epoch_loss_reproducible(tiny_run, cohort):
@@ -347,7 +374,7 @@ def test_sigterm_mid_epoch_resumes_to_the_uninterrupted_weights(cohort, tmp_path
     import signal
 
     data = tmp_path / "data"
-    extra = ("--epochs", "2", "--patience", "5")
+    extra = ("--epochs", "2", "--patience", "5", "--balanced", "--healthy-reference")
     runs = {name: argv_for(cohort, tmp_path / name, data, *extra) for name in ("a", "b", "t")}
     assert cli.main(runs["a"]) == 0
     assert cli.main(runs["b"]) == 0
@@ -382,3 +409,6 @@ def test_sigterm_mid_epoch_resumes_to_the_uninterrupted_weights(cohort, tmp_path
     blobs = {n: (tmp_path / n / "mc3.safetensors").read_bytes() for n in runs}
     assert blobs["a"] == blobs["b"]  # two identical runs: identical bytes
     assert blobs["t"] == blobs["a"]  # terminated + resumed: the uninterrupted weights
+    model, card = load_checkpoint(tmp_path / "a" / "mc3.json")
+    assert model.stem.input_reference.shape == (1, 1, *SHAPE)
+    assert "healthy mean of the training part" in card.notes and "balanced" in card.notes

@@ -8,6 +8,13 @@ Modes:
       applied to a fraction of the volumes. The elastic grid (7 control points, up to 4 voxels of
       displacement) suits model grids of 32x64x64 and up; on smaller grids TorchIO warns that
       folding may occur.
+    * ``"scanner"`` (:class:`ScannerAugment`), for standard-space inputs (the brain z-scored, a
+      constant ``fill`` outside): a registration-residual jitter (rotation <= 2 degrees, scale
+      <= 2 %, translation <= 1 voxel; a larger random affine moves the brain against a fixed input
+      reference and stopped learning in a probe) and, each with probability 0.25, what real
+      scanners vary in: bias field, gamma, noise, blur, thick slices, slight motion. Applied inside
+      the brain only, then renormalised like the pipeline: z-score inside the brain, ``fill``
+      outside.
 
 The transforms take and return a model tensor ``(1, D, H, W)`` float32 (D = z, H = y, W = x).
 TorchIO sees its three spatial axes as (D, H, W) with an identity affine, so left-right, the
@@ -16,14 +23,16 @@ x axis, is spatial axis **2** (tensor dim 3), and affine parameters are in voxel
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torchio as tio
 
+from tumortrace.config import PreprocessConfig
 from tumortrace.errors import ConfigError
 
-MODES: tuple[str, ...] = ("none", "light", "heavy")
+MODES: tuple[str, ...] = ("none", "light", "heavy", "scanner")
 LEFT_RIGHT_AXIS = 2
 """Spatial axis of a ``(1, D, H, W)`` tensor that runs left-right (W = x)."""
 FLIP_PROBABILITY = 0.25
@@ -48,17 +57,98 @@ class SeededCompose(tio.Compose):
             return super().__call__(data)
 
 
-def build_augment(mode: str, seed: int | None = None) -> tio.Compose | None:
+class ScannerAugment:
+    """Registration jitter and scanner variation for a standard-space input, inside the brain.
+
+    Call with ``x: (1, D, H, W) float32`` (the brain z-scored, ``fill`` outside; brain = voxels
+    ``!= fill``); returns a new tensor of the same shape, z-scored inside the (jittered) brain and
+    ``fill`` outside. Random draws come from torch's global generator, or, with ``seed``, from
+    ``torch.manual_seed(seed + n)`` at the n-th call with the global state restored (as
+    :class:`SeededCompose`).
+
+    Args:
+        fill: the value outside the brain (:attr:`PreprocessConfig.fill`).
+        p: probability of each scanner effect.
+        seed: make the sequence of calls reproducible.
+    """
+
+    def __init__(
+        self, fill: float = PreprocessConfig.fill, p: float = 0.25, seed: int | None = None
+    ):
+        self.fill, self.p = float(fill), float(p)
+        self.seed, self.calls = seed, 0
+        self.jitter = tio.RandomAffine(
+            scales=0.02,
+            degrees=2,
+            translation=1,
+            default_pad_value=0.0,
+            image_interpolation="linear",
+        )
+        self.effects: list[tio.Transform] = [
+            tio.RandomBlur(std=(0.3, 1.0)),
+            tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.5, 3.0)),
+            tio.RandomMotion(degrees=2, translation=1, num_transforms=1),
+        ]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.seed is None:
+            return self._apply(x)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + self.calls)
+            self.calls += 1
+            return self._apply(x)
+
+    def _chance(self) -> bool:
+        return bool(torch.rand(()) < self.p)
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        brain = x != self.fill
+        # Outside set to 0 (the brain's mean), so interpolation at the edge blends towards tissue.
+        subject = tio.Subject(
+            image=tio.ScalarImage(tensor=torch.where(brain, x, 0.0)),
+            brain=tio.LabelMap(tensor=brain.to(torch.uint8)),
+        )
+        subject = self.jitter(subject)
+        y, brain = subject["image"].data.float(), subject["brain"].data.bool()
+        if not brain.any():
+            return torch.full_like(x, self.fill)
+        if self._chance():  # multiplicative bias field, on intensities shifted to be positive
+            low = y[brain].min()
+            field = tio.RandomBiasField(coefficients=0.3, order=2)(torch.ones_like(y))
+            y = (y - low + 1.0) * field.float() + low - 1.0
+        if self._chance():  # gamma on the brain's [0, 1] range
+            lo, hi = y[brain].min(), y[brain].max()
+            u = ((y - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+            y = u ** math.exp(float(torch.empty(()).uniform_(-0.3, 0.3)))
+        y = torch.where(brain, y, y[brain].mean())
+        for effect in self.effects:  # blur, thick slices, motion
+            if self._chance():
+                y = effect(y).float()
+        if self._chance():
+            y = (
+                y
+                + torch.randn_like(y) * float(torch.empty(()).uniform_(0.02, 0.1)) * y[brain].std()
+            )
+        inside = y[brain]
+        z = (y - inside.mean()) / inside.std().clamp_min(1e-6)
+        return torch.where(brain, z, torch.tensor(self.fill)).contiguous()
+
+
+def build_augment(
+    mode: str, seed: int | None = None, fill: float = PreprocessConfig.fill
+) -> tio.Compose | ScannerAugment | None:
     """Training augmentation for ``mode``.
 
     Args:
-        mode: ``"none"``, ``"light"`` or ``"heavy"``.
+        mode: ``"none"``, ``"light"``, ``"heavy"`` or ``"scanner"``.
         seed: make the sequence of random draws reproducible (see :class:`SeededCompose`); with
             ``None`` the global torch generator is used (seed it per DataLoader worker).
+        fill: the value outside the brain (``"scanner"`` only).
 
     Returns:
-        A ``tio.Compose`` mapping ``(1, D, H, W)`` float32 to the same shape, or ``None`` for
-        ``"none"``.
+        A ``tio.Compose`` (or, for ``"scanner"``, a :class:`ScannerAugment`) mapping
+        ``(1, D, H, W)`` float32 to the same shape, or ``None`` for ``"none"``.
 
     Raises:
         ConfigError: unknown mode.
@@ -67,6 +157,8 @@ def build_augment(mode: str, seed: int | None = None) -> tio.Compose | None:
         raise ConfigError(f"Unknown augmentation {mode!r}; expected one of {list(MODES)}.")
     if mode == "none":
         return None
+    if mode == "scanner":
+        return ScannerAugment(fill=fill, seed=seed)
     transforms: list[tio.Transform] = [
         tio.RandomAffine(scales=(0.9, 1.2), degrees=10),
         tio.RandomFlip(axes=(LEFT_RIGHT_AXIS,), flip_probability=FLIP_PROBABILITY),

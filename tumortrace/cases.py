@@ -2,7 +2,8 @@
 
 :func:`load_cases` reads them (generating the embedded synthetic cohort once), :func:`warm_cache`
 preprocesses each into the tensor cache before training, :func:`part_dataset` serves one part of a
-fold (augmented for training only) and :func:`class_weight` gives the loss weights of a part.
+fold (augmented for training only), :func:`healthy_mean` gives a part's mean healthy input and
+:func:`class_weight` gives the loss weights of a part.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def subset(cases: Sequence[Case], ids: Sequence[str]) -> list[Case]:
 def part_dataset(cfg: TrainConfig, cases: Sequence[Case], augment: bool) -> Dataset:
     """``(x (1, D, H, W) float32, label)`` pairs of ``cases`` from the tensor cache; ``augment``
     applies ``cfg.augment`` (the training part only)."""
-    transform = build_augment(cfg.augment) if augment else None
+    transform = build_augment(cfg.augment, fill=cfg.preprocess.fill) if augment else None
     return data.VolumeDataset(
         list(cases), cfg.preprocess, cache_dir=cfg.data_dir / "cache", transform=transform
     )
@@ -109,6 +110,28 @@ def warm_cache(cfg: TrainConfig, cases: Sequence[Case], rt: Runtime, progress: b
     barrier(rt)
 
 
-def class_weight(cases: Sequence[Case]) -> torch.Tensor:
-    """``(C,)`` loss weights ``1 - n_c / N`` of ``cases`` (see :func:`data.class_weights`)."""
+def healthy_mean(cfg: TrainConfig, cases: Sequence[Case]) -> torch.Tensor:
+    """``(1, D, H, W)`` float32: the mean un-augmented model input of the healthy ``cases``, from
+    the tensor cache (the network's input reference under ``cfg.healthy_reference``).
+
+    Raises:
+        ManifestError: no healthy case among ``cases``.
+    """
+    healthy = [c for c in cases if c.label == "healthy"]
+    if not healthy:
+        raise ManifestError(
+            "--healthy-reference needs healthy cases in every training part; this one has none."
+        )
+    ds = part_dataset(cfg, healthy, augment=False)
+    total = torch.zeros((1, *cfg.preprocess.shape_dhw), dtype=torch.float64)
+    for i in range(len(ds)):
+        total += ds.load(i).double()
+    return (total / len(ds)).float()
+
+
+def class_weight(cases: Sequence[Case], balanced: bool = False) -> torch.Tensor:
+    """``(C,)`` loss weights ``1 - n_c / N`` of ``cases`` (see :func:`data.class_weights`); all
+    ones when ``balanced`` (the batches already are)."""
+    if balanced:
+        return torch.ones(len(CLASSES), dtype=torch.float32)
     return data.class_weights([c.label_index for c in cases], n_classes=len(CLASSES))

@@ -34,6 +34,7 @@ from tumortrace.files import (
     sha256_bytes,
 )
 from tumortrace.models import (
+    adopt_input_reference,
     check_input_shape,
     create_model,
     get_spec,
@@ -65,7 +66,8 @@ class ModelCard:
         git_commit: commit of the code that trained them.
         date: ISO 8601 date-time of training.
         weights_sha256: SHA-256 of the ``.safetensors`` file (filled in by :func:`save_checkpoint`).
-        shipped: which model this is: ``"best_fold:N"`` or ``"refit"``.
+        shipped: which model this is: ``"best_fold:N"``, ``"fold:N"`` (``--ship-fold``) or
+            ``"refit"``.
         notes: free text.
         params: number of parameters.
         format_version: card layout version (:data:`CARD_FORMAT`).
@@ -411,6 +413,7 @@ def load_checkpoint(
     if "preprocess" in metadata:  # weights saved before this field have none
         _check_preprocess_metadata(metadata["preprocess"], card, weights)
     model = create_model(card.arch, num_classes=len(card.classes), dropout=card.dropout)
+    adopt_input_reference(model, state)
     expected = model.state_dict()
     mismatch = state_dict_mismatch(expected, state)
     if mismatch:

@@ -17,7 +17,7 @@ CLASSES: tuple[str, str, str] = ("healthy", "lgg", "hgg")
 
 IntensityMode = Literal["zscore", "percentile"]
 Space = Literal["native", "mni"]
-AugmentMode = Literal["none", "light", "heavy"]
+AugmentMode = Literal["none", "light", "heavy", "scanner"]
 DeviceMode = Literal["auto", "cuda", "cpu"]
 
 
@@ -203,6 +203,15 @@ class TrainConfig:
     pretrained: bool = False
     pretrained_path: Path | None = None
     augment: AugmentMode = "light"
+    """``scanner``: registration-residual jitter and scanner variation for standard-space inputs
+    (:mod:`tumortrace.augment`)."""
+    balanced: bool = False
+    """Class-balanced batches (each class an equal share of every epoch's draws) and an unweighted
+    cross entropy, instead of shuffled batches and the ``1 - n_c / N`` weights."""
+    healthy_reference: bool = False
+    """Subtract, inside the network, the mean input of the training part's healthy cases."""
+    ship_fold: int | None = None
+    """Ship this fold's network (default: the best fold by validation macro-F1, or ``refit``)."""
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     device: DeviceMode = "auto"
     workers: int = 2

@@ -35,6 +35,8 @@ class FoldResult:
 
     Attributes:
         metrics: :meth:`tumortrace.metrics.Metrics.to_dict` of the test part.
+        cases: the test part's predictions, one ``{"subject_id", "label", "probs"}`` per case
+            (``probs`` in :data:`CLASSES` order).
     """
 
     fold: int
@@ -47,6 +49,7 @@ class FoldResult:
     best_epoch: int
     best_val_macro_f1: float
     best_val_loss: float
+    cases: tuple[dict[str, Any], ...] = ()
 
     def to_benchmark(self) -> dict[str, Any]:
         """The fold entry of ``benchmarks/<arch>.json`` (format in ``docs/ARCHITECTURE.md``)."""
@@ -62,6 +65,7 @@ class FoldResult:
             best_epoch=self.best_epoch,
             best_val_macro_f1=self.best_val_macro_f1,
             curves=[asdict(c) for c in self.curves],
+            cases=[dict(c) for c in self.cases],
         )
         return out
 
@@ -76,6 +80,7 @@ class FoldResult:
         """Rebuilds a record stored by :meth:`to_state`."""
         d = dict(d)
         d["curves"] = tuple(EpochRecord(**c) for c in d["curves"])
+        d["cases"] = tuple(d.get("cases", ()))
         return cls(**d)
 
 
@@ -86,7 +91,7 @@ class CVResult:
     Attributes:
         arch: architecture name.
         folds: one :class:`FoldResult` per fold.
-        shipped: ``"best_fold:N"`` or ``"refit"``.
+        shipped: ``"best_fold:N"``, ``"fold:N"`` (``--ship-fold``) or ``"refit"``.
         model: the shipped network on CPU in eval mode, with exactly the weights written to disk
             (rounded through fp16 like the safetensors file), so its logits equal a reload's.
         benchmark: the dict written to ``benchmarks/<arch>.json``.
@@ -172,15 +177,29 @@ def benchmark_record(
     )
 
 
+def training_notes(cfg: TrainConfig) -> str:
+    """The card's sentences on how the network was trained beyond the defaults ("" when none)."""
+    notes = [f" Augmentation: {cfg.augment}."]
+    if cfg.balanced:
+        notes.append(" Class-balanced batches, unweighted cross entropy.")
+    if cfg.healthy_reference:
+        notes.append(
+            " Input reference: the healthy mean of the training part (the stem subtracts the "
+            "buffer stem.input_reference from every input)."
+        )
+    return "".join(notes)
+
+
 def write_outputs(cfg: TrainConfig, result: CVResult, command: str) -> None:
     """Writes the shipped weights, their card and the benchmark file; fills ``result.card`` and
     ``result.paths``."""
     b = result.benchmark
-    how = (
-        f"the fold-{result.shipped.split(':')[1]} model, chosen by validation macro-F1"
-        if result.shipped.startswith("best_fold")
-        else "a refit on all cases for the median best epoch of the folds"
-    )
+    if result.shipped.startswith("best_fold"):
+        how = f"the fold-{result.shipped.split(':')[1]} model, chosen by validation macro-F1"
+    elif result.shipped.startswith("fold"):
+        how = f"the fold-{result.shipped.split(':')[1]} model, chosen by --ship-fold"
+    else:
+        how = "a refit on all cases for the median best epoch of the folds"
     card = checkpoint.ModelCard(
         arch=cfg.arch,
         classes=tuple(CLASSES),
@@ -198,7 +217,7 @@ def write_outputs(cfg: TrainConfig, result: CVResult, command: str) -> None:
         notes=(
             f"Research prototype, not for clinical use. Ships {how}; metrics are the "
             f"{cfg.folds}-fold cross-validated test estimates (mean, std). "
-            f"Input shape (D, H, W) {list(cfg.preprocess.shape_dhw)}."
+            f"Input shape (D, H, W) {list(cfg.preprocess.shape_dhw)}.{training_notes(cfg)}"
         ),
     )
     card_path = checkpoint.save_checkpoint(result.model, card, cfg.out)

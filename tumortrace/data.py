@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.errors import ConfigError, ManifestError
@@ -30,6 +30,7 @@ from tumortrace.files import atomic_path, atomic_write_json, sha256_bytes, sha25
 from tumortrace.manifest import Case, read_manifest, validate_cases, write_manifest
 
 __all__ = [
+    "BalancedSampler",
     "Case",
     "FoldSplit",
     "VolumeDataset",
@@ -432,6 +433,57 @@ def class_weights(labels: Sequence[int], n_classes: int = len(CLASSES)) -> torch
         )
     counts = np.bincount(arr, minlength=n_classes)
     return torch.as_tensor(1.0 - counts / arr.size, dtype=torch.float32)
+
+
+class BalancedSampler(Sampler[int]):
+    """Seeded class-balanced draws: each class an equal share of every epoch's indices.
+
+    An epoch has ``len(labels)`` draws (rounded up to a multiple of ``num_replicas``), ``1/C`` of
+    them per class present. A class's indices are drawn without replacement, cycling through fresh
+    permutations when the class is smaller than its share; the epoch's draws are then shuffled.
+    Everything comes from ``(seed, epoch)`` (:meth:`set_epoch`), so a resumed run replays the same
+    batches; under DDP rank ``r`` takes draws ``r, r + R, ...``.
+
+    Args:
+        labels: class index of every dataset item.
+        num_replicas: number of ranks.
+        rank: this rank.
+        seed: the run's seed for this fold.
+    """
+
+    def __init__(
+        self, labels: Sequence[int], num_replicas: int = 1, rank: int = 0, seed: int = 0
+    ) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if self.labels.size == 0:
+            raise ConfigError("BalancedSampler needs at least one label, got none.")
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.total = -(-self.labels.size // num_replicas) * num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose draws :meth:`__iter__` yields."""
+        self.epoch = epoch
+
+    def draws(self) -> list[int]:
+        """All ranks' indices of the current epoch, in order."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        present = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+        shares = [
+            self.total // len(present) + (i < self.total % len(present))
+            for i in range(len(present))
+        ]
+        picks = []
+        for members, share in zip(present, shares, strict=True):
+            cycles = -(-share // members.size)
+            picks.append(np.concatenate([rng.permutation(members) for _ in range(cycles)])[:share])
+        out = np.concatenate(picks)
+        return out[rng.permutation(out.size)].tolist()
+
+    def __iter__(self):
+        return iter(self.draws()[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.total // self.num_replicas
 
 
 class VolumeDataset(Dataset):

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from tumortrace import metrics
 from tumortrace.config import CLASSES, TrainConfig
+from tumortrace.data import BalancedSampler
 from tumortrace.runtime import Runtime, autocast, gather, to_device, unwrap
 
 StateDict = dict[str, torch.Tensor]
@@ -194,10 +195,19 @@ def evaluate_loader(
 def make_loader(
     dataset: Dataset, cfg: TrainConfig, rt: Runtime, *, train: bool, seed: int
 ) -> DataLoader:
-    """DataLoader over ``dataset``; a (distributed) sampler keeps shuffling seeded per epoch."""
-    sampler = DistributedSampler(
-        dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=train, seed=seed
-    )
+    """DataLoader over ``dataset``; a (distributed) sampler keeps shuffling seeded per epoch.
+
+    With ``cfg.balanced`` the training part is drawn class-balanced
+    (:class:`tumortrace.data.BalancedSampler`, on ``dataset.labels``).
+    """
+    if train and cfg.balanced:
+        sampler = BalancedSampler(
+            dataset.labels, num_replicas=rt.world_size, rank=rt.rank, seed=seed
+        )
+    else:
+        sampler = DistributedSampler(
+            dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=train, seed=seed
+        )
     cuda = rt.device.type == "cuda"
     return DataLoader(
         dataset,

@@ -11,6 +11,12 @@ Adapted, not forked, from torchvision's ``models/video/resnet.py``:
   padding (1,3,3).
 * ``fc`` is replaced by ``nn.Sequential(nn.Dropout(p), nn.Linear(512, num_classes))``.
 
+With an input reference (:func:`set_input_reference`, e.g. the mean healthy input of the training
+data), the stem holds it as the buffer ``stem.input_reference`` ``(1, 1, D, H, W)`` (five axes, so
+``channels_last_3d`` applies to it like to the weights) and a forward
+pre-hook on the stem subtracts it from every input, so every path that runs the stem (``forward``,
+Grad-CAM's stage-by-stage pass) sees ``x - reference``; it is saved with the weights.
+
 ``pretrained=True`` reads torchvision's Kinetics-400 state dict from the torch hub cache (nothing is
 downloadable here) and folds the RGB stem kernel into the 1-channel stem by summing over the input
 channels, so a grey volume fed to the new stem gives what the old stem gave for R = G = B.
@@ -43,6 +49,8 @@ FEATURES = 512
 
 STEM_KEY = "stem.0.weight"
 """State-dict key of the first (RGB in torchvision, grey here) stem convolution."""
+INPUT_REFERENCE_KEY = "stem.input_reference"
+"""State-dict key of the input reference the stem subtracts, when it has one."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,59 @@ def create_model(
     nn.init.zeros_(net.fc[1].bias)
     net.arch = name
     return net
+
+
+def _subtract_reference(
+    stem: nn.Module, args: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Forward pre-hook of the stem: ``x (N, 1, D, H, W) - input_reference (1, 1, D, H, W)``."""
+    x = args[0]
+    return (x - stem.input_reference.to(dtype=x.dtype), *args[1:])
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    """The network inside DDP (``module``) or ``torch.compile`` (``_orig_mod``) wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def has_input_reference(model: nn.Module) -> bool:
+    """Whether the network's stem subtracts an input reference."""
+    return "input_reference" in _inner(model).stem._buffers
+
+
+def set_input_reference(model: nn.Module, reference: torch.Tensor) -> nn.Module:
+    """Makes the network subtract ``reference`` from every input, inside its stem.
+
+    The first call registers the buffer ``stem.input_reference`` and the stem's forward pre-hook;
+    later calls overwrite the buffer's values.
+
+    Args:
+        model: from :func:`create_model` (wrappers are fine).
+        reference: ``(D, H, W)``, ``(1, D, H, W)`` or ``(1, 1, D, H, W)``: the model grid of the
+            inputs; stored as ``(1, 1, D, H, W)``.
+
+    Returns:
+        ``model``.
+    """
+    stem = _inner(model).stem
+    weight = next(stem.parameters())
+    ref = reference.detach().reshape(1, 1, *reference.shape[-3:])
+    ref = ref.to(device=weight.device, dtype=weight.dtype).contiguous()
+    if has_input_reference(model):
+        stem.input_reference = ref
+    else:
+        stem.register_buffer("input_reference", ref)
+        stem.register_forward_pre_hook(_subtract_reference)
+    return model
+
+
+def adopt_input_reference(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Gives ``model`` an input reference (zeros until loaded) when ``state`` holds one, so that
+    ``model.load_state_dict(state)`` fits; a state without it leaves the model as it is."""
+    if INPUT_REFERENCE_KEY in state and not has_input_reference(model):
+        set_input_reference(model, torch.zeros(state[INPUT_REFERENCE_KEY].shape))
+    return model
 
 
 def pretrained_file(name: str) -> Path:

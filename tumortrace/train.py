@@ -17,7 +17,13 @@ Which model ships:
     ``cfg.refit`` a fresh model is instead trained on every case for the median of the folds' best
     epochs (no early stopping: there is no held-out data left) and that model ships. In both cases
     the card's metrics are the cross-validated test estimates, and ``card.shipped`` says which model
-    it is (``"best_fold:N"`` or ``"refit"``).
+    it is (``"best_fold:N"`` or ``"refit"``). ``cfg.ship_fold`` = N ships fold N's network instead
+    (``"fold:N"``).
+
+Options (see :class:`~tumortrace.config.TrainConfig`): ``cfg.balanced`` draws class-balanced
+batches with an unweighted loss; ``cfg.healthy_reference`` gives each fold's network the mean input
+of its training part's healthy cases, subtracted inside the stem
+(:func:`tumortrace.models.set_input_reference`; a refit takes every healthy case's mean).
 
 Devices and precision: :mod:`tumortrace.runtime`. Distributed: under ``torchrun``
 (``WORLD_SIZE`` > 1) training and evaluation use distributed samplers, predictions are gathered so
@@ -45,7 +51,14 @@ import torch.distributed as dist
 from torch import nn
 
 from tumortrace import checkpoint, data, files, loop, metrics, models
-from tumortrace.cases import class_weight, load_cases, part_dataset, subset, warm_cache
+from tumortrace.cases import (
+    class_weight,
+    healthy_mean,
+    load_cases,
+    part_dataset,
+    subset,
+    warm_cache,
+)
 from tumortrace.config import CLASSES, TrainConfig
 from tumortrace.cv_output import CVResult, FoldResult, benchmark_record, write_outputs
 from tumortrace.errors import ConfigError
@@ -82,6 +95,14 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--dropout {cfg.dropout} must be in [0, 1).")
     if cfg.workers < 0:
         raise ConfigError(f"--workers {cfg.workers} must be >= 0.")
+    if cfg.ship_fold is not None and not 0 <= cfg.ship_fold < cfg.folds:
+        raise ConfigError(
+            f"--ship-fold {cfg.ship_fold} is not a fold of this run; expected 0 to {cfg.folds - 1}."
+        )
+    if cfg.ship_fold is not None and cfg.refit:
+        raise ConfigError(
+            "--ship-fold and --refit both choose the shipped network; give one of them."
+        )
     if cfg.max_steps_per_epoch is not None and cfg.max_steps_per_epoch < 1:
         raise ConfigError(f"--max-steps-per-epoch {cfg.max_steps_per_epoch} must be >= 1.")
     if any(s <= 0 for s in cfg.preprocess.spacing_mm):
@@ -109,14 +130,19 @@ def check_writable(out: Path) -> None:
         ) from err
 
 
-def _new_model(cfg: TrainConfig) -> nn.Module:
-    return models.create_model(
+def _new_model(cfg: TrainConfig, state: loop.StateDict | None = None) -> nn.Module:
+    """A fresh network; with ``state``, one holding those weights (and its input reference)."""
+    model = models.create_model(
         cfg.arch,
         num_classes=len(CLASSES),
         pretrained=cfg.pretrained,
         dropout=cfg.dropout,
         pretrained_path=cfg.pretrained_path,
     )
+    if state is not None:
+        models.adopt_input_reference(model, state)
+        model.load_state_dict(state)
+    return model
 
 
 # --------------------------------------------------------------------------- cross-validation
@@ -146,29 +172,37 @@ class _Run:
         """:func:`tumortrace.loop.fit_fold` on a fresh network, resumable under index ``fold``."""
         resumed = self.current if (self.current or {}).get("fold") == fold else None
         val_set = None if val is None else part_dataset(self.cfg, val, augment=False)
+        model = _new_model(self.cfg)
+        if self.cfg.healthy_reference:
+            models.set_input_reference(model, healthy_mean(self.cfg, train))
         return loop.fit_fold(
-            self.cfg, _new_model(self.cfg), part_dataset(self.cfg, train, augment=True), val_set,
-            self.rt, class_weight(train), fold=fold, progress=self.progress, state=resumed,
-            on_epoch=lambda s: self.save({"fold": fold, **s}), **kw,
+            self.cfg, model, part_dataset(self.cfg, train, augment=True), val_set,
+            self.rt, class_weight(train, self.cfg.balanced), fold=fold, progress=self.progress,
+            state=resumed, on_epoch=lambda s: self.save({"fold": fold, **s}), **kw,
         )  # fmt: skip
 
 
 def _test(run: _Run, split: data.FoldSplit, fit: loop.FoldFit) -> FoldResult:
     """Scores the fold's test part once, with the validation-selected weights."""
     cfg, rt = run.cfg, run.rt
-    model = _new_model(cfg)
-    model.load_state_dict(fit.best_state)
+    model = _new_model(cfg, fit.best_state)
     model.to(rt.device, memory_format=rt.memory_format)
-    test_set = part_dataset(cfg, subset(run.cases, split.test), augment=False)
+    test_cases = subset(run.cases, split.test)
+    test_set = part_dataset(cfg, test_cases, augment=False)
     loader = loop.make_loader(test_set, cfg, rt, train=False, seed=0)
-    weight = class_weight(subset(run.cases, split.train))
+    weight = class_weight(subset(run.cases, split.train), cfg.balanced)
     ev = loop.evaluate_loader(model, loader, rt, weight)
     scores = metrics.compute_metrics(ev.labels, ev.probs, classes=CLASSES)
+    predictions = tuple(
+        {"subject_id": c.subject_id, "label": c.label, "probs": [float(p) for p in row]}
+        for c, row in zip(test_cases, ev.probs, strict=True)
+    )
     return FoldResult(
         fold=split.fold, n_train=len(split.train), n_val=len(split.val), n_test=len(split.test),
         metrics=files.jsonable(scores.to_dict()), curves=tuple(fit.curves),
         train_seconds=fit.train_seconds, best_epoch=fit.best_epoch,
         best_val_macro_f1=fit.best_val_macro_f1, best_val_loss=fit.best_val_loss,
+        cases=predictions,
     )  # fmt: skip
 
 
@@ -183,6 +217,8 @@ def _run_fold(run: _Run, split: data.FoldSplit) -> None:
         ship["f1"],
         -ship["loss"],
     )
+    if run.cfg.ship_fold is not None:
+        better = split.fold == run.cfg.ship_fold
     if better and not run.cfg.refit:
         run.ship = {"fold": split.fold, "f1": fit.best_val_macro_f1, "loss": fit.best_val_loss,
                     "state": fit.best_state}  # fmt: skip
@@ -190,12 +226,15 @@ def _run_fold(run: _Run, split: data.FoldSplit) -> None:
 
 
 def _shipped_state(run: _Run, n_folds: int) -> tuple[str, loop.StateDict]:
-    """``(card.shipped, weights)``: the best fold's, or a refit on every case (``cfg.refit``)."""
+    """``(card.shipped, weights)``: the best fold's, fold ``cfg.ship_fold``'s, or a refit on every
+    case (``cfg.refit``)."""
+    if run.cfg.ship_fold is not None:
+        return f"fold:{run.ship['fold']}", run.ship["state"]
     if not run.cfg.refit:
         return f"best_fold:{run.ship['fold']}", run.ship["state"]
     epochs = max(1, round(float(np.median([f.best_epoch for f in run.completed]))))
     loop.seed_everything(run.cfg.seed + n_folds)
-    fit = run.fit(n_folds, run.cases, None, epochs=epochs)
+    fit = run.fit(n_folds, run.cases, None, epochs=epochs)  # reference: every healthy case
     return "refit", fit.best_state
 
 
@@ -237,8 +276,7 @@ def cross_validate(
         _run_fold(run, split)
     shipped, state = _shipped_state(run, len(splits))
 
-    model = _new_model(cfg)
-    model.load_state_dict(checkpoint.as_stored(state))
+    model = _new_model(cfg, checkpoint.as_stored(state))
     model.eval()
     benchmark = benchmark_record(cfg, cases, run.completed, model, shipped, command, rt)
     result = CVResult(cfg.arch, run.completed, shipped, model, benchmark)
