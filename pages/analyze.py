@@ -21,7 +21,7 @@ import numpy as np
 import streamlit as st
 
 import app_state
-from tumortrace import viz
+from tumortrace import figures, viz
 from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
@@ -279,7 +279,7 @@ def _network_columns(analysis, cards: dict) -> None:
                 f"({100 * p:.1f} %)" + (" · :orange[low confidence]" if p < LOW_CONFIDENCE else "")
             )
             st.plotly_chart(
-                viz.probability_figure(pred.probs),
+                figures.probability_figure(pred.probs),
                 key=f"probs_{arch}",
                 config={"displayModeBar": False},
             )

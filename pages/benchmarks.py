@@ -16,8 +16,9 @@ import pandas as pd
 import streamlit as st
 
 import app_state
-from tumortrace import viz
+from tumortrace import figures, tables, viz
 from tumortrace.config import CLASSES
+from tumortrace.metrics import mean_std
 from tumortrace.networks import display_name
 from tumortrace.provenance import verify
 
@@ -101,7 +102,7 @@ def _heldout_section(benches: dict[str, dict], heldout: dict[str, dict]) -> None
         "and balanced accuracy (mean recall over classes) does not depend on the balance at all. "
         "Δ: held-out minus cross-fold, in percentage points."
     )
-    table = viz.heldout_table(benches, heldout)
+    table = tables.heldout_table(benches, heldout)
     st.dataframe(table, hide_index=True, height=_rows_height(len(table)))
 
 
@@ -127,29 +128,31 @@ def _network_tab(arch: str, bench: dict) -> None:
     """Per-fold table, confusion matrix, ROC curves and training curves of one network."""
     folds = bench["folds"]
     st.markdown(_data_line(bench))
-    st.dataframe(viz.per_fold_table(bench), hide_index=True)
+    st.dataframe(tables.per_fold_table(bench), hide_index=True)
     labels = ["all folds", *[f"fold {f.get('fold', i)}" for i, f in enumerate(folds)]]
     choice = st.selectbox("Folds shown", labels, key=f"bench_fold_{arch}")
     chosen = folds if choice == "all folds" else [folds[labels.index(choice) - 1]]
     aucs = {
-        c: viz.mean_std(viz.fold_values(chosen, "auc", c))[0]
+        c: mean_std(tables.fold_values(chosen, "auc", c))[0]
         for c in CLASSES
-        if viz.mean_std(viz.fold_values(chosen, "auc", c))[2]
+        if mean_std(tables.fold_values(chosen, "auc", c))[2]
     }
     c1, c2 = st.columns(2)
     title = "summed over folds" if len(chosen) > 1 else choice
     c1.plotly_chart(
-        viz.confusion_figure(viz.summed_confusion(chosen), title=f"Confusion matrix ({title})"),
+        figures.confusion_figure(
+            tables.summed_confusion(chosen), title=f"Confusion matrix ({title})"
+        ),
         key=f"cm_{arch}",
     )
     c2.plotly_chart(
-        viz.roc_figure([f.get("roc", {}) for f in chosen], aucs=aucs, title="ROC, one vs rest"),
+        figures.roc_figure([f.get("roc", {}) for f in chosen], aucs=aucs, title="ROC, one vs rest"),
         key=f"roc_{arch}",
     )
     curves = [f.get("curves", []) for f in chosen]
     if any(curves):
         st.plotly_chart(
-            viz.training_curves_figure(curves, title="Training curves"), key=f"curves_{arch}"
+            figures.training_curves_figure(curves, title="Training curves"), key=f"curves_{arch}"
         )
     else:
         st.caption("No training curves stored.")
@@ -175,7 +178,7 @@ def _explanations(doc: dict) -> None:
         key="bench_expl_target",
         format_func=lambda t: "the true class" if t == "true" else "the predicted class",
     )
-    table = viz.explanations_table(doc, target)
+    table = tables.explanations_table(doc, target)
     if table.empty:
         st.info("This explanations file has no summary rows for that target.")
         return
@@ -256,8 +259,8 @@ else:
             icon=":material/gpp_maybe:",
         )
     st.header("Summary")
-    summary = viz.summary_table(benches)
-    n_overall = len(viz.OVERALL_METRICS)
+    summary = tables.summary_table(benches)
+    n_overall = len(tables.OVERALL_METRICS)
     st.dataframe(summary.iloc[:n_overall], height=_rows_height(n_overall))
     st.markdown("**Per class** (one class against the rest)")
     st.dataframe(summary.iloc[n_overall:], height=_rows_height(len(summary) - n_overall))
@@ -273,7 +276,7 @@ else:
             _network_tab(arch, bench)
     st.header("Cost")
     inference = _load(folder / "inference.json")
-    st.dataframe(viz.cost_table(benches, inference), hide_index=True)
+    st.dataframe(tables.cost_table(benches, inference), hide_index=True)
     if inference:
         shape = "×".join(str(s) for s in inference.get("shape", []))
         st.caption(
