@@ -10,6 +10,7 @@ import streamlit as st
 import app_state
 from tumortrace import viz
 from tumortrace.networks import display_name, in_display_order
+from tumortrace.numformat import fmt_mean_std, metric_kind
 
 app_state.require_app("pages/about.py")
 st.title("About TumorTrace")
@@ -83,13 +84,16 @@ for arch in in_display_order(cards):
         st.code(card.get("command") or "(not stored)", language="bash")
         metrics = card.get("metrics", {}) or {}
         rows = [
-            {"metric": k.replace("_", " "), "mean": v.get("mean"), "std": v.get("std")}
+            {
+                "metric": k.replace("_", " "),
+                "mean ± std": fmt_mean_std(v.get("mean"), v.get("std"), metric_kind(k)),
+            }
             for k, v in metrics.items()
             if isinstance(v, dict)
         ]
         if rows:
             st.markdown("**Cross-validated results (mean ± std over folds)**")
-            st.dataframe(pd.DataFrame(rows), hide_index=True)
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         limits = [
             "Trained on **synthetic phantoms**: results on real scans are not meaningful."
             if str(source).startswith("synthetic")

@@ -149,25 +149,37 @@ def roc_figure(
     return fig
 
 
+FOLD_COLORS: tuple[str, ...] = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f")
+"""One colour per fold (cycled beyond six), so the folds of a training run can be told apart."""
+
+CURVES: dict[str, tuple[int, str, str]] = {
+    "train_loss": (1, "train loss", "solid"),
+    "val_loss": (1, "val loss", "dash"),
+    "val_accuracy": (2, "val accuracy", "solid"),
+    "val_macro_f1": (2, "val macro-F1", "dot"),
+}
+"""Curve key -> (chart 1 = loss or 2 = validation score, legend label, line dash)."""
+
+
 def training_curves_figure(
     curves_per_fold: Sequence[Sequence[Mapping[str, float]]], title: str = ""
 ) -> go.Figure:
-    """Losses (left) and validation accuracy / macro-F1 (right) per epoch, one line per fold.
+    """Losses (left) and validation accuracy / macro-F1 (right) per epoch, one colour per fold.
+
+    Each chart has its own legend directly below it (``legend`` for the losses, ``legend2`` for
+    the scores); the line dash tells the curves of one fold apart.
 
     Args:
         curves_per_fold: per fold, a list of ``{"epoch", "train_loss", "val_loss", "val_accuracy",
             "val_macro_f1"}`` rows (missing keys are skipped).
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation score"))
-    styles = {
-        "train_loss": (1, "#1565c0", "solid"),
-        "val_loss": (1, "#ef6c00", "solid"),
-        "val_accuracy": (2, "#2e7d32", "solid"),
-        "val_macro_f1": (2, "#6a1b9a", "dot"),
-    }
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("loss", "validation score"), horizontal_spacing=0.12
+    )
     for k, curves in enumerate(curves_per_fold):
         epochs = [row.get("epoch", i) for i, row in enumerate(curves)]
-        for key, (col, color, dash) in styles.items():
+        color = FOLD_COLORS[k % len(FOLD_COLORS)]
+        for key, (col, label, dash) in CURVES.items():
             ys = [row.get(key) for row in curves]
             if all(y is None for y in ys):
                 continue
@@ -178,20 +190,22 @@ def training_curves_figure(
                     mode="lines",
                     line={"color": color, "dash": dash, "width": 1.5},
                     opacity=0.85,
-                    name=key.replace("_", " "),
-                    legendgroup=key,
-                    showlegend=k == 0,
-                    hovertemplate=f"fold {k} {key} epoch %{{x}}: %{{y:.3f}}<extra></extra>",
+                    name=f"fold {k} {label}",
+                    legend="legend" if col == 1 else "legend2",
+                    hovertemplate=f"fold {k} {label} epoch %{{x}}: %{{y:.3f}}<extra></extra>",
                 ),
                 row=1,
                 col=col,
             )
+    n_rows = max(1, len(curves_per_fold)) * 2  # legend entries per chart
+    below = {"orientation": "v", "yanchor": "top", "y": -0.22, "xanchor": "left"}
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_layout(
         title=title or None,
-        height=300,
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        legend={"orientation": "h", "y": -0.3},
+        height=300 + 20 * n_rows,
+        margin={"l": 10, "r": 10, "t": 50, "b": 20 * n_rows + 10},
+        legend={**below, "x": 0.0},
+        legend2={**below, "x": 0.56},
     )
     return fig

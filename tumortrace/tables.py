@@ -14,6 +14,7 @@ import pandas as pd
 from tumortrace.config import CLASSES
 from tumortrace.metrics import mean_std
 from tumortrace.networks import display_name
+from tumortrace.numformat import MISSING, fmt, fmt_mean_std
 from tumortrace.viz import CLASS_NAMES
 
 OVERALL_METRICS: tuple[str, ...] = (
@@ -24,10 +25,6 @@ OVERALL_METRICS: tuple[str, ...] = (
     "ece",
 )
 PER_CLASS_METRICS: tuple[str, ...] = ("precision", "recall", "f1", "specificity", "auc")
-
-
-def _fmt(mean: float, std: float, n: int) -> str:
-    return "—" if n == 0 else f"{mean:.3f} ± {std:.3f}"
 
 
 def fold_values(
@@ -56,33 +53,35 @@ def summary_table(benches: Mapping[str, Mapping], classes: Sequence[str] = CLASS
         folds = bench.get("folds", [])
         col = display_name(arch)
         for metric in OVERALL_METRICS:
-            rows.setdefault(metric.replace("_", " "), {})[col] = _fmt(
-                *mean_std(fold_values(folds, metric))
-            )
+            mean, std, n = mean_std(fold_values(folds, metric))
+            rows.setdefault(metric.replace("_", " "), {})[col] = fmt_mean_std(mean, std, n=n)
         for cls in classes:
             for metric in PER_CLASS_METRICS:
                 label = f"{CLASS_NAMES.get(cls, cls)} {metric}"
-                rows.setdefault(label, {})[col] = _fmt(*mean_std(fold_values(folds, metric, cls)))
+                mean, std, n = mean_std(fold_values(folds, metric, cls))
+                rows.setdefault(label, {})[col] = fmt_mean_std(mean, std, n=n)
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "metric (mean ± std over folds)"
     return df
 
 
 def per_fold_table(bench: Mapping, classes: Sequence[str] = CLASSES) -> pd.DataFrame:
-    """One row per fold: sizes, overall metrics, per-class F1, training time and best epoch."""
+    """One row per fold: sizes, overall metrics, per-class F1, training time and best epoch.
+
+    Cells are text by :mod:`tumortrace.numformat` (scores ``0.633``, seconds ``378``).
+    """
     records = []
     for fold in bench.get("folds", []):
-        rec: dict[str, object] = {"fold": fold.get("fold")}
+        rec: dict[str, object] = {"fold": fmt(fold.get("fold"), "count")}
         for key in ("n_train", "n_val", "n_test"):
-            rec[key] = fold.get(key)
+            rec[key] = fmt(fold.get(key), "count")
         for metric in OVERALL_METRICS:
-            v = fold.get(metric)
-            rec[metric.replace("_", " ")] = None if v is None else round(float(v), 4)
+            rec[metric.replace("_", " ")] = fmt(fold.get(metric))
         for cls in classes:
-            v = fold.get("per_class", {}).get(cls, {}).get("f1")
-            rec[f"{CLASS_NAMES.get(cls, cls)} F1"] = None if v is None else round(float(v), 4)
-        rec["train s"] = fold.get("train_seconds")
-        rec["best epoch"] = fold.get("best_epoch")
+            f1 = fold.get("per_class", {}).get(cls, {}).get("f1")
+            rec[f"{CLASS_NAMES.get(cls, cls)} F1"] = fmt(f1)
+        rec["train s"] = fmt(fold.get("train_seconds"), "quantity")
+        rec["best epoch"] = fmt(fold.get("best_epoch"), "count")
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
@@ -114,21 +113,29 @@ def cost_table(benches: Mapping[str, Mapping], inference: Mapping | None) -> pd.
         params = bench.get("params")
         rec: dict[str, object] = {
             "network": display_name(arch),
-            "parameters (M)": None if params is None else round(params / 1e6, 2),
-            "GFLOPs / volume": bench.get("gflops"),
-            "input D×H×W": "×".join(str(s) for s in bench.get("input_shape", [])) or None,
+            "parameters (M)": fmt(None if params is None else params / 1e6, "quantity"),
+            "GFLOPs / volume": fmt(bench.get("gflops"), "quantity"),
+            "input D×H×W": "×".join(str(s) for s in bench.get("input_shape", [])) or MISSING,
         }
         mean, _, n = mean_std([f.get("train_seconds") for f in bench.get("folds", [])])
-        rec["train s / fold"] = round(mean, 1) if n else None
+        rec["train s / fold"] = fmt(mean if n else None, "quantity")
         if inference:
-            rec["CPU s (naive)"] = inference.get("naive", {}).get(arch)
-            rec["CPU s (fast)"] = inference.get("fast", {}).get(arch)
+            rec["CPU s (naive)"] = fmt(inference.get("naive", {}).get(arch), "quantity")
+            rec["CPU s (fast)"] = fmt(inference.get("fast", {}).get(arch), "quantity")
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
 
+HELDOUT_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "accuracy at training mix",
+    "balanced accuracy",
+    "LGG recall",
+)
+
+
 def heldout_table(benches: Mapping[str, Mapping], heldout: Mapping[str, Mapping]) -> pd.DataFrame:
-    """Held-out cohort scores beside the cross-fold means, one row per held-out report.
+    """Held-out cohort scores beside the cross-fold means: one row per network and metric.
 
     Args:
         benches: ``{arch: benchmark record}`` as in ``weights/benchmarks/<arch>.json``.
@@ -137,23 +144,23 @@ def heldout_table(benches: Mapping[str, Mapping], heldout: Mapping[str, Mapping]
             the top level or under ``metrics``.
 
     Returns:
-        DataFrame with the network, the cohort size and, for accuracy, accuracy at the training
-        class mix (the report's ``accuracy_at_training_mix``: held-out per-class recalls weighted
-        by the training cohort's class shares), balanced accuracy and LGG recall, the held-out
-        value, the cross-fold mean (plain accuracy for both accuracies) and their difference
-        (percentage points, held-out minus cross-fold); missing values (a network without a
-        benchmark record, a metric the report lacks) are None or NaN.
+        DataFrame with columns network, n (cohort size), metric (:data:`HELDOUT_METRICS`: accuracy;
+        accuracy at the training class mix, the report's ``accuracy_at_training_mix``, held-out
+        per-class recalls weighted by the training cohort's class shares; balanced accuracy; LGG
+        recall), held-out %, cross-fold % (the mean over folds; plain accuracy for both
+        accuracies) and Δ pts (held-out minus cross-fold), as text by :mod:`tumortrace.numformat`;
+        what is not stored (no benchmark record, a metric the report lacks) is ``"—"``. Five
+        narrow columns, so the table fits the page.
     """
     records = []
     for arch, report in heldout.items():
         metrics = report.get("metrics", report)
         folds = benches.get(arch, {}).get("folds", [])
         fold_accuracy = fold_values(folds, "accuracy")
-        rec: dict[str, object] = {"network": display_name(arch), "n": report.get("n")}
         pairs = {
             "accuracy": (metrics.get("accuracy"), fold_accuracy),
             "accuracy at training mix": (report.get("accuracy_at_training_mix"), fold_accuracy),
-            "balanced acc.": (
+            "balanced accuracy": (
                 metrics.get("balanced_accuracy"),
                 fold_values(folds, "balanced_accuracy"),
             ),
@@ -164,14 +171,18 @@ def heldout_table(benches: Mapping[str, Mapping], heldout: Mapping[str, Mapping]
         }
         for label, (value, per_fold) in pairs.items():
             mean, _, n = mean_std(per_fold)
-            held = None if value is None else round(100 * float(value), 1)
-            cross = round(100 * mean, 1) if n else None
-            rec[f"{label} held-out %"] = held
-            rec[f"{label} cross-fold %"] = cross
-            rec[f"{label} Δ pts"] = (
-                None if held is None or cross is None else round(100 * (float(value) - mean), 1)
+            cross = mean if n else None
+            diff = None if value is None or cross is None else float(value) - cross
+            records.append(
+                {
+                    "network": display_name(arch),
+                    "n": fmt(report.get("n"), "count"),
+                    "metric": label,
+                    "held-out %": fmt(value, "percent"),
+                    "cross-fold %": fmt(cross, "percent"),
+                    "Δ pts": fmt(diff, "points"),
+                }
             )
-        records.append(rec)
     return pd.DataFrame.from_records(records)
 
 
@@ -208,13 +219,54 @@ def explanations_table(doc: Mapping, target: str = "true") -> pd.DataFrame:
                 "method": method,
                 "class": CLASS_NAMES.get(r.get("label"), r.get("label")),
                 "max in lesion": f"{r.get('hits', 0)}/{n}",
-                "max in lesion %": round(100 * float(r.get("pointing", 0.0)), 1),
-                f"max ≤ {near:g} mm %": round(100 * float(r.get("pointing_near", 0.0)), 1),
-                "energy in lesion %": round(100 * float(r.get("energy_share", 0.0)), 1),
-                "lesion share of brain %": round(100 * float(r.get("lesion_share", 0.0)), 1),
-                "concentration ×": round(float(r.get("concentration", 0.0)), 2),
-                f"concentration ≤ {near:g} mm ×": round(float(r.get("concentration_near", 0.0)), 2),
-                "s / analysis": None if seconds is None else round(float(seconds), 3),
+                "max in lesion %": fmt(r.get("pointing", 0.0), "percent"),
+                f"max ≤ {near:g} mm %": fmt(r.get("pointing_near", 0.0), "percent"),
+                "energy in lesion %": fmt(r.get("energy_share", 0.0), "percent"),
+                "lesion share of brain %": fmt(r.get("lesion_share", 0.0), "percent"),
+                "concentration ×": fmt(r.get("concentration", 0.0), "quantity"),
+                f"concentration ≤ {near:g} mm ×": fmt(r.get("concentration_near", 0.0), "quantity"),
+                "s / analysis": fmt(seconds, "quantity"),
             }
         )
     return pd.DataFrame.from_records(records)
+
+
+def data_description(bench: Mapping) -> str:
+    """What one benchmark was measured on, in one line.
+
+    E.g. ``"synthetic phantoms (seed 2024): 130 Healthy, 37 LGG, 130 HGG; 3 folds; input D×H×W
+    28×40×32 at 5×5×5 mm"``.
+    """
+    data = bench.get("data") or {}
+    source = str(data.get("source") or "unknown data")
+    if source == "synthetic":
+        source = "synthetic phantoms"
+    seed = (data.get("synthetic") or {}).get("seed")
+    if seed is not None:
+        source += f" (seed {seed})"
+    counts = ", ".join(
+        f"{fmt(n, 'count')} {CLASS_NAMES.get(c, c)}" for c, n in (data.get("counts") or {}).items()
+    )
+    shape = "×".join(str(s) for s in bench.get("input_shape", [])) or "?"
+    spacing = "×".join(f"{s:g}" for s in bench.get("spacing_mm", [])) or "?"
+    return (
+        f"{source}: {counts or 'counts not stored'}; {len(bench.get('folds', []))} folds; "
+        f"input D×H×W {shape} at {spacing} mm"
+    )
+
+
+def settings_text(settings: Mapping) -> str:
+    """A settings record as a readable list: ``"precision: fp32 · fuse batchnorm: on · ..."``.
+
+    Flags read on/off, numbers by :mod:`tumortrace.numformat`, keys with spaces for underscores.
+    """
+    parts = []
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        elif isinstance(value, int | float):
+            text = fmt(value, "count" if isinstance(value, int) else "quantity")
+        else:
+            text = str(value)
+        parts.append(f"{str(key).replace('_', ' ')}: {text}")
+    return " · ".join(parts)
