@@ -38,8 +38,9 @@ models behave: compare the networks, see when they disagree, and check what they
 ### How it works
 The volume is reoriented to RAS, resampled and cropped around the brain exactly as in training
 (the settings are stored in each model card), then each network gives class probabilities. The
-ensemble averages them. Grad-CAM on the last residual stage is mapped back onto the file's own
-voxel grid so the overlay lines up with the slices you scroll.
+ensemble averages them. Grad-CAM on the third of the four residual stages (chosen by scoring the
+maps against lesions of known extent: Benchmarks, Explanations), kept inside the brain, is mapped
+back onto the file's own voxel grid so the overlay lines up with the slices you scroll.
 """
 )
 

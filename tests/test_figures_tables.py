@@ -99,19 +99,25 @@ def _fold(acc: float, lgg_recall: float) -> dict:
 
 
 def test_summary_fold_and_cost_tables_use_the_one_format():
-    bench = {"arch": "mc3", "folds": [_fold(0.8, 0.5), _fold(0.9, 0.7)], "params": 2_000_000}
+    folds = [{**_fold(0.8, 0.5), "fold": 0}, {**_fold(0.9, 0.7), "fold": 1}]
+    bench = {"arch": "mc3", "folds": folds, "params": 2_000_000}
     table = tables.summary_table({"mc3": bench})
     assert table.loc["accuracy", "MC3-18"] == "0.850 ± 0.071"  # sample std of (0.8, 0.9)
     assert table.loc["LGG recall", "MC3-18"] == "0.600 ± 0.141"
     assert table.loc["HGG auc", "MC3-18"] == MISSING  # not stored: never shown as 0
     folds = tables.per_fold_table(bench)
-    assert folds["accuracy"].tolist() == ["0.800", "0.900"]
-    assert folds["ece"].tolist() == ["0.633", "0.633"] and folds["LGG F1"][0] == "0.700"
-    assert folds["train s"][0] == "378" and folds["n_train"][0] == "201"
-    assert folds["HGG F1"][0] == MISSING
+    assert list(folds.columns) == ["metric", "fold 0", "fold 1"]  # one column per fold: fits
+    folds = folds.set_index("metric")
+    assert folds.loc["accuracy"].tolist() == ["0.800", "0.900"]
+    assert (
+        folds.loc["ece"].tolist() == ["0.633", "0.633"] and folds.loc["LGG F1"].iloc[0] == "0.700"
+    )
+    assert folds.loc["train s"].iloc[0] == "378" and folds.loc["n_train"].iloc[0] == "201"
+    assert folds.loc["HGG F1"].iloc[0] == MISSING
     assert tables.summed_confusion(bench["folds"]) == [[2, 0, 0], [0, 2, 0], [0, 0, 2]]
     cost = tables.cost_table({"mc3": bench}, {"naive": {"mc3": 3.0}, "fast": {"mc3": 0.15876}})
-    row = cost.iloc[0].to_dict()
+    assert list(cost.columns) == ["metric", "MC3-18"]
+    row = cost.set_index("metric")["MC3-18"]
     assert row["parameters (M)"] == "2.00" and row["CPU s (fast)"] == "0.159"
     assert row["train s / fold"] == "378" and row["GFLOPs / volume"] == MISSING
 

@@ -52,9 +52,13 @@ def test_benchmarks_page_says_what_the_data_were_and_formats_numbers_once(monkey
     assert len(ours) >= 6  # summary, per class, held-out, three per-fold tables, cost, ...
     summary = [str(v) for t in ours[:2] for v in t.to_numpy().ravel()]
     assert all(re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}|—", c) for c in summary)
-    per_fold = next(d.value for d in at.dataframe if "train s" in d.value.columns)
-    assert all(re.fullmatch(r"\d+", s) for s in per_fold["train s"])  # 378.415 s -> "378"
-    assert all(re.fullmatch(r"0\.\d{3}", s) for s in per_fold["ece"])
+    per_fold = next(d.value for d in at.dataframe if "fold 0" in d.value.columns)
+    per_fold = per_fold.set_index("metric")
+    assert list(per_fold.columns) == ["fold 0", "fold 1", "fold 2"]  # narrow: fits the page
+    assert all(re.fullmatch(r"\d+", s) for s in per_fold.loc["train s"])  # 378.415 s -> "378"
+    assert all(re.fullmatch(r"0\.\d{3}", s) for s in per_fold.loc["ece"])
+    cost_table = next(d.value for d in at.dataframe if "GFLOPs / volume" in set(d.value.iloc[:, 0]))
+    assert list(cost_table.columns) == ["metric", "R(2+1)D-18", "MC3-18", "R3D-18"]
     held = next(d.value for d in at.dataframe if "held-out %" in d.value.columns)
     assert len(held.columns) == 6  # long and narrow: fits the page
     assert all(re.fullmatch(r"\d+\.\d", s) for s in held["held-out %"])  # 50.0, not 50

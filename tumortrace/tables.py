@@ -66,13 +66,14 @@ def summary_table(benches: Mapping[str, Mapping], classes: Sequence[str] = CLASS
 
 
 def per_fold_table(bench: Mapping, classes: Sequence[str] = CLASSES) -> pd.DataFrame:
-    """One row per fold: sizes, overall metrics, per-class F1, training time and best epoch.
+    """One column per fold (``"fold 0"`` ...), one row per quantity (``metric`` column): sizes,
+    overall metrics, per-class F1, training time and best epoch. Few columns, so it fits the page.
 
     Cells are text by :mod:`tumortrace.numformat` (scores ``0.633``, seconds ``378``).
     """
     records = []
-    for fold in bench.get("folds", []):
-        rec: dict[str, object] = {"fold": fmt(fold.get("fold"), "count")}
+    for k, fold in enumerate(bench.get("folds", [])):
+        rec: dict[str, object] = {"fold": fmt(fold.get("fold", k), "count")}
         for key in ("n_train", "n_val", "n_test"):
             rec[key] = fmt(fold.get(key), "count")
         for metric in OVERALL_METRICS:
@@ -83,7 +84,17 @@ def per_fold_table(bench: Mapping, classes: Sequence[str] = CLASSES) -> pd.DataF
         rec["train s"] = fmt(fold.get("train_seconds"), "quantity")
         rec["best epoch"] = fmt(fold.get("best_epoch"), "count")
         records.append(rec)
-    return pd.DataFrame.from_records(records)
+    return _transposed(records, "fold", lambda k: f"fold {k}")
+
+
+def _transposed(records: list[dict], key: str, name) -> pd.DataFrame:
+    """``records`` (one per fold or network) as columns named ``name(record[key])``, with the
+    other keys as rows in a first ``metric`` column: narrow tables that fit the page."""
+    if not records:
+        return pd.DataFrame(columns=["metric"])
+    df = pd.DataFrame.from_records(records).set_index(key).T
+    df.columns = [name(c) for c in df.columns]
+    return df.rename_axis("metric").reset_index()
 
 
 def summed_confusion(folds: Sequence[Mapping], n_classes: int = len(CLASSES)) -> list[list[int]]:
@@ -97,7 +108,8 @@ def summed_confusion(folds: Sequence[Mapping], n_classes: int = len(CLASSES)) ->
 
 
 def cost_table(benches: Mapping[str, Mapping], inference: Mapping | None) -> pd.DataFrame:
-    """Parameters, GFLOPs, training time and the stored CPU inference seconds per network.
+    """Parameters, GFLOPs, input, training time and the stored CPU inference seconds: one column
+    per network, one row per quantity (``metric`` column).
 
     Args:
         benches: ``{arch: benchmark record}``.
@@ -123,7 +135,7 @@ def cost_table(benches: Mapping[str, Mapping], inference: Mapping | None) -> pd.
             rec["CPU s (naive)"] = fmt(inference.get("naive", {}).get(arch), "quantity")
             rec["CPU s (fast)"] = fmt(inference.get("fast", {}).get(arch), "quantity")
         records.append(rec)
-    return pd.DataFrame.from_records(records)
+    return _transposed(records, "network", str)
 
 
 HELDOUT_METRICS: tuple[str, ...] = (
