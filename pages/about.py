@@ -93,7 +93,10 @@ for arch in in_display_order(cards):
             if isinstance(v, dict)
         ]
         if rows:
-            st.markdown("**Cross-validated results (mean ± std over folds)**")
+            st.markdown(
+                f"**Cross-validated results** on the training data above ({source}; mean ± std "
+                f"over {card.get('folds', '?')} folds)"
+            )
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         limits = [
             "Trained on **synthetic phantoms**: results on real scans are not meaningful."

@@ -90,7 +90,7 @@ def _rows_height(n_rows: int) -> int:
 def _network_tab(arch: str, bench: dict) -> None:
     """Per-fold table, confusion matrix, ROC curves and training curves of one network."""
     folds = bench["folds"]
-    st.markdown(f"Data: {tables.data_description(bench)}")
+    st.markdown(f"Data: {tables.data_description(bench)}.")
     st.dataframe(tables.per_fold_table(bench), hide_index=True, width="stretch")
     labels = ["all folds", *[f"fold {f.get('fold', i)}" for i, f in enumerate(folds)]]
     choice = st.selectbox("Folds shown", labels, key=f"bench_fold_{arch}")

@@ -83,6 +83,8 @@ def test_about_page_cards_use_the_one_number_format(monkeypatch):
     at = _open("pages/about.py", ROOT / "weights", monkeypatch)
     tables = [d.value for d in at.dataframe if "mean ± std" in d.value.columns]
     assert len(tables) == 3
+    heads = [m.value for m in at.markdown if m.value.startswith("**Cross-validated results**")]
+    assert heads[0].endswith("(synthetic; mean ± std over 3 folds)")  # what the data were
     rows = tables[0].set_index("metric")["mean ± std"]
     assert rows["n train"] in {"201.3 ± 0.6", "201.0 ± 0.0"} or re.fullmatch(
         r"\d+(\.\d)? ± \d+(\.\d)?", rows["n train"]
