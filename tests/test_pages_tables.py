@@ -42,11 +42,11 @@ def _cells(at: AppTest) -> list[str]:
 
 def test_benchmarks_page_says_what_the_data_were_and_formats_numbers_once(monkeypatch):
     at = _open("pages/benchmarks.py", ROOT / "weights", monkeypatch)
-    text = [m.value for m in at.markdown]
-    assert (
-        "Data: synthetic phantoms (seed 2024): 130 Healthy, 37 LGG, 130 HGG; 3 folds; "
-        "input D×H×W 28×40×32 at 5×5×5 mm." in text
+    # the shipped weights change with training runs: the line's form, not today's numbers
+    data = (
+        r"Data: .+: \d+ Healthy, \d+ LGG, \d+ HGG; \d+ folds; input D×H×W \d+×\d+×\d+ at \S+ mm\."
     )
+    assert any(re.fullmatch(data, m.value) for m in at.markdown)
     ours = [d.value for d in at.dataframe if "weights" not in d.value.columns]
     ours = [t for t in ours if "precision" not in t.columns]  # the papers' figures, as published
     assert len(ours) >= 6  # summary, per class, held-out, three per-fold tables, cost, ...
@@ -54,11 +54,11 @@ def test_benchmarks_page_says_what_the_data_were_and_formats_numbers_once(monkey
     assert all(re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}|—", c) for c in summary)
     per_fold = next(d.value for d in at.dataframe if "fold 0" in d.value.columns)
     per_fold = per_fold.set_index("metric")
-    assert list(per_fold.columns) == ["fold 0", "fold 1", "fold 2"]  # narrow: fits the page
+    assert list(per_fold.columns) == [f"fold {k}" for k in range(len(per_fold.columns))]
     assert all(re.fullmatch(r"\d+", s) for s in per_fold.loc["train s"])  # 378.415 s -> "378"
     assert all(re.fullmatch(r"0\.\d{3}", s) for s in per_fold.loc["ece"])
     cost_table = next(d.value for d in at.dataframe if "GFLOPs / volume" in set(d.value.iloc[:, 0]))
-    assert list(cost_table.columns) == ["metric", "R(2+1)D-18", "MC3-18", "R3D-18"]
+    assert list(cost_table.columns) == ["metric", "R(2+1)D-18", "MC3-18", "R3D-18"]  # fits
     held = next(d.value for d in at.dataframe if "held-out %" in d.value.columns)
     assert len(held.columns) == 6  # long and narrow: fits the page
     assert all(re.fullmatch(r"\d+\.\d", s) for s in held["held-out %"])  # 50.0, not 50
@@ -84,10 +84,8 @@ def test_about_page_cards_use_the_one_number_format(monkeypatch):
     tables = [d.value for d in at.dataframe if "mean ± std" in d.value.columns]
     assert len(tables) == 3
     heads = [m.value for m in at.markdown if m.value.startswith("**Cross-validated results**")]
-    assert heads[0].endswith("(synthetic; mean ± std over 3 folds)")  # what the data were
+    assert re.search(r"\(.+; mean ± std over \d+ folds\)$", heads[0])  # what the data were
     rows = tables[0].set_index("metric")["mean ± std"]
-    assert rows["n train"] in {"201.3 ± 0.6", "201.0 ± 0.0"} or re.fullmatch(
-        r"\d+(\.\d)? ± \d+(\.\d)?", rows["n train"]
-    )
+    assert re.fullmatch(r"\d+(\.\d)? ± \d+(\.\d)?", rows["n train"])  # not 201.3333 ± 0.5774
     assert re.fullmatch(r"0\.\d{3} ± 0\.\d{3}", rows["accuracy"])
     assert not [c for c in _cells(at) if RAW_NUMBER.search(c)]
