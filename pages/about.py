@@ -10,6 +10,7 @@ import streamlit as st
 import app_state
 from tumortrace import viz
 from tumortrace.networks import display_name, in_display_order
+from tumortrace.numformat import fmt_mean_std, metric_kind
 
 app_state.require_app("pages/about.py")
 st.title("About TumorTrace")
@@ -37,8 +38,9 @@ models behave: compare the networks, see when they disagree, and check what they
 ### How it works
 The volume is reoriented to RAS, resampled and cropped around the brain exactly as in training
 (the settings are stored in each model card), then each network gives class probabilities. The
-ensemble averages them. Grad-CAM on the last residual stage is mapped back onto the file's own
-voxel grid so the overlay lines up with the slices you scroll.
+ensemble averages them. Grad-CAM on the third of the four residual stages (chosen by scoring the
+maps against lesions of known extent: Benchmarks, Explanations), kept inside the brain, is mapped
+back onto the file's own voxel grid so the overlay lines up with the slices you scroll.
 """
 )
 
@@ -83,13 +85,19 @@ for arch in in_display_order(cards):
         st.code(card.get("command") or "(not stored)", language="bash")
         metrics = card.get("metrics", {}) or {}
         rows = [
-            {"metric": k.replace("_", " "), "mean": v.get("mean"), "std": v.get("std")}
+            {
+                "metric": k.replace("_", " "),
+                "mean ± std": fmt_mean_std(v.get("mean"), v.get("std"), metric_kind(k)),
+            }
             for k, v in metrics.items()
             if isinstance(v, dict)
         ]
         if rows:
-            st.markdown("**Cross-validated results (mean ± std over folds)**")
-            st.dataframe(pd.DataFrame(rows), hide_index=True)
+            st.markdown(
+                f"**Cross-validated results** on the training data above ({source}; mean ± std "
+                f"over {card.get('folds', '?')} folds)"
+            )
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         limits = [
             "Trained on **synthetic phantoms**: results on real scans are not meaningful."
             if str(source).startswith("synthetic")

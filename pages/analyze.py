@@ -21,7 +21,7 @@ import numpy as np
 import streamlit as st
 
 import app_state
-from tumortrace import viz
+from tumortrace import figures, viz
 from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
@@ -279,7 +279,7 @@ def _network_columns(analysis, cards: dict) -> None:
                 f"({100 * p:.1f} %)" + (" · :orange[low confidence]" if p < LOW_CONFIDENCE else "")
             )
             st.plotly_chart(
-                viz.probability_figure(pred.probs),
+                figures.probability_figure(pred.probs),
                 key=f"probs_{arch}",
                 config={"displayModeBar": False},
             )
@@ -342,15 +342,8 @@ def _tone(label: str) -> str:
 
 
 def _report(volume: Volume, sha: str, analysis, cards: dict) -> dict:
-    """The JSON report: volume identity, ensemble, and per network its prediction and weights."""
-
-    def card_id(arch: str) -> dict:
-        card = cards.get(arch)
-        return {
-            k: getattr(card, k, None)
-            for k in ("arch", "weights_sha256", "date", "git_commit", "shipped")
-        }
-
+    """The JSON report: the volume's identity, then the CLI's schema
+    (:meth:`tumortrace.infer.Analysis.to_dict`) with each network's weights."""
     return {
         "tool": "TumorTrace",
         "notice": "research demo, not a medical device",
@@ -363,25 +356,7 @@ def _report(volume: Volume, sha: str, analysis, cards: dict) -> dict:
             "orientation_stored": "".join(volume.orientation),
         },
         "classes": list(CLASSES),
-        "ensemble": {
-            "label": analysis.ensemble_label,
-            "probs": {
-                c: round(float(p), 6) for c, p in zip(CLASSES, analysis.ensemble_probs, strict=True)
-            },
-            "agree": bool(analysis.agree),
-        },
-        "networks": [
-            {
-                "arch": arch,
-                "label": pred.label,
-                "probs": {c: round(float(p), 6) for c, p in zip(CLASSES, pred.probs, strict=True)},
-                "seconds": round(float(pred.seconds), 4),
-                "weights": card_id(arch),
-            }
-            for arch, pred in (
-                (a, analysis.predictions[a]) for a in in_display_order(analysis.predictions)
-            )
-        ],
+        **analysis.to_dict(cards),
     }
 
 
@@ -402,29 +377,29 @@ def _report_csv(report: dict) -> str:
             "git_commit",
         ]
     )
-    vol = report["volume"]
-    for net in report["networks"]:
+    vol, nets = report["volume"], report["networks"]
+    for arch in in_display_order(nets):
+        net, weights = nets[arch], nets[arch]["weights"]
         w.writerow(
             [
                 vol["source"],
                 vol["sha256"],
-                net["arch"],
+                arch,
                 net["label"],
-                *[net["probs"][c] for c in CLASSES],
+                *[f"{net['probs'][c]:.6f}" for c in CLASSES],
                 net["seconds"],
-                net["weights"]["weights_sha256"],
-                net["weights"]["date"],
-                net["weights"]["git_commit"],
+                weights["weights_sha256"],
+                weights["date"],
+                weights["git_commit"],
             ]
         )
-    ens = report["ensemble"]
     w.writerow(
         [
             vol["source"],
             vol["sha256"],
             "ensemble",
-            ens["label"],
-            *[ens["probs"][c] for c in CLASSES],
+            report["label"],
+            *[f"{report['probs'][c]:.6f}" for c in CLASSES],
             "",
             "",
             "",

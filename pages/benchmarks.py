@@ -9,57 +9,32 @@ papers). Nothing is computed from a model here; the page only displays stored fi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 import app_state
-from tumortrace import viz
+from tumortrace import figures, tables, viz
+from tumortrace.benchmark_files import BenchmarkFolder, folder_stamp, read_folder, read_json
 from tumortrace.config import CLASSES
+from tumortrace.metrics import mean_std
 from tumortrace.networks import display_name
 from tumortrace.provenance import verify
 
 ROOT = app_state.ROOT
-NOT_ARCH = {"inference", "published", "explanations"}
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def _read_json(path: str, mtime_ns: int) -> dict | None:
-    """A JSON file as a dict, or None when unreadable (``mtime_ns`` only keys the cache)."""
-    try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _load(path: Path) -> dict | None:
-    return _read_json(str(path), path.stat().st_mtime_ns) if path.is_file() else None
-
-
-def _benchmarks(folder: Path) -> tuple[dict[str, dict], list[str]]:
-    """``{arch: record}`` of every readable benchmark file, and the names of unreadable ones."""
-    benches: dict[str, dict] = {}
-    broken: list[str] = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if path.stem in NOT_ARCH or path.stem.endswith(".splits"):
-            continue
-        record = _load(path)
-        if record is None or not isinstance(record.get("folds"), list):
-            broken.append(path.name)
-            continue
-        benches[str(record.get("arch", path.stem))] = record
-    order = [a for a in ("r2plus1d", "mc3", "r3d") if a in benches]
-    return {a: benches[a] for a in order + [a for a in benches if a not in order]}, broken
+@st.cache_data(show_spinner=False, max_entries=8)
+def _read_folder(folder: str, stamp: tuple) -> BenchmarkFolder:
+    """Every stored file of the benchmark folder (``stamp`` only keys the cache)."""
+    return read_folder(Path(folder))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _verify(bench_path: str, card_path: str, stamp: tuple) -> tuple[bool, str]:
     """Seal check of one benchmark against its card and weights (``stamp`` keys the cache)."""
-    record = _load(Path(bench_path)) or {}
-    check = verify(record, card_path)
+    check = verify(read_json(Path(bench_path)) or {}, card_path)
     return check.verified, check.reason
 
 
@@ -76,10 +51,12 @@ def _unverified(folder: Path, benches: dict[str, dict]) -> dict[str, str]:
     return out
 
 
-def _heldout(folder: Path, archs) -> dict[str, dict]:
-    """``{arch: evaluate report}`` of the readable ``<folder>/heldout/<arch>.json`` files."""
-    reports = {a: _load(folder / "heldout" / f"{a}.json") for a in archs}
-    return {a: r for a, r in reports.items() if r is not None}
+def _data_caption(benches: dict[str, dict]) -> str:
+    """What the cross-validation was measured on: one line, or one per network if they differ."""
+    lines = {arch: tables.data_description(b) for arch, b in benches.items()}
+    if len(set(lines.values())) == 1:
+        return f"Data: {next(iter(lines.values()))}."
+    return "  \n".join(f"Data, {display_name(a)}: {line}." for a, line in lines.items())
 
 
 def _heldout_section(benches: dict[str, dict], heldout: dict[str, dict]) -> None:
@@ -101,8 +78,8 @@ def _heldout_section(benches: dict[str, dict], heldout: dict[str, dict]) -> None
         "and balanced accuracy (mean recall over classes) does not depend on the balance at all. "
         "Δ: held-out minus cross-fold, in percentage points."
     )
-    table = viz.heldout_table(benches, heldout)
-    st.dataframe(table, hide_index=True, height=_rows_height(len(table)))
+    table = tables.heldout_table(benches, heldout)
+    st.dataframe(table, hide_index=True, height=_rows_height(len(table)), width="stretch")
 
 
 def _rows_height(n_rows: int) -> int:
@@ -110,46 +87,35 @@ def _rows_height(n_rows: int) -> int:
     return 35 * (n_rows + 1) + 3
 
 
-def _data_line(bench: dict) -> str:
-    data = bench.get("data", {})
-    counts = ", ".join(
-        f"{viz.CLASS_NAMES.get(c, c)} {n}" for c, n in data.get("counts", {}).items()
-    )
-    shape = "×".join(str(s) for s in bench.get("input_shape", []))
-    spacing = "×".join(str(s) for s in bench.get("spacing_mm", []))
-    return (
-        f"data: **{data.get('source', 'unknown')}** ({counts or 'counts not stored'}) · "
-        f"{len(bench.get('folds', []))} folds · input D×H×W {shape or '?'} at {spacing or '?'} mm"
-    )
-
-
 def _network_tab(arch: str, bench: dict) -> None:
     """Per-fold table, confusion matrix, ROC curves and training curves of one network."""
     folds = bench["folds"]
-    st.markdown(_data_line(bench))
-    st.dataframe(viz.per_fold_table(bench), hide_index=True)
+    st.markdown(f"Data: {tables.data_description(bench)}.")
+    st.dataframe(tables.per_fold_table(bench), hide_index=True, width="stretch")
     labels = ["all folds", *[f"fold {f.get('fold', i)}" for i, f in enumerate(folds)]]
     choice = st.selectbox("Folds shown", labels, key=f"bench_fold_{arch}")
     chosen = folds if choice == "all folds" else [folds[labels.index(choice) - 1]]
     aucs = {
-        c: viz.mean_std(viz.fold_values(chosen, "auc", c))[0]
+        c: mean_std(tables.fold_values(chosen, "auc", c))[0]
         for c in CLASSES
-        if viz.mean_std(viz.fold_values(chosen, "auc", c))[2]
+        if mean_std(tables.fold_values(chosen, "auc", c))[2]
     }
     c1, c2 = st.columns(2)
     title = "summed over folds" if len(chosen) > 1 else choice
     c1.plotly_chart(
-        viz.confusion_figure(viz.summed_confusion(chosen), title=f"Confusion matrix ({title})"),
+        figures.confusion_figure(
+            tables.summed_confusion(chosen), title=f"Confusion matrix ({title})"
+        ),
         key=f"cm_{arch}",
     )
     c2.plotly_chart(
-        viz.roc_figure([f.get("roc", {}) for f in chosen], aucs=aucs, title="ROC, one vs rest"),
+        figures.roc_figure([f.get("roc", {}) for f in chosen], aucs=aucs, title="ROC, one vs rest"),
         key=f"roc_{arch}",
     )
     curves = [f.get("curves", []) for f in chosen]
     if any(curves):
         st.plotly_chart(
-            viz.training_curves_figure(curves, title="Training curves"), key=f"curves_{arch}"
+            figures.training_curves_figure(curves, title="Training curves"), key=f"curves_{arch}"
         )
     else:
         st.caption("No training curves stored.")
@@ -175,17 +141,19 @@ def _explanations(doc: dict) -> None:
         key="bench_expl_target",
         format_func=lambda t: "the true class" if t == "true" else "the predicted class",
     )
-    table = viz.explanations_table(doc, target)
+    table = tables.explanations_table(doc, target)
     if table.empty:
         st.info("This explanations file has no summary rows for that target.")
         return
     st.dataframe(table, hide_index=True, height=_rows_height(min(len(table), 30)))
 
 
-def _published(path: Path) -> None:
-    """The two papers' figures, in their own section, never merged with our tables."""
+def _published(pub: dict | None, path: Path) -> None:
+    """The two papers' figures, in their own section, never merged with our tables.
+
+    Shown with the papers' own decimals (transcribed, not measured here).
+    """
     st.header("Published results (not measured here)")
-    pub = _load(path)
     if pub is None:
         st.info(f"No readable published-results file at {path}.")
         return
@@ -231,11 +199,12 @@ def _published(path: Path) -> None:
 app_state.require_app("pages/benchmarks.py")
 st.title("Benchmarks")
 folder = app_state.weights_dir() / "benchmarks"
-benches, broken = _benchmarks(folder)
-if broken:
+stored = _read_folder(str(folder), folder_stamp(folder))
+benches = stored.benches
+if stored.broken:
     st.error(
-        f"Unreadable benchmark files in {folder}: {', '.join(broken)}. Expected the JSON layout "
-        "written by train.py (see docs/ARCHITECTURE.md); re-run training or remove them."
+        f"Unreadable benchmark files in {folder}: {', '.join(stored.broken)}. Expected the JSON "
+        "layout written by train.py (see docs/ARCHITECTURE.md); re-run training or remove them."
     )
 if not benches:
     st.info(
@@ -256,14 +225,16 @@ else:
             icon=":material/gpp_maybe:",
         )
     st.header("Summary")
-    summary = viz.summary_table(benches)
-    n_overall = len(viz.OVERALL_METRICS)
-    st.dataframe(summary.iloc[:n_overall], height=_rows_height(n_overall))
+    st.markdown(_data_caption(benches))
+    summary = tables.summary_table(benches)
+    n_overall = len(tables.OVERALL_METRICS)
+    st.dataframe(summary.iloc[:n_overall], height=_rows_height(n_overall), width="stretch")
     st.markdown("**Per class** (one class against the rest)")
-    st.dataframe(summary.iloc[n_overall:], height=_rows_height(len(summary) - n_overall))
-    heldout = _heldout(folder, benches)
-    if heldout:
-        _heldout_section(benches, heldout)
+    st.dataframe(
+        summary.iloc[n_overall:], height=_rows_height(len(summary) - n_overall), width="stretch"
+    )
+    if stored.heldout:
+        _heldout_section(benches, stored.heldout)
     st.header("Per network")
     tabs = st.tabs(
         [display_name(a) + (" (unverified)" if a in unverified else "") for a in benches]
@@ -272,20 +243,23 @@ else:
         with tab:
             _network_tab(arch, bench)
     st.header("Cost")
-    inference = _load(folder / "inference.json")
-    st.dataframe(viz.cost_table(benches, inference), hide_index=True)
+    inference = stored.inference
+    st.dataframe(tables.cost_table(benches, inference), hide_index=True, width="stretch")
     if inference:
         shape = "×".join(str(s) for s in inference.get("shape", []))
         st.caption(
             f"CPU seconds per volume from benchmarks/bench_infer.py at D×H×W {shape}, "
-            f"{inference.get('threads', '?')} threads; 'fast' = {inference.get('settings', {})}."
+            f"{inference.get('threads', '?')} threads. Settings of 'fast': "
+            f"{tables.settings_text(inference.get('settings') or {})}."
         )
     else:
         st.caption("No inference.json: run `python benchmarks/bench_infer.py` for CPU timings.")
 
-explanations = _load(folder / "explanations.json")
-if explanations:
-    _explanations(explanations)
+if stored.explanations:
+    _explanations(stored.explanations)
 
-published = folder / "published.json"
-_published(published if published.is_file() else ROOT / "weights" / "benchmarks" / "published.json")
+if stored.published is not None:
+    _published(stored.published, folder / "published.json")
+else:  # the papers' figures ship with the app, whatever weights folder is in use
+    shipped = ROOT / "weights" / "benchmarks" / "published.json"
+    _published(read_json(shipped), shipped)

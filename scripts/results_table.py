@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,55 +24,41 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tumortrace.benchmark_files import (  # noqa: E402
+    heldout_metrics,
+    read_benchmarks,
+    read_heldout,
+    read_json,
+)
 from tumortrace.config import CLASSES  # noqa: E402
-from tumortrace.networks import display_name, network_names  # noqa: E402
+from tumortrace.networks import display_name  # noqa: E402
+from tumortrace.numformat import fmt, fmt_mean_std  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _pct(stat: dict[str, Any] | None) -> str:
-    """``{"mean", "std"}`` of a fraction as ``"91.2 ± 2.3"`` (percent), or ``"n/a"``."""
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    return f"{100 * stat['mean']:.1f} ± {100 * (stat.get('std') or 0.0):.1f}"
+    """``{"mean", "std"}`` of a fraction as ``"91.2 ± 2.3"`` (percent), or ``"—"``."""
+    stat = stat or {}
+    return fmt_mean_std(stat.get("mean"), stat.get("std"), "percent")
 
 
 def _f(stat: dict[str, Any] | None) -> str:
-    """``{"mean", "std"}`` of a score in [0, 1] as ``"0.912 ± 0.023"``, or ``"n/a"``."""
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    return f"{stat['mean']:.3f} ± {stat.get('std') or 0.0:.3f}"
-
-
-def _num(x: float | None, pct: bool = False) -> str:
-    if x is None:
-        return "n/a"
-    return f"{100 * x:.1f}" if pct else f"{x:.3f}"
+    """``{"mean", "std"}`` of a score in [0, 1] as ``"0.912 ± 0.023"``, or ``"—"``."""
+    stat = stat or {}
+    return fmt_mean_std(stat.get("mean"), stat.get("std"), "score")
 
 
 def load_benchmarks(folder: Path) -> dict[str, dict[str, Any]]:
-    """``{arch: record}`` of every ``<arch>.json`` holding a ``folds`` list, in the app's order."""
-    found: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.glob("*.json")):
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(record, dict) and isinstance(record.get("folds"), list) and "arch" in record:
-            found[record["arch"]] = record
-    return {a: found[a] for a in network_names() if a in found}
+    """``{arch: record}`` of the folder's benchmark files, in display order.
 
-
-def load_heldout(folder: Path) -> dict[str, dict[str, Any]]:
-    """``{arch: evaluate report}`` from ``<folder>/heldout/<arch>.json`` (absent: empty)."""
-    out: dict[str, dict[str, Any]] = {}
-    for arch in network_names():
-        path = folder / "heldout" / f"{arch}.json"
-        if path.is_file():
-            out[arch] = json.loads(path.read_text(encoding="utf-8"))
-    return out
-
-
-def _metrics(report: dict[str, Any]) -> dict[str, Any]:
-    """The metrics dict of an ``evaluate --format json`` report (top level or under ``metrics``)."""
-    return report.get("metrics", report)
+    Raises:
+        SystemExit: a benchmark file is unreadable (the README must not silently drop a network).
+    """
+    benches, broken = read_benchmarks(folder)
+    if broken:
+        raise SystemExit(f"error: unreadable benchmark files in {folder}: {', '.join(broken)}")
+    return benches
 
 
 def _epochs(bench: dict[str, Any]) -> str:
@@ -82,8 +67,8 @@ def _epochs(bench: dict[str, Any]) -> str:
 
 
 def _diff(a: float | None, b: float | None) -> str:
-    """``a - b`` in percentage points, signed, or ``"n/a"``."""
-    return "n/a" if a is None or b is None else f"{100 * (a - b):+.1f}"
+    """``a - b`` in percentage points, signed, or ``"—"``."""
+    return fmt(None if a is None or b is None else a - b, "points")
 
 
 def render(
@@ -121,7 +106,7 @@ def render(
                 f"| {_pct(s.get('balanced_accuracy'))} | {_f(s.get('macro_f1'))} "
                 f"| {_pct(s.get('lgg_recall'))} | {_f(s.get('lgg_f1'))} | {_f(s.get('hgg_f1'))} "
                 f"| {_f(s.get('healthy_f1'))} | {_f(s.get('auc_macro'))} | {_epochs(b)} "
-                f"| {minutes:.0f} | {b.get('shipped', '?')} |"
+                f"| {fmt(minutes, 'quantity')} | {b.get('shipped', '?')} |"
             )
         lines.append("")
     if heldout:
@@ -155,18 +140,18 @@ def render(
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for arch, report in heldout.items():
-            m = _metrics(report)
+            m = heldout_metrics(report)
             s = (benches.get(arch) or {}).get("summary") or {}
             acc, bal = m.get("accuracy"), m.get("balanced_accuracy")
             mix = report.get("accuracy_at_training_mix")
             cv_acc, cv_bal = (s.get(k, {}).get("mean") for k in ("accuracy", "balanced_accuracy"))
             lgg = (m.get("per_class", {}).get("lgg") or {}).get("recall")
             lines.append(
-                f"| {display_name(arch)} | {_num(acc, pct=True)} | {_pct(s.get('accuracy'))} "
-                f"| {_diff(acc, cv_acc)} | {_num(mix, pct=True)} | {_diff(mix, cv_acc)} "
-                f"| {_num(bal, pct=True)} "
+                f"| {display_name(arch)} | {fmt(acc, 'percent')} | {_pct(s.get('accuracy'))} "
+                f"| {_diff(acc, cv_acc)} | {fmt(mix, 'percent')} | {_diff(mix, cv_acc)} "
+                f"| {fmt(bal, 'percent')} "
                 f"| {_pct(s.get('balanced_accuracy'))} | {_diff(bal, cv_bal)} "
-                f"| {_num(lgg, pct=True)} | {_pct(s.get('lgg_recall'))} |"
+                f"| {fmt(lgg, 'percent')} | {_pct(s.get('lgg_recall'))} |"
             )
         lines.append("")
     if published:
@@ -175,7 +160,10 @@ def render(
 
 
 def _published(pub: dict[str, Any]) -> list[str]:
-    """Published figures on BraTS T1ce + IXI T1, clearly labelled as not measured here."""
+    """Published figures on BraTS T1ce + IXI T1, clearly labelled as not measured here.
+
+    With the papers' own decimals: they are transcribed, not measured, so not reformatted.
+    """
     lines = [
         "**Published, not measured here** (real BraTS T1ce + IXI T1, the authors' own splits and "
         "full-resolution inputs; the two papers are cited in `weights/benchmarks/published.json`).",
@@ -223,9 +211,8 @@ def update_readme(readme: str, section: str) -> str:
 def build(root: Path = ROOT) -> str:
     """The section rendered from ``<root>/weights/benchmarks``."""
     folder = root / "weights" / "benchmarks"
-    pub_path = folder / "published.json"
-    published = json.loads(pub_path.read_text(encoding="utf-8")) if pub_path.is_file() else None
-    return render(load_benchmarks(folder), load_heldout(folder), published)
+    benches = load_benchmarks(folder)
+    return render(benches, read_heldout(folder, benches), read_json(folder / "published.json"))
 
 
 def main(argv: list[str] | None = None) -> int:

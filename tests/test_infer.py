@@ -295,3 +295,32 @@ def test_compiled_trunk_matches_eager(volume) -> None:
     )
     cams = [r.explanations["r3d"].cam_model.ravel() for r in (got, eager)]
     assert np.corrcoef(*cams)[0, 1] > 0.95
+
+
+# -- the one report schema -------------------------------------------------------------------------
+
+
+def test_one_report_schema_for_the_cli_rows_and_the_app(predictor, volume) -> None:
+    from tumortrace.batch import PredictRow, format_rows
+
+    analysis = predictor.analyze(volume)
+    report = analysis.to_dict()
+    assert list(report) == ["label", "verdict", "probs", "agree", "qc", "networks"]
+    assert list(report["probs"]) == list(CLASSES) and report["label"] == analysis.ensemble_label
+    assert report["probs"]["hgg"] == float(analysis.ensemble_probs[2])  # not rounded
+    assert list(report["networks"]) == list(analysis.predictions)
+    assert "weights" not in report["networks"]["mc3"]
+    # the CLI's JSON row is the same report, with the path, ok and each written map's path
+    row = PredictRow.from_analysis("a.nii.gz", analysis, {"mc3": "a_mc3_cam.nii.gz"}).to_dict()
+    assert list(row)[:2] == ["path", "ok"] and row["ok"] is True
+    cams = {a: n.pop("cam") for a, n in row["networks"].items()}
+    assert cams == {"mc3": "a_mc3_cam.nii.gz", "r2plus1d": None, "r3d": None}
+    assert {k: v for k, v in row.items() if k not in ("path", "ok")} == report
+    doc = json.loads(format_rows([PredictRow.from_analysis("a", analysis, {})], "json"))
+    assert doc["results"][0]["probs"] == report["probs"]
+    # the app's download adds each network's weights (the card it ran with)
+    with_cards = analysis.to_dict(predictor.cards)
+    assert with_cards["networks"]["r3d"]["weights"]["arch"] == "r3d"
+    assert {k: v for k, v in with_cards["networks"]["r3d"].items() if k != "weights"} == (
+        report["networks"]["r3d"]
+    )

@@ -19,9 +19,9 @@ import torch
 from conftest import make_head
 
 from tumortrace.__main__ import main
+from tumortrace.batch import collect_inputs
 from tumortrace.checkpoint import ModelCard, save_checkpoint
 from tumortrace.config import CLASSES, PreprocessConfig
-from tumortrace.infer import collect_inputs
 from tumortrace.models import create_model, list_models
 from tumortrace.qc import CHECK_NAMES
 
@@ -171,16 +171,16 @@ def test_hostile_file_among_good_ones_gives_a_row_for_every_file(
     odd = tmp_path / "odd\nname.nii.gz"
     odd.write_bytes((cohort / "a_ras.nii.gz").read_bytes())
 
-    import tumortrace.infer as infer
+    import tumortrace.batch as batch
 
-    real = infer.load_volume
+    real = batch.load_volume
 
     def flaky(path):  # an unexpected library error on one input only
         if Path(path).name.startswith("odd"):
             raise ValueError("boom\nsecond line")
         return real(path)
 
-    monkeypatch.setattr(infer, "load_volume", flaky)
+    monkeypatch.setattr(batch, "load_volume", flaky)
     paths = [cohort / "a_ras.nii.gz", bad_zip, cohort / "b_lps.nii.gz", odd]
     argv = ["predict", *map(str, paths), "--weights", str(weights_dir), "--arch", "mc3"]
     argv += ["--skip-checks", "--quiet"]

@@ -73,7 +73,7 @@ def test_cross_fold_row_is_mean_and_sample_std_in_percent(tmp_path):
     assert cells[1] == "85.0 ± 7.1"
     assert cells[4] == "50.0 ± 35.4"
     assert cells[9] == "0/0"  # no curves stored in this record
-    assert cells[10] == "20"  # two folds of 600 s
+    assert cells[10] == "20.0"  # two folds of 600 s, in minutes
     assert cells[11] == "best_fold:1"
     assert "28x40x32" in section and "synthetic" in section
 

@@ -1,16 +1,14 @@
-"""tumortrace.viz: display orientation, windowing, overlays, figures and benchmark tables."""
+"""tumortrace.viz: display orientation, windowing, overlays, markers and the colour bar."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
 from tumortrace import viz
-from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError, InvalidVolumeError
 from tumortrace.metrics import mean_std
 
@@ -194,75 +192,6 @@ def test_render_slice_crosshair_marks_the_point():
     assert img[row, :, 2].max() > 200  # horizontal dashed line at the coronal position
     assert img[:, col, 2].max() > 200  # vertical one at the sagittal position
     assert img[:8, col, 2].max() == 0  # stops short of the edge, where the letters go
-
-
-def test_probability_figure():
-    fig = viz.probability_figure([0.1, 0.2, 0.7])
-    assert list(fig.data[0].x) == pytest.approx([10, 20, 70])
-    assert list(fig.data[0].y) == ["Healthy", "LGG", "HGG"]
-    with pytest.raises(ConfigError, match="Got 2 probabilities for 3 classes"):
-        viz.probability_figure([0.5, 0.5])
-
-
-def test_confusion_roc_and_curves_figures():
-    fig = viz.confusion_figure([[5, 1, 0], [2, 3, 1], [0, 0, 6]])
-    assert np.asarray(fig.data[0].z)[0].tolist() == pytest.approx([500 / 6, 100 / 6, 0])
-    with pytest.raises(ConfigError, match="does not match classes"):
-        viz.confusion_figure([[1, 2], [3, 4]])
-    roc = {c: {"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1]} for c in CLASSES}
-    fig = viz.roc_figure([roc, roc], aucs={"lgg": 0.9})
-    assert len(fig.data) == 2 * len(CLASSES) + 1  # per fold and class, plus chance
-    assert any("AUC 0.900" in (t.name or "") for t in fig.data)
-    curves = [[{"epoch": e, "train_loss": 1 / (e + 1), "val_accuracy": 0.5} for e in range(3)]]
-    fig = viz.training_curves_figure(curves)
-    assert {t.name for t in fig.data} == {"train loss", "val accuracy"}
-
-
-def _fold(acc: float, lgg_recall: float) -> dict:
-    return {
-        "fold": 0,
-        "accuracy": acc,
-        "macro_f1": acc - 0.1,
-        "per_class": {"lgg": {"recall": lgg_recall}},
-        "confusion": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
-        "train_seconds": 10.0,
-    }
-
-
-def test_summary_and_fold_tables():
-    bench = {"arch": "mc3", "folds": [_fold(0.8, 0.5), _fold(0.9, 0.7)], "params": 2_000_000}
-    table = viz.summary_table({"mc3": bench})
-    assert table.loc["accuracy", "MC3-18"] == "0.850 ± 0.071"  # sample std of (0.8, 0.9)
-    assert table.loc["LGG recall", "MC3-18"] == "0.600 ± 0.141"
-    assert table.loc["HGG auc", "MC3-18"] == "—"  # not stored: shown as missing, never as 0
-    folds = viz.per_fold_table(bench)
-    assert len(folds) == 2 and folds["accuracy"].tolist() == [0.8, 0.9]
-    assert viz.summed_confusion(bench["folds"]) == [[2, 0, 0], [0, 2, 0], [0, 0, 2]]
-    cost = viz.cost_table({"mc3": bench}, {"naive": {"mc3": 3.0}, "fast": {"mc3": 1.0}})
-    row = cost.iloc[0].to_dict()
-    assert row["parameters (M)"] == 2.0 and row["CPU s (fast)"] == 1.0
-    assert row["train s / fold"] == 10.0
-
-
-def test_heldout_table_compares_with_fold_means():
-    bench = {"arch": "mc3", "folds": [_fold(0.8, 0.5), _fold(0.9, 0.7)]}
-    report = {
-        "n": 90,
-        "metrics": {"accuracy": 0.7, "per_class": {"lgg": {"recall": 0.4}}},
-        "accuracy_at_training_mix": 0.83,
-    }
-    table = viz.heldout_table({"mc3": bench}, {"mc3": report, "r3d": {"accuracy": 0.5}})
-    mc3, r3d = (row.to_dict() for _, row in table.iterrows())
-    assert mc3["network"] == "MC3-18" and mc3["n"] == 90
-    assert mc3["accuracy held-out %"] == 70.0 and mc3["accuracy cross-fold %"] == 85.0
-    assert mc3["accuracy Δ pts"] == -15.0
-    assert mc3["accuracy at training mix held-out %"] == 83.0
-    assert mc3["accuracy at training mix cross-fold %"] == 85.0
-    assert mc3["accuracy at training mix Δ pts"] == -2.0
-    assert mc3["LGG recall held-out %"] == 40.0 and mc3["LGG recall Δ pts"] == -20.0
-    # not stored: missing, never a made-up 0
-    assert pd.isna(mc3["balanced acc. held-out %"]) and pd.isna(mc3["balanced acc. Δ pts"])
-    assert r3d["accuracy held-out %"] == 50.0 and pd.isna(r3d["accuracy cross-fold %"])
 
 
 def test_mean_std_edge_cases():

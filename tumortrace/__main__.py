@@ -34,7 +34,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     """CSV (or one JSON document) on stdout; one stderr line per bad input; exit 1 if any failed."""
-    from tumortrace.infer import InferenceSettings, Predictor, format_rows
+    from tumortrace.batch import format_rows, predict_paths
+    from tumortrace.infer import InferenceSettings, Predictor
     from tumortrace.io import printable
 
     archs = None if args.arch == "all" else [args.arch]
@@ -42,7 +43,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_dir(args.weights, archs=archs, settings=settings)
     for arch, reason in predictor.refused.items():  # the other networks still predict
         print(f"warning: network {arch} left out: {reason}", file=sys.stderr)
-    rows = predictor.predict_paths(args.paths, cam_out=args.cam_out, progress=not args.quiet)
+    rows = predict_paths(predictor, args.paths, cam_out=args.cam_out, progress=not args.quiet)
     sys.stdout.write(format_rows(rows, args.format))
     sys.stdout.flush()
     failed = [r for r in rows if not r.ok]

@@ -14,18 +14,16 @@ optionally ``torch.compile`` (:attr:`InferenceSettings.compile`).
 Sharing: models are loaded once, prepared once in :class:`Predictor`'s constructor, and only read
 afterwards (no hooks, no flag changes, no caches), so one :class:`Predictor` can serve concurrent
 :meth:`Predictor.analyze` calls from several threads (e.g. Streamlit sessions).
+
+:meth:`Analysis.to_dict` is the one report schema; the batch command line (files in, one row
+each, CSV or JSON out) is :mod:`tumortrace.batch`.
 """
 
 from __future__ import annotations
 
-import csv
-import io as _io
-import json
-import re
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +31,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from tqdm.auto import tqdm
 
 from tumortrace.checkpoint import ModelCard, load_checkpoint, read_card
 from tumortrace.config import CLASSES, PreprocessConfig
@@ -49,10 +46,9 @@ from tumortrace.explain import (
     make_explanation,
     save_cam_nifti,
 )
-from tumortrace.io import Volume, load_volume, printable
+from tumortrace.io import Volume, printable
 from tumortrace.models import list_models
 from tumortrace.preprocess import GridMap, Preprocessed
-from tumortrace.qc import CHECK_NAMES
 from tumortrace.runtime import fast_dtype, resolve_device
 from tumortrace.standard import PIPELINE_VERSION, StandardSpace, prepare, standardise
 
@@ -60,12 +56,8 @@ __all__ = [
     "Analysis",
     "Explanation",
     "InferenceSettings",
-    "PredictRow",
     "Prediction",
     "Predictor",
-    "collect_inputs",
-    "format_rows",
-    "predict_paths",
     "save_cam_nifti",
 ]
 
@@ -171,6 +163,42 @@ class Analysis:
     def verdict(self) -> str:
         """The ensemble label, or ``"unreliable input"`` when the input checks fail hard."""
         return self.ensemble_label if self.reliable else "unreliable input"
+
+    def to_dict(self, cards: Mapping[str, ModelCard] | None = None) -> dict[str, Any]:
+        """The one report schema, JSON-ready: the CLI's rows and the app's download both use it.
+
+        ``{"label", "verdict", "probs": {class: p}, "agree", "qc", "networks": {arch: {"label",
+        "probs", "seconds", "cam_target"}}}``, probabilities in :data:`CLASSES` order and
+        networks in the order analysed; ``qc`` is :meth:`tumortrace.qc.QCReport.to_dict` or None
+        when the input checks did not run.
+
+        Args:
+            cards: ``{arch: ModelCard}``; when given, each network also gets ``"weights"`` (arch,
+                weights_sha256, date, git_commit, shipped of the card it ran with).
+        """
+        networks: dict[str, dict[str, Any]] = {}
+        for arch, pred in self.predictions.items():
+            expl = self.explanations.get(arch)
+            networks[arch] = {
+                "label": pred.label,
+                "probs": {c: float(v) for c, v in zip(CLASSES, pred.probs, strict=True)},
+                "seconds": round(pred.seconds, 4),
+                "cam_target": None if expl is None else expl.target,
+            }
+            if cards is not None:
+                card = cards.get(arch)
+                networks[arch]["weights"] = {
+                    k: getattr(card, k, None)
+                    for k in ("arch", "weights_sha256", "date", "git_commit", "shipped")
+                }
+        return {
+            "label": self.ensemble_label,
+            "verdict": self.verdict,
+            "probs": {c: float(p) for c, p in zip(CLASSES, self.ensemble_probs, strict=True)},
+            "agree": self.agree,
+            "qc": None if self.standard is None else self.standard.qc.to_dict(),
+            "networks": networks,
+        }
 
 
 def fuse_batchnorm(model: nn.Module) -> nn.Module:
@@ -375,7 +403,7 @@ class Predictor:
             except TumorTraceError as err:
                 if explicit:  # asked for by name: the caller wants exactly these networks
                     raise
-                refused[arch] = _one_line(err)
+                refused[arch] = error_line(err)
                 errors.append(err)
         if not models:
             raise errors[0]
@@ -390,11 +418,16 @@ class Predictor:
 
     def model(self, arch: str) -> nn.Module:
         """The prepared network ``arch`` (shared: read it, never modify it or hook it)."""
-        return self._models[self._select([arch])[0]]
+        return self._models[self.select([arch])[0]]
 
     # -- analysis ------------------------------------------------------------------------------
 
-    def _select(self, archs: Iterable[str] | None) -> list[str]:
+    def select(self, archs: Iterable[str] | None) -> list[str]:
+        """``archs`` deduplicated, in the given order (None: every loaded network).
+
+        Raises:
+            ConfigError: a network that is not loaded, or an empty list.
+        """
         if archs is None:
             return list(self.archs)
         archs = list(dict.fromkeys(archs))
@@ -437,7 +470,7 @@ class Predictor:
             InvalidVolumeError: the volume cannot be preprocessed.
         """
         start = time.perf_counter()
-        archs = self._select(archs)
+        archs = self.select(archs)
         target_idx = _class_index(target)
         method = method or self.settings.cam_method
         get_cam_method(method)
@@ -515,53 +548,6 @@ class Predictor:
             return np.asarray(given, dtype=bool).reshape(prep.tensor.shape[-3:])
         return brain_mask_on_model_grid(prep.tensor)
 
-    # -- batch prediction (the CLI) ------------------------------------------------------------
-
-    def predict_paths(
-        self,
-        paths: Iterable[str | Path],
-        archs: Iterable[str] | None = None,
-        cam_out: str | Path | None = None,
-        progress: bool = True,
-    ) -> list[PredictRow]:
-        """Analyses files and folders; a bad input becomes an error row and the rest still run.
-
-        Args:
-            paths: NIfTI files, zips, DICOM folders, or folders of them (:func:`collect_inputs`).
-            archs: networks to run (default: all loaded).
-            cam_out: folder for Grad-CAM NIfTI maps ``<stem>_<arch>_cam.nii.gz`` (on each source
-                file's grid, with its affine); ``None`` writes none.
-            progress: show a tqdm bar on stderr.
-
-        Returns:
-            One :class:`PredictRow` per input, in input order.
-        """
-        archs = self._select(archs)
-        items = collect_inputs(paths)
-        cam_dir = Path(cam_out) if cam_out is not None else None
-        used_stems: set[str] = set()
-        rows: list[PredictRow] = []
-        for item in tqdm(items, desc="predict", unit="vol", file=sys.stderr, disable=not progress):
-            try:
-                volume = load_volume(item)
-                standard = standardise(volume) if self.settings.input_checks else None
-                analysis = self.analyze(volume, archs=archs, standard=standard)
-                cams: dict[str, str] = {}
-                if cam_dir is not None:
-                    stem = _unique_stem(_stem(item), used_stems)
-                    for arch, expl in analysis.explanations.items():
-                        out = cam_dir / f"{stem}_{arch}_cam.nii.gz"
-                        cams[arch] = str(save_cam_nifti(expl, volume, out))
-                rows.append(PredictRow.from_analysis(str(item), analysis, cams))
-            except (TumorTraceError, OSError) as err:
-                rows.append(PredictRow(path=str(item), ok=False, error=_one_line(err)))
-            except Exception as err:  # one file, one row: a bug on one input spares the others
-                detail = f"{type(err).__name__}: {_one_line(err)}"
-                rows.append(
-                    PredictRow(path=str(item), ok=False, error=f"unexpected error ({detail})")
-                )
-        return rows
-
 
 def _check_card(arch: str, card: ModelCard, model: nn.Module, source: str) -> None:
     """A card must name ``arch``, list :data:`CLASSES`, and match the network's output size."""
@@ -593,234 +579,6 @@ def _check_card(arch: str, card: ModelCard, model: nn.Module, source: str) -> No
         )
 
 
-# -- batch rows ------------------------------------------------------------------------------
-
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".zip")
-_SKIP_SUFFIXES = ("_lesion.nii.gz", "_lesion.nii")  # lesion masks written by `synth`
-
-
-@dataclass(frozen=True)
-class PredictRow:
-    """The outcome for one input of :meth:`Predictor.predict_paths`.
-
-    Attributes:
-        path: the input as given (or as found in a folder).
-        ok: False when the input could not be read or analysed.
-        label: ensemble label (``None`` on error).
-        probs: ensemble probabilities in :data:`CLASSES` order (``None`` on error).
-        agree: whether every network predicted ``label``.
-        networks: ``{arch: Prediction}``.
-        targets: ``{arch: explained class}``.
-        cams: ``{arch: written Grad-CAM NIfTI path}``.
-        error: one-line message on error.
-        qc: the input checks (:meth:`tumortrace.qc.QCReport.to_dict`), or None when not run.
-        verdict: ``label``, or ``"unreliable input"`` when an input check fails hard.
-    """
-
-    path: str
-    ok: bool
-    label: str | None = None
-    probs: tuple[float, ...] | None = None
-    agree: bool | None = None
-    networks: dict[str, Prediction] = field(default_factory=dict)
-    targets: dict[str, str] = field(default_factory=dict)
-    cams: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
-    qc: dict[str, Any] | None = None
-    verdict: str | None = None
-
-    @classmethod
-    def from_analysis(cls, path: str, analysis: Analysis, cams: dict[str, str]) -> PredictRow:
-        """A successful row."""
-        return cls(
-            path=path,
-            ok=True,
-            label=analysis.ensemble_label,
-            probs=tuple(float(p) for p in analysis.ensemble_probs),
-            agree=analysis.agree,
-            networks=dict(analysis.predictions),
-            targets={a: e.target for a, e in analysis.explanations.items()},
-            cams=cams,
-            qc=None if analysis.standard is None else analysis.standard.qc.to_dict(),
-            verdict=analysis.verdict,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        if not self.ok:
-            return {"path": self.path, "ok": False, "error": self.error}
-        return {
-            "path": self.path,
-            "ok": True,
-            "label": self.label,
-            "verdict": self.verdict,
-            "probs": dict(zip(CLASSES, self.probs or (), strict=True)),
-            "agree": self.agree,
-            "qc": self.qc,
-            "networks": {
-                a: {
-                    "label": p.label,
-                    "probs": {c: float(v) for c, v in zip(CLASSES, p.probs, strict=True)},
-                    "seconds": round(p.seconds, 4),
-                    "cam_target": self.targets.get(a),
-                    "cam": self.cams.get(a),
-                }
-                for a, p in self.networks.items()
-            },
-        }
-
-
-def _qc_columns(qc: dict[str, Any] | None) -> dict[str, Any]:
-    """``qc_status``, one ``qc_<check>`` value column per check, and ``qc_warnings``."""
-    if qc is None:
-        return {}
-    out: dict[str, Any] = {"qc_status": qc["status"]}
-    for c in qc["checks"]:
-        out[f"qc_{c['name']}"] = c["value"]
-    out["qc_warnings"] = " | ".join(qc["warnings"])
-    return out
-
-
-def _csv_columns(archs: Sequence[str], with_cams: bool, with_qc: bool) -> list[str]:
-    cols = ["path", "status", "label", "verdict", *(f"p_{c}" for c in CLASSES), "agree"]
-    if with_qc:
-        cols += ["qc_status", *(f"qc_{n}" for n in CHECK_NAMES), "qc_warnings"]
-    for a in archs:
-        cols += [f"{a}_label", *(f"{a}_p_{c}" for c in CLASSES), f"{a}_seconds"]
-        if with_cams:
-            cols.append(f"{a}_cam")
-    return [*cols, "error"]
-
-
-def format_rows(rows: Sequence[PredictRow], fmt: Literal["csv", "json"] = "csv") -> str:
-    """Renders rows as CSV (one line per input, errors included) or one JSON document.
-
-    Raises:
-        ConfigError: unknown format.
-    """
-    archs = list(dict.fromkeys(a for r in rows for a in r.networks))
-    if fmt == "json":
-        doc = {
-            "classes": list(CLASSES),
-            "archs": archs,
-            "n_ok": sum(r.ok for r in rows),
-            "n_failed": sum(not r.ok for r in rows),
-            "results": [r.to_dict() for r in rows],
-        }
-        return json.dumps(doc, indent=2) + "\n"
-    if fmt != "csv":
-        raise ConfigError(f"Unknown output format {fmt!r}; expected 'csv' or 'json'.")
-    with_cams = any(r.cams for r in rows)
-    with_qc = any(r.qc for r in rows)
-    buf = _io.StringIO()
-    writer = csv.DictWriter(
-        buf, fieldnames=_csv_columns(archs, with_cams, with_qc), lineterminator="\n"
-    )
-    writer.writeheader()
-    for r in rows:
-        line: dict[str, Any] = {"path": r.path, "status": "ok" if r.ok else "error"}
-        if r.ok:
-            line.update(label=r.label, verdict=r.verdict, agree=r.agree)
-            line.update(_qc_columns(r.qc))
-            line.update({f"p_{c}": f"{p:.6f}" for c, p in zip(CLASSES, r.probs or (), strict=True)})
-            for a, p in r.networks.items():
-                line[f"{a}_label"] = p.label
-                line.update(
-                    {f"{a}_p_{c}": f"{v:.6f}" for c, v in zip(CLASSES, p.probs, strict=True)}
-                )
-                line[f"{a}_seconds"] = f"{p.seconds:.3f}"
-                if with_cams:
-                    line[f"{a}_cam"] = r.cams.get(a, "")
-        else:
-            line["error"] = r.error
-        writer.writerow(line)
-    return buf.getvalue()
-
-
-def _is_volume_file(p: Path) -> bool:
-    return p.name.lower().endswith(_VOLUME_SUFFIXES)
-
-
-def _is_companion_mask(p: Path) -> bool:
-    """``<subject>_lesion.nii.gz`` beside ``<subject>.nii.gz``: a lesion mask from ``synth``."""
-    name = p.name
-    for suffix in _SKIP_SUFFIXES:
-        if name.lower().endswith(suffix):
-            subject = name[: -len(suffix)]
-            return any((p.parent / f"{subject}{ext}").is_file() for ext in (".nii.gz", ".nii"))
-    return False
-
-
-def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Expands the CLI's inputs into the volumes to analyse, in a stable order.
-
-    * a file is analysed as given (its format is checked when it is read);
-    * a folder holding ``.nii``/``.nii.gz``/``.zip`` files contributes each of them and each
-      non-empty sub-folder (read as a DICOM series); lesion masks ``<subject>_lesion.nii.gz``
-      beside ``<subject>.nii.gz`` (written by ``synth``) are skipped;
-    * a folder holding neither is itself read as a DICOM series;
-    * a path that does not exist is kept, so that it is reported as an error row.
-    """
-    out: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if not p.is_dir():
-            out.append(p)
-            continue
-        children = sorted(c for c in p.iterdir() if not c.name.startswith("."))
-        volumes = [
-            c for c in children if c.is_file() and _is_volume_file(c) and not _is_companion_mask(c)
-        ]
-        series = [c for c in children if c.is_dir() and any(c.iterdir())]
-        if volumes or series:
-            out += volumes + series
-        else:
-            out.append(p)
-    return out
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in _VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "volume"
-
-
-def _unique_stem(stem: str, used: set[str]) -> str:
-    candidate, n = stem, 1
-    while candidate in used:
-        n += 1
-        candidate = f"{stem}_{n}"
-    used.add(candidate)
-    return candidate
-
-
-def _one_line(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
+    """An error's message on one printable line (its type's name when the message is empty)."""
     return printable(" ".join(str(err).split())) or type(err).__name__
-
-
-def predict_paths(
-    paths: Iterable[str | Path],
-    weights_dir: str | Path = "weights",
-    archs: Sequence[str] | None = None,
-    cam_out: str | Path | None = None,
-    progress: bool = True,
-    settings: InferenceSettings | None = None,
-) -> list[PredictRow]:
-    """Loads the weights in ``weights_dir`` once and runs :meth:`Predictor.predict_paths`.
-
-    Args:
-        paths: files or folders (see :func:`collect_inputs`).
-        weights_dir: folder of ``<arch>.json`` cards.
-        archs: networks to use (``None``: every card present).
-        cam_out: folder for Grad-CAM NIfTI maps, or ``None``.
-        progress: tqdm bar on stderr.
-        settings: see :class:`InferenceSettings`.
-
-    Raises:
-        CheckpointError / ConfigError: the weights cannot be loaded (no row is produced then).
-    """
-    predictor = Predictor.from_dir(weights_dir, archs=archs, settings=settings)
-    return predictor.predict_paths(paths, cam_out=cam_out, progress=progress)

@@ -551,16 +551,52 @@ def make_phantom(label: str, seed: int, size: str = "small") -> Phantom:
     tpl = padded_template()
     g, grng = _draw_global(seed, size)
     les = draw_lesion(label, seed, tpl)
-    preset = _PRESETS[size]
-    shape, spacing = g.shape, np.asarray(g.spacing)
+    step = _PRESETS[size].step
+    out_affine, centre = _output_grid(g)
+    q, p, coarse = _coarse_geometry(g, grng, les, tpl, out_affine, centre, step)
+    obox, tissue, bias = _anatomy(g, tpl, p, coarse, step, f"{label}/{seed}")
+    lesion_mask, parts = _insert_lesion(tissue, les, q, seed, tpl, step)
+    data = _acquire(tissue, obox, bias, g, seed)
+    affine, (data, lesion_mask, parts) = _storage_order(
+        out_affine, g.orientation, data, lesion_mask, parts
+    )
+    meta = _meta(label, seed, size, g, les, lesion_mask, affine)
+    return Phantom(
+        data=data, affine=affine, lesion=lesion_mask, label=label, meta=meta, parts=parts
+    )
 
-    # Output grid (canonical RAS) around a jittered head centre.
+
+def _output_grid(g: _Global) -> tuple[np.ndarray, np.ndarray]:
+    """The output grid's affine (canonical RAS) around the jittered head centre, and that centre.
+
+    Returns:
+        ``(4, 4)`` affine of the ``g.shape`` grid at ``g.spacing``, and the centre ``(3,)`` in mm.
+    """
+    shape, spacing = g.shape, np.asarray(g.spacing)
     centre = _FOV_CENTRE_MNI + np.asarray(g.fov_shift_mm)
     out_affine = np.diag([*spacing, 1.0])
     out_affine[:3, 3] = centre - spacing * (np.asarray(shape) - 1) / 2.0
+    return out_affine, centre
 
-    # Coarse geometry: output mm -> (affine + elastic) -> MNI q -> mass effect -> template p.
-    axes = _coarse_axes(shape, preset.step)
+
+def _coarse_geometry(
+    g: _Global,
+    grng: np.random.Generator,
+    les: LesionParams | None,
+    tpl: PaddedTemplate,
+    out_affine: np.ndarray,
+    centre: np.ndarray,
+    step: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Output mm -> (affine + elastic) -> MNI ``q`` -> mass effect -> template ``p``, every ``step``
+    output voxels, with the log bias field.
+
+    Returns:
+        ``q`` and ``p``: ``(cx, cy, cz, 3)`` float32 mm; ``coarse``: ``(cx, cy, cz, 4)``, the
+        template's grid coordinates of ``p`` and the log bias.
+    """
+    shape, spacing = g.shape, np.asarray(g.spacing)
+    axes = _coarse_axes(shape, step)
     cshape = tuple(len(a) for a in axes)
     w = np.stack(np.meshgrid(*axes, indexing="ij"), -1) * spacing + out_affine[:3, 3]
     lin = _rotation(np.asarray(g.rotation_deg)) @ np.diag(g.scale)
@@ -575,46 +611,84 @@ def make_phantom(label: str, seed: int, size: str = "small") -> Phantom:
     source = tpl.head if g.skull else tpl.brain
     dims = tuple(source.shape[2:])
     coarse = np.concatenate([_to_grid_coords(p, tpl.inv_affine, dims), log_bias[..., None]], -1)
+    return q, p, coarse
 
-    # Anatomy, sampled only inside the box where the template is non-zero.
-    support = tpl.head if g.skull else tpl.brain
+
+def _anatomy(
+    g: _Global, tpl: PaddedTemplate, p: np.ndarray, coarse: np.ndarray, step: int, name: str
+) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+    """The template's tissue on the output grid, sampled only inside the box where it is non-zero.
+
+    Returns:
+        ``obox`` (the output box), ``tissue`` ``g.shape`` float32 (zero outside the box) and the
+        bias field on the box.
+
+    Raises:
+        TumorTraceError: the head falls outside the field of view.
+    """
+    source = tpl.head if g.skull else tpl.brain
     pv = np.moveaxis(p @ tpl.inv_affine[:3, :3].T + tpl.inv_affine[:3, 3], -1, 0)
-    inside = ndi.map_coordinates(support[0, 0].numpy(), pv, order=1, cval=0.0) > 0
+    inside = ndi.map_coordinates(source[0, 0].numpy(), pv, order=1, cval=0.0) > 0
     box = _bbox(inside)
     if box is None:
-        raise TumorTraceError(f"Phantom {label}/{seed}: the head falls outside the field of view.")
-    obox = _fine_box(box, preset.step, shape)
-    dense = _densify(coarse, obox, preset.step)
-    tissue = np.zeros(shape, np.float32)
+        raise TumorTraceError(f"Phantom {name}: the head falls outside the field of view.")
+    obox = _fine_box(box, step, g.shape)
+    dense = _densify(coarse, obox, step)
+    tissue = np.zeros(g.shape, np.float32)
     tissue[obox] = _sample(source, dense)[0].numpy()
-    bias = np.exp(dense[..., 3].numpy())
+    return obox, tissue, np.exp(dense[..., 3].numpy())
 
-    lesion_mask = np.zeros(shape, np.uint8)
-    parts = np.zeros(shape, np.uint8)
-    if les is not None:
-        lrng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
-        chans, origin, res = render_lesion(les, lrng, tpl)
-        ldims = tuple(chans.shape[2:])
-        box_affine = np.diag([res, res, res, 1.0])
-        box_affine[:3, 3] = origin
-        l_inv = np.linalg.inv(box_affine)
-        lcoarse = _to_grid_coords(q, l_inv, ldims)
-        norm = lcoarse[..., ::-1]
-        lbox = _bbox(np.all(np.abs(norm) <= 1.0, axis=-1))
-        if lbox is not None:
-            lout = _fine_box(lbox, preset.step, shape)
-            lv = _sample(chans, _densify(lcoarse, lout, preset.step))
-            alpha, absolute, relative, tumour, necrosis = (c.numpy() for c in lv)
-            t = tissue[lout]
-            tissue[lout] = t * (1.0 - alpha) + absolute + relative * (0.4 + 0.6 * np.minimum(t, 1))
-            m = alpha >= 0.5
-            lesion_mask[lout] = m
-            code = np.where(tumour >= 0.5, np.where(necrosis >= 0.5, 3, 2), 1)
-            if les.grade == "lgg":
-                code = np.where(tumour >= 0.5, 1, 0)
-            parts[lout] = np.where(m, code, 0).astype(np.uint8)
 
-    # Contrast, gamma, bias field, noise and the scanner scale.
+def _insert_lesion(
+    tissue: np.ndarray,
+    les: LesionParams | None,
+    q: np.ndarray,
+    seed: int,
+    tpl: PaddedTemplate,
+    step: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blends the lesion into ``tissue`` (in place) where its box meets the output grid.
+
+    Returns:
+        ``lesion`` and ``parts``: uint8 masks of ``tissue``'s shape (parts: 1 oedema or LGG
+        tumour, 2 enhancing tumour, 3 necrosis); zeros for a healthy subject.
+    """
+    lesion_mask = np.zeros(tissue.shape, np.uint8)
+    parts = np.zeros(tissue.shape, np.uint8)
+    if les is None:
+        return lesion_mask, parts
+    lrng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    chans, origin, res = render_lesion(les, lrng, tpl)
+    ldims = tuple(chans.shape[2:])
+    box_affine = np.diag([res, res, res, 1.0])
+    box_affine[:3, 3] = origin
+    lcoarse = _to_grid_coords(q, np.linalg.inv(box_affine), ldims)
+    lbox = _bbox(np.all(np.abs(lcoarse[..., ::-1]) <= 1.0, axis=-1))
+    if lbox is None:
+        return lesion_mask, parts
+    lout = _fine_box(lbox, step, tissue.shape)
+    lv = _sample(chans, _densify(lcoarse, lout, step))
+    alpha, absolute, relative, tumour, necrosis = (c.numpy() for c in lv)
+    t = tissue[lout]
+    tissue[lout] = t * (1.0 - alpha) + absolute + relative * (0.4 + 0.6 * np.minimum(t, 1))
+    m = alpha >= 0.5
+    lesion_mask[lout] = m
+    code = np.where(tumour >= 0.5, np.where(necrosis >= 0.5, 3, 2), 1)
+    if les.grade == "lgg":
+        code = np.where(tumour >= 0.5, 1, 0)
+    parts[lout] = np.where(m, code, 0).astype(np.uint8)
+    return lesion_mask, parts
+
+
+def _acquire(
+    tissue: np.ndarray, obox: tuple[slice, ...], bias: np.ndarray, g: _Global, seed: int
+) -> np.ndarray:
+    """Contrast, gamma, bias field, noise and the scanner's scale: the stored intensities.
+
+    Returns:
+        ``tissue``'s shape, float32 (z-scored, or whole numbers as the scanner stores them).
+    """
+    shape = tissue.shape
     tissue = tissue[obox]
     brain_mask = tissue > 0.02
     x = np.clip(tissue, 0.0, None)
@@ -641,28 +715,46 @@ def make_phantom(label: str, seed: int, size: str = "small") -> Phantom:
         data = np.clip(np.rint(data), 0, 32767)
     else:
         data = np.rint(data)
-    data = data.astype(np.float32)
+    return data.astype(np.float32)
 
-    # Storage order: flip axes of the canonical RAS array.
+
+def _storage_order(
+    out_affine: np.ndarray, orientation: str, *arrays: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The canonical RAS arrays flipped into the subject's storage ``orientation``, and its affine.
+
+    Returns:
+        The ``(4, 4)`` affine of the stored arrays, and ``arrays`` in storage order.
+    """
     affine = out_affine.copy()
-    flips = {"RAS": (), "LPS": (0, 1), "LAS": (0,)}[g.orientation]
+    flips = {"RAS": (), "LPS": (0, 1), "LAS": (0,)}[orientation]
     for ax in flips:
-        n = shape[ax]
+        n = arrays[0].shape[ax]
         affine[:3, 3] += affine[:3, ax] * (n - 1)
         affine[:3, ax] *= -1.0
-    if flips:
-        data = np.ascontiguousarray(np.flip(data, flips))
-        lesion_mask = np.ascontiguousarray(np.flip(lesion_mask, flips))
-        parts = np.ascontiguousarray(np.flip(parts, flips))
+    if not flips:
+        return affine, list(arrays)
+    return affine, [np.ascontiguousarray(np.flip(a, flips)) for a in arrays]
 
-    volume_ml = float(lesion_mask.sum() * np.prod(spacing) / 1000.0)
+
+def _meta(
+    label: str,
+    seed: int,
+    size: str,
+    g: _Global,
+    les: LesionParams | None,
+    lesion_mask: np.ndarray,
+    affine: np.ndarray,
+) -> dict:
+    """The phantom's JSON-ready record: every drawn property, the lesion's volume and centre."""
+    volume_ml = float(lesion_mask.sum() * np.prod(np.asarray(g.spacing)) / 1000.0)
     if lesion_mask.any():
         cvox = np.argwhere(lesion_mask).mean(0)
         cmm = affine[:3, :3] @ cvox + affine[:3, 3]
         centre_voxel, centre_mm = [float(v) for v in cvox], [float(v) for v in cmm]
     else:
         centre_voxel = centre_mm = None
-    meta = jsonable(
+    return jsonable(
         {
             "label": label,
             "seed": seed,
@@ -674,9 +766,6 @@ def make_phantom(label: str, seed: int, size: str = "small") -> Phantom:
             "lesion_centre_mm": centre_mm,
             "atypical": bool(les.atypical) if les is not None else False,
         }
-    )
-    return Phantom(
-        data=data, affine=affine, lesion=lesion_mask, label=label, meta=meta, parts=parts
     )
 
 

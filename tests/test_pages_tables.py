@@ -1,0 +1,91 @@
+"""The Benchmarks and About pages' tables through ``AppTest`` (issue 17, item 7).
+
+What the data were, tables that fit the page, one number format, a readable cost caption, one
+legend per training-curve chart with a colour per fold. Run on the shipped weights folder (read
+only: both pages read JSON files, no network is loaded) and on the test fixtures.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from app_fixtures import make_benchmark_files, make_tiny_weights
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+TIMEOUT = 120
+# more than three decimals: what the pages showed before ("0.6333", "378.415")
+RAW_NUMBER = re.compile(r"\d\.\d{4,}")
+
+
+@pytest.fixture(scope="module")
+def fixture_weights(tmp_path_factory) -> Path:
+    folder = make_tiny_weights(tmp_path_factory.mktemp("weights"))
+    make_benchmark_files(folder)
+    return folder
+
+
+def _open(page: str, weights: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("TUMORTRACE_WEIGHTS_DIR", str(weights))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _cells(at: AppTest) -> list[str]:
+    return [str(v) for d in at.dataframe for v in d.value.to_numpy().ravel()]
+
+
+def test_benchmarks_page_says_what_the_data_were_and_formats_numbers_once(monkeypatch):
+    at = _open("pages/benchmarks.py", ROOT / "weights", monkeypatch)
+    # the shipped weights change with training runs: the line's form, not today's numbers
+    data = (
+        r"Data: .+: \d+ Healthy, \d+ LGG, \d+ HGG; \d+ folds; input D×H×W \d+×\d+×\d+ at \S+ mm\."
+    )
+    assert any(re.fullmatch(data, m.value) for m in at.markdown)
+    ours = [d.value for d in at.dataframe if "weights" not in d.value.columns]
+    ours = [t for t in ours if "precision" not in t.columns]  # the papers' figures, as published
+    assert len(ours) >= 6  # summary, per class, held-out, three per-fold tables, cost, ...
+    summary = [str(v) for t in ours[:2] for v in t.to_numpy().ravel()]
+    assert all(re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}|—", c) for c in summary)
+    per_fold = next(d.value for d in at.dataframe if "fold 0" in d.value.columns)
+    per_fold = per_fold.set_index("metric")
+    assert list(per_fold.columns) == [f"fold {k}" for k in range(len(per_fold.columns))]
+    assert all(re.fullmatch(r"\d+", s) for s in per_fold.loc["train s"])  # 378.415 s -> "378"
+    assert all(re.fullmatch(r"0\.\d{3}", s) for s in per_fold.loc["ece"])
+    cost_table = next(d.value for d in at.dataframe if "GFLOPs / volume" in set(d.value.iloc[:, 0]))
+    assert list(cost_table.columns) == ["metric", "R(2+1)D-18", "MC3-18", "R3D-18"]  # fits
+    held = next(d.value for d in at.dataframe if "held-out %" in d.value.columns)
+    assert len(held.columns) == 6  # long and narrow: fits the page
+    assert all(re.fullmatch(r"\d+\.\d", s) for s in held["held-out %"])  # 50.0, not 50
+    cost = next(c.value for c in at.caption if c.value.startswith("CPU seconds"))
+    assert "precision: fp32" in cost and "fuse batchnorm: on" in cost and "{" not in cost
+
+
+def test_benchmarks_page_curves_have_a_legend_per_chart_and_a_colour_per_fold(
+    fixture_weights, monkeypatch
+):
+    at = _open("pages/benchmarks.py", fixture_weights, monkeypatch)
+    assert any(m.value.startswith("Data: synthetic (test): 20 Healthy") for m in at.markdown)
+    charts = [c for c in at.get("plotly_chart") if "Training curves" in c.proto.spec]
+    assert charts
+    spec = charts[0].proto.spec
+    assert '"legend2"' in spec and "fold 1 train loss" in spec
+    cost = next(c.value for c in at.caption if c.value.startswith("CPU seconds"))
+    assert "Settings of 'fast': precision: bf16." in cost
+
+
+def test_about_page_cards_use_the_one_number_format(monkeypatch):
+    at = _open("pages/about.py", ROOT / "weights", monkeypatch)
+    tables = [d.value for d in at.dataframe if "mean ± std" in d.value.columns]
+    assert len(tables) == 3
+    heads = [m.value for m in at.markdown if m.value.startswith("**Cross-validated results**")]
+    assert re.search(r"\(.+; mean ± std over \d+ folds\)$", heads[0])  # what the data were
+    rows = tables[0].set_index("metric")["mean ± std"]
+    assert re.fullmatch(r"\d+(\.\d)? ± \d+(\.\d)?", rows["n train"])  # not 201.3333 ± 0.5774
+    assert re.fullmatch(r"0\.\d{3} ± 0\.\d{3}", rows["accuracy"])
+    assert not [c for c in _cells(at) if RAW_NUMBER.search(c)]

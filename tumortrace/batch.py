@@ -1,0 +1,240 @@
+"""The batch command line (``python -m tumortrace predict``): files in, one row each, CSV or JSON.
+
+:func:`collect_inputs` expands files and folders into volumes, :func:`predict_paths` analyses each
+with a :class:`tumortrace.infer.Predictor` (a bad input becomes an error row; the rest still run),
+and :func:`format_rows` writes the rows. A row's report is
+:meth:`tumortrace.infer.Analysis.to_dict`, the schema the app's report download uses too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from tumortrace.config import CLASSES
+from tumortrace.errors import ConfigError, TumorTraceError
+from tumortrace.explain import save_cam_nifti
+from tumortrace.infer import Analysis, Predictor, error_line
+from tumortrace.io import load_volume
+from tumortrace.qc import CHECK_NAMES
+from tumortrace.standard import standardise
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".zip")
+_SKIP_SUFFIXES = ("_lesion.nii.gz", "_lesion.nii")  # lesion masks written by `synth`
+
+
+@dataclass(frozen=True)
+class PredictRow:
+    """The outcome for one input of :func:`predict_paths`.
+
+    Attributes:
+        path: the input as given (or as found in a folder).
+        ok: False when the input could not be read or analysed.
+        report: :meth:`tumortrace.infer.Analysis.to_dict`, each network with ``"cam"``: the
+            written Grad-CAM NIfTI's path, or None (empty on error).
+        error: one-line message on error.
+    """
+
+    path: str
+    ok: bool
+    report: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @classmethod
+    def from_analysis(cls, path: str, analysis: Analysis, cams: dict[str, str]) -> PredictRow:
+        """A successful row; ``cams`` is ``{arch: written Grad-CAM NIfTI path}``."""
+        report = analysis.to_dict()
+        for arch, network in report["networks"].items():
+            network["cam"] = cams.get(arch)
+        return cls(path=path, ok=True, report=report)
+
+    @property
+    def networks(self) -> dict[str, dict[str, Any]]:
+        """``{arch: the report's entry}`` (empty on error)."""
+        return self.report.get("networks", {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the path, ``ok``, then the report (or the error)."""
+        if not self.ok:
+            return {"path": self.path, "ok": False, "error": self.error}
+        return {"path": self.path, "ok": True, **self.report}
+
+
+def _qc_columns(qc: dict[str, Any] | None) -> dict[str, Any]:
+    """``qc_status``, one ``qc_<check>`` value column per check, and ``qc_warnings``."""
+    if qc is None:
+        return {}
+    out: dict[str, Any] = {"qc_status": qc["status"]}
+    for c in qc["checks"]:
+        out[f"qc_{c['name']}"] = c["value"]
+    out["qc_warnings"] = " | ".join(qc["warnings"])
+    return out
+
+
+def _csv_columns(archs: Sequence[str], with_cams: bool, with_qc: bool) -> list[str]:
+    cols = ["path", "status", "label", "verdict", *(f"p_{c}" for c in CLASSES), "agree"]
+    if with_qc:
+        cols += ["qc_status", *(f"qc_{n}" for n in CHECK_NAMES), "qc_warnings"]
+    for a in archs:
+        cols += [f"{a}_label", *(f"{a}_p_{c}" for c in CLASSES), f"{a}_seconds"]
+        if with_cams:
+            cols.append(f"{a}_cam")
+    return [*cols, "error"]
+
+
+def format_rows(rows: Sequence[PredictRow], fmt: Literal["csv", "json"] = "csv") -> str:
+    """Renders rows as CSV (one line per input, errors included) or one JSON document.
+
+    Raises:
+        ConfigError: unknown format.
+    """
+    archs = list(dict.fromkeys(a for r in rows for a in r.networks))
+    if fmt == "json":
+        doc = {
+            "classes": list(CLASSES),
+            "archs": archs,
+            "n_ok": sum(r.ok for r in rows),
+            "n_failed": sum(not r.ok for r in rows),
+            "results": [r.to_dict() for r in rows],
+        }
+        return json.dumps(doc, indent=2) + "\n"
+    if fmt != "csv":
+        raise ConfigError(f"Unknown output format {fmt!r}; expected 'csv' or 'json'.")
+    with_cams = any(n.get("cam") for r in rows for n in r.networks.values())
+    with_qc = any(r.report.get("qc") for r in rows)
+    buf = _io.StringIO()
+    writer = csv.DictWriter(
+        buf, fieldnames=_csv_columns(archs, with_cams, with_qc), lineterminator="\n"
+    )
+    writer.writeheader()
+    for r in rows:
+        line: dict[str, Any] = {"path": r.path, "status": "ok" if r.ok else "error"}
+        if r.ok:
+            rep = r.report
+            line.update(label=rep["label"], verdict=rep["verdict"], agree=rep["agree"])
+            line.update(_qc_columns(rep["qc"]))
+            line.update({f"p_{c}": f"{rep['probs'][c]:.6f}" for c in CLASSES})
+            for a, net in r.networks.items():
+                line[f"{a}_label"] = net["label"]
+                line.update({f"{a}_p_{c}": f"{net['probs'][c]:.6f}" for c in CLASSES})
+                line[f"{a}_seconds"] = f"{net['seconds']:.3f}"
+                if with_cams:
+                    line[f"{a}_cam"] = net.get("cam") or ""
+        else:
+            line["error"] = r.error
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def _is_volume_file(p: Path) -> bool:
+    return p.name.lower().endswith(_VOLUME_SUFFIXES)
+
+
+def _is_companion_mask(p: Path) -> bool:
+    """``<subject>_lesion.nii.gz`` beside ``<subject>.nii.gz``: a lesion mask from ``synth``."""
+    name = p.name
+    for suffix in _SKIP_SUFFIXES:
+        if name.lower().endswith(suffix):
+            subject = name[: -len(suffix)]
+            return any((p.parent / f"{subject}{ext}").is_file() for ext in (".nii.gz", ".nii"))
+    return False
+
+
+def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """Expands the CLI's inputs into the volumes to analyse, in a stable order.
+
+    * a file is analysed as given (its format is checked when it is read);
+    * a folder holding ``.nii``/``.nii.gz``/``.zip`` files contributes each of them and each
+      non-empty sub-folder (read as a DICOM series); lesion masks ``<subject>_lesion.nii.gz``
+      beside ``<subject>.nii.gz`` (written by ``synth``) are skipped;
+    * a folder holding neither is itself read as a DICOM series;
+    * a path that does not exist is kept, so that it is reported as an error row.
+    """
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_dir():
+            out.append(p)
+            continue
+        children = sorted(c for c in p.iterdir() if not c.name.startswith("."))
+        volumes = [
+            c for c in children if c.is_file() and _is_volume_file(c) and not _is_companion_mask(c)
+        ]
+        series = [c for c in children if c.is_dir() and any(c.iterdir())]
+        if volumes or series:
+            out += volumes + series
+        else:
+            out.append(p)
+    return out
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in _VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "volume"
+
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}_{n}"
+    used.add(candidate)
+    return candidate
+
+
+def predict_paths(
+    predictor: Predictor,
+    paths: Iterable[str | Path],
+    archs: Iterable[str] | None = None,
+    cam_out: str | Path | None = None,
+    progress: bool = True,
+) -> list[PredictRow]:
+    """Analyses files and folders; a bad input becomes an error row and the rest still run.
+
+    Args:
+        predictor: the loaded networks (its settings say whether the input checks run).
+        paths: NIfTI files, zips, DICOM folders, or folders of them (:func:`collect_inputs`).
+        archs: networks to run (default: all loaded).
+        cam_out: folder for Grad-CAM NIfTI maps ``<stem>_<arch>_cam.nii.gz`` (on each source
+            file's grid, with its affine); ``None`` writes none.
+        progress: show a tqdm bar on stderr.
+
+    Returns:
+        One :class:`PredictRow` per input, in input order.
+    """
+    archs = predictor.select(archs)
+    items = collect_inputs(paths)
+    cam_dir = Path(cam_out) if cam_out is not None else None
+    used_stems: set[str] = set()
+    rows: list[PredictRow] = []
+    for item in tqdm(items, desc="predict", unit="vol", file=sys.stderr, disable=not progress):
+        try:
+            volume = load_volume(item)
+            standard = standardise(volume) if predictor.settings.input_checks else None
+            analysis = predictor.analyze(volume, archs=archs, standard=standard)
+            cams: dict[str, str] = {}
+            if cam_dir is not None:
+                stem = _unique_stem(_stem(item), used_stems)
+                for arch, expl in analysis.explanations.items():
+                    out = cam_dir / f"{stem}_{arch}_cam.nii.gz"
+                    cams[arch] = str(save_cam_nifti(expl, volume, out))
+            rows.append(PredictRow.from_analysis(str(item), analysis, cams))
+        except (TumorTraceError, OSError) as err:
+            rows.append(PredictRow(path=str(item), ok=False, error=error_line(err)))
+        except Exception as err:  # one file, one row: a bug on one input spares the others
+            detail = f"{type(err).__name__}: {error_line(err)}"
+            rows.append(PredictRow(path=str(item), ok=False, error=f"unexpected error ({detail})"))
+    return rows

@@ -1,0 +1,284 @@
+"""Benchmark tables for the Benchmarks page: the stored JSON records as pandas DataFrames.
+
+No streamlit and no model code; every function takes records of ``weights/benchmarks/*.json``
+and returns a DataFrame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tumortrace.config import CLASSES
+from tumortrace.metrics import mean_std
+from tumortrace.networks import display_name
+from tumortrace.numformat import MISSING, fmt, fmt_mean_std
+from tumortrace.viz import CLASS_NAMES
+
+OVERALL_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "auc_macro",
+    "ece",
+)
+PER_CLASS_METRICS: tuple[str, ...] = ("precision", "recall", "f1", "specificity", "auc")
+
+
+def fold_values(
+    folds: Sequence[Mapping], metric: str, cls: str | None = None
+) -> list[float | None]:
+    """One metric from every fold record (``cls`` selects a per-class metric)."""
+    out: list[float | None] = []
+    for fold in folds:
+        src = fold.get("per_class", {}).get(cls, {}) if cls else fold
+        v = src.get(metric)
+        out.append(None if v is None else float(v))
+    return out
+
+
+def summary_table(benches: Mapping[str, Mapping], classes: Sequence[str] = CLASSES) -> pd.DataFrame:
+    """Mean ± std over folds, one column per network, one row per metric.
+
+    Args:
+        benches: ``{arch: benchmark record}`` as in ``weights/benchmarks/<arch>.json``.
+
+    Returns:
+        DataFrame indexed by metric label ("accuracy", "LGG recall", ...), cells "0.912 ± 0.013".
+    """
+    rows: dict[str, dict[str, str]] = {}
+    for arch, bench in benches.items():
+        folds = bench.get("folds", [])
+        col = display_name(arch)
+        for metric in OVERALL_METRICS:
+            mean, std, n = mean_std(fold_values(folds, metric))
+            rows.setdefault(metric.replace("_", " "), {})[col] = fmt_mean_std(mean, std, n=n)
+        for cls in classes:
+            for metric in PER_CLASS_METRICS:
+                label = f"{CLASS_NAMES.get(cls, cls)} {metric}"
+                mean, std, n = mean_std(fold_values(folds, metric, cls))
+                rows.setdefault(label, {})[col] = fmt_mean_std(mean, std, n=n)
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "metric (mean ± std over folds)"
+    return df
+
+
+def per_fold_table(bench: Mapping, classes: Sequence[str] = CLASSES) -> pd.DataFrame:
+    """One column per fold (``"fold 0"`` ...), one row per quantity (``metric`` column): sizes,
+    overall metrics, per-class F1, training time and best epoch. Few columns, so it fits the page.
+
+    Cells are text by :mod:`tumortrace.numformat` (scores ``0.633``, seconds ``378``).
+    """
+    records = []
+    for k, fold in enumerate(bench.get("folds", [])):
+        rec: dict[str, object] = {"fold": fmt(fold.get("fold", k), "count")}
+        for key in ("n_train", "n_val", "n_test"):
+            rec[key] = fmt(fold.get(key), "count")
+        for metric in OVERALL_METRICS:
+            rec[metric.replace("_", " ")] = fmt(fold.get(metric))
+        for cls in classes:
+            f1 = fold.get("per_class", {}).get(cls, {}).get("f1")
+            rec[f"{CLASS_NAMES.get(cls, cls)} F1"] = fmt(f1)
+        rec["train s"] = fmt(fold.get("train_seconds"), "quantity")
+        rec["best epoch"] = fmt(fold.get("best_epoch"), "count")
+        records.append(rec)
+    return _transposed(records, "fold", lambda k: f"fold {k}")
+
+
+def _transposed(records: list[dict], key: str, name) -> pd.DataFrame:
+    """``records`` (one per fold or network) as columns named ``name(record[key])``, with the
+    other keys as rows in a first ``metric`` column: narrow tables that fit the page."""
+    if not records:
+        return pd.DataFrame(columns=["metric"])
+    df = pd.DataFrame.from_records(records).set_index(key).T
+    df.columns = [name(c) for c in df.columns]
+    return df.rename_axis("metric").reset_index()
+
+
+def summed_confusion(folds: Sequence[Mapping], n_classes: int = len(CLASSES)) -> list[list[int]]:
+    """The element-wise sum of every fold's confusion matrix (each test case counted once)."""
+    total = np.zeros((n_classes, n_classes), dtype=np.int64)
+    for fold in folds:
+        cm = np.asarray(fold.get("confusion", []), dtype=np.int64)
+        if cm.shape == total.shape:
+            total += cm
+    return total.tolist()
+
+
+def cost_table(benches: Mapping[str, Mapping], inference: Mapping | None) -> pd.DataFrame:
+    """Parameters, GFLOPs, input, training time and the stored CPU inference seconds: one column
+    per network, one row per quantity (``metric`` column).
+
+    Args:
+        benches: ``{arch: benchmark record}``.
+        inference: the ``weights/benchmarks/inference.json`` record, or None.
+    """
+    archs = list(benches)
+    if inference:
+        for key in ("naive", "fast"):
+            archs += [a for a in inference.get(key, {}) if a != "total" and a not in archs]
+    records = []
+    for arch in archs:
+        bench = benches.get(arch, {})
+        params = bench.get("params")
+        rec: dict[str, object] = {
+            "network": display_name(arch),
+            "parameters (M)": fmt(None if params is None else params / 1e6, "quantity"),
+            "GFLOPs / volume": fmt(bench.get("gflops"), "quantity"),
+            "input D×H×W": "×".join(str(s) for s in bench.get("input_shape", [])) or MISSING,
+        }
+        mean, _, n = mean_std([f.get("train_seconds") for f in bench.get("folds", [])])
+        rec["train s / fold"] = fmt(mean if n else None, "quantity")
+        if inference:
+            rec["CPU s (naive)"] = fmt(inference.get("naive", {}).get(arch), "quantity")
+            rec["CPU s (fast)"] = fmt(inference.get("fast", {}).get(arch), "quantity")
+        records.append(rec)
+    return _transposed(records, "network", str)
+
+
+HELDOUT_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "accuracy at training mix",
+    "balanced accuracy",
+    "LGG recall",
+)
+
+
+def heldout_table(benches: Mapping[str, Mapping], heldout: Mapping[str, Mapping]) -> pd.DataFrame:
+    """Held-out cohort scores beside the cross-fold means: one row per network and metric.
+
+    Args:
+        benches: ``{arch: benchmark record}`` as in ``weights/benchmarks/<arch>.json``.
+        heldout: ``{arch: report}`` of ``python -m tumortrace evaluate --format json`` on a cohort
+            the network never saw (``weights/benchmarks/heldout/<arch>.json``); the metrics are at
+            the top level or under ``metrics``.
+
+    Returns:
+        DataFrame with columns network, n (cohort size), metric (:data:`HELDOUT_METRICS`: accuracy;
+        accuracy at the training class mix, the report's ``accuracy_at_training_mix``, held-out
+        per-class recalls weighted by the training cohort's class shares; balanced accuracy; LGG
+        recall), held-out %, cross-fold % (the mean over folds; plain accuracy for both
+        accuracies) and Δ pts (held-out minus cross-fold), as text by :mod:`tumortrace.numformat`;
+        what is not stored (no benchmark record, a metric the report lacks) is ``"—"``. Five
+        narrow columns, so the table fits the page.
+    """
+    records = []
+    for arch, report in heldout.items():
+        metrics = report.get("metrics", report)
+        folds = benches.get(arch, {}).get("folds", [])
+        fold_accuracy = fold_values(folds, "accuracy")
+        pairs = {
+            "accuracy": (metrics.get("accuracy"), fold_accuracy),
+            "accuracy at training mix": (report.get("accuracy_at_training_mix"), fold_accuracy),
+            "balanced accuracy": (
+                metrics.get("balanced_accuracy"),
+                fold_values(folds, "balanced_accuracy"),
+            ),
+            "LGG recall": (
+                metrics.get("per_class", {}).get("lgg", {}).get("recall"),
+                fold_values(folds, "recall", "lgg"),
+            ),
+        }
+        for label, (value, per_fold) in pairs.items():
+            mean, _, n = mean_std(per_fold)
+            cross = mean if n else None
+            diff = None if value is None or cross is None else float(value) - cross
+            records.append(
+                {
+                    "network": display_name(arch),
+                    "n": fmt(report.get("n"), "count"),
+                    "metric": label,
+                    "held-out %": fmt(value, "percent"),
+                    "cross-fold %": fmt(cross, "percent"),
+                    "Δ pts": fmt(diff, "points"),
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+def explanations_table(doc: Mapping, target: str = "true") -> pd.DataFrame:
+    """The ``explain-eval`` summary (``weights/benchmarks/explanations.json``) as a table.
+
+    Args:
+        doc: the JSON document of ``python -m tumortrace explain-eval``.
+        target: ``"true"`` (maps of the true class) or ``"predicted"``.
+
+    Returns:
+        One row per network, method and class (LGG, HGG, all): pointing game as ``hits/n`` and
+        percent, pointing within the near margin (%), the map's energy in the lesion (%) against
+        the lesion's share of the brain (%), the median concentration (their ratio per case) in
+        the lesion and within the near margin, and the median seconds per analysis. The default
+        method is marked "(default)", the legacy one "(before)".
+    """
+    default, legacy = doc.get("default_method"), doc.get("legacy_method")
+    near = doc.get("near_mm", 10)
+    records = []
+    for r in doc.get("summary", []):
+        if not isinstance(r, Mapping) or r.get("target") != target:
+            continue
+        method = str(r.get("method"))
+        if method == default:
+            method += " (default)"
+        elif method == legacy:
+            method += " (before)"
+        n = r.get("n") or 0
+        seconds = r.get("seconds")
+        records.append(
+            {
+                "network": display_name(str(r.get("arch"))),
+                "method": method,
+                "class": CLASS_NAMES.get(r.get("label"), r.get("label")),
+                "max in lesion": f"{r.get('hits', 0)}/{n}",
+                "max in lesion %": fmt(r.get("pointing", 0.0), "percent"),
+                f"max ≤ {near:g} mm %": fmt(r.get("pointing_near", 0.0), "percent"),
+                "energy in lesion %": fmt(r.get("energy_share", 0.0), "percent"),
+                "lesion share of brain %": fmt(r.get("lesion_share", 0.0), "percent"),
+                "concentration ×": fmt(r.get("concentration", 0.0), "quantity"),
+                f"concentration ≤ {near:g} mm ×": fmt(r.get("concentration_near", 0.0), "quantity"),
+                "s / analysis": fmt(seconds, "quantity"),
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def data_description(bench: Mapping) -> str:
+    """What one benchmark was measured on, in one line.
+
+    E.g. ``"synthetic phantoms (seed 2024): 130 Healthy, 37 LGG, 130 HGG; 3 folds; input D×H×W
+    28×40×32 at 5×5×5 mm"``.
+    """
+    data = bench.get("data") or {}
+    source = str(data.get("source") or "unknown data")
+    if source == "synthetic":
+        source = "synthetic phantoms"
+    seed = (data.get("synthetic") or {}).get("seed")
+    if seed is not None:
+        source += f" (seed {seed})"
+    counts = ", ".join(
+        f"{fmt(n, 'count')} {CLASS_NAMES.get(c, c)}" for c, n in (data.get("counts") or {}).items()
+    )
+    shape = "×".join(str(s) for s in bench.get("input_shape", [])) or "?"
+    spacing = "×".join(f"{s:g}" for s in bench.get("spacing_mm", [])) or "?"
+    return (
+        f"{source}: {counts or 'counts not stored'}; {len(bench.get('folds', []))} folds; "
+        f"input D×H×W {shape} at {spacing} mm"
+    )
+
+
+def settings_text(settings: Mapping) -> str:
+    """A settings record as a readable list: ``"precision: fp32 · fuse batchnorm: on · ..."``.
+
+    Flags read on/off, numbers by :mod:`tumortrace.numformat`, keys with spaces for underscores.
+    """
+    parts = []
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        elif isinstance(value, int | float):
+            text = fmt(value, "count" if isinstance(value, int) else "quantity")
+        else:
+            text = str(value)
+        parts.append(f"{str(key).replace('_', ' ')}: {text}")
+    return " · ".join(parts)
