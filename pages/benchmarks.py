@@ -20,7 +20,7 @@ from tumortrace.benchmark_files import BenchmarkFolder, folder_stamp, read_folde
 from tumortrace.config import CLASSES
 from tumortrace.metrics import mean_std
 from tumortrace.networks import display_name
-from tumortrace.provenance import verify
+from tumortrace.provenance import valid_weights_file, verify, weights_path
 
 ROOT = app_state.ROOT
 
@@ -43,7 +43,9 @@ def _unverified(folder: Path, benches: dict[str, dict]) -> dict[str, str]:
     out = {}
     for arch in benches:
         paths = [folder / f"{arch}.json", folder.parent / f"{arch}.json"]
-        paths.append(folder.parent / f"{arch}.safetensors")
+        name = (read_json(paths[1]) or {}).get("weights_file", "")
+        if valid_weights_file(name):  # an invalid name is the seal check's to report
+            paths.append(weights_path(paths[1], name))
         stamp = tuple(p.stat().st_mtime_ns if p.is_file() else 0 for p in paths)
         ok, reason = _verify(str(paths[0]), str(paths[1]), stamp)
         if not ok:

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         if not card_path.is_file():
             continue  # inference.json, published.json, splits
         card = read_card(card_path)
-        if sha256_file(card_path.with_suffix(".safetensors")) != card.weights_sha256:
+        weights = provenance.weights_path(card_path, card.weights_file)
+        if sha256_file(weights) != card.weights_sha256:
             print(f"{card_path.name}: weights do not match the card; not sealed", file=sys.stderr)
             status = 1
             continue

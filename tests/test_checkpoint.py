@@ -12,10 +12,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tumortrace import provenance
 from tumortrace.checkpoint import (
     ModelCard,
     load_checkpoint,
     read_card,
+    release,
     save_checkpoint,
 )
 from tumortrace.config import PreprocessConfig
@@ -229,3 +231,41 @@ def test_save_refuses_card_for_other_arch(saved, tmp_path):
     model, _ = saved
     with pytest.raises(CheckpointError, match=r"model is a 'mc3' network but the card says 'r3d'"):
         save_checkpoint(model, _card("r3d"), tmp_path)
+
+
+def test_released_weights_load_under_their_new_name_and_keep_the_seal(saved, tmp_path):
+    """A release writes the weights under a new name the card records; the card's sealed fields
+    are untouched, so a benchmark sealed against the trained card still verifies."""
+    model, card_path = saved
+    bench = provenance.seal({"arch": "mc3"}, json.loads(card_path.read_text()))
+    out = release(card_path, tmp_path, "mc3-v2.safetensors")
+    assert json.loads(out.read_text())["weights_file"] == "mc3-v2.safetensors"
+    assert (tmp_path / "mc3-v2.safetensors").is_file()
+    assert not (tmp_path / "mc3.safetensors").exists()
+    loaded, card = load_checkpoint(out)
+    assert card.weights_file == "mc3-v2.safetensors"
+    x = torch.randn(1, 1, 8, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), _fp16_rounded(model)(x))
+    assert provenance.verify(bench, out).verified
+    (tmp_path / "mc3-v2.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"mc3-v2\.safetensors is missing"):
+        load_checkpoint(out)
+    assert "missing" in provenance.verify(bench, out).reason
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../mc3.safetensors", "/etc/passwd", "sub/mc3.safetensors", "mc3.pt", ".safetensors", 7],
+)
+def test_a_card_cannot_point_its_weights_outside_its_folder(saved, tmp_path, name):
+    card_path = _copy(saved[1], tmp_path)
+    raw = json.loads(card_path.read_text())
+    raw["weights_file"] = name
+    card_path.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="weights_file"):
+        load_checkpoint(card_path)
+    bench = provenance.seal({"arch": "mc3"}, raw)
+    assert not provenance.verify(bench, card_path).verified
+    with pytest.raises(CheckpointError, match="bare"):
+        release(saved[1], tmp_path / "out", str(name))

@@ -41,6 +41,7 @@ from tumortrace.models import (
     list_models,
     state_dict_mismatch,
 )
+from tumortrace.provenance import valid_weights_file, weights_path
 from tumortrace.runtime import resolve_device
 
 CARD_FORMAT = 1
@@ -74,6 +75,10 @@ class ModelCard:
         pipeline: the standard-space pipeline the weights were trained with
             (:func:`tumortrace.standard.pipeline_description`: version, deepbet, template,
             registration settings, input-check thresholds); empty for native-space cards.
+        weights_file: the weights' file name beside the card (a bare ``*.safetensors`` name);
+            empty means ``<card stem>.safetensors``
+            (:func:`tumortrace.provenance.weights_path`). Lets a release add new weights under a
+            new name while the old file is removed separately.
     """
 
     arch: str
@@ -92,6 +97,7 @@ class ModelCard:
     params: int = 0
     format_version: int = CARD_FORMAT
     pipeline: dict[str, Any] = field(default_factory=dict)
+    weights_file: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists, NaN becomes ``None``)."""
@@ -168,6 +174,8 @@ def _check_card_fields(d: dict[str, Any]) -> None:
     for name in ("command", "git_commit", "date", "shipped", "notes"):
         if name in d and not isinstance(d[name], str):
             raise bad(name, "a string")
+    if "weights_file" in d and not valid_weights_file(d["weights_file"]):
+        raise bad("weights_file", "a bare file name ending in .safetensors (no folder), or empty")
 
 
 def canonical_safetensors(blob: bytes) -> bytes:
@@ -383,11 +391,11 @@ def load_checkpoint(
     """
     path = resolve_card_path(card_path, arch)
     card = read_card(path)
-    weights = path.with_suffix(".safetensors")
+    weights = weights_path(path, card.weights_file)
     if not weights.is_file():
         raise CheckpointError(
-            f"Weights file {weights} is missing for card {path}; keep <name>.safetensors beside "
-            "<name>.json (both are written by save_checkpoint)."
+            f"Weights file {weights} is missing for card {path}; keep the weights file the card "
+            "names (default <name>.safetensors) beside <name>.json (save_checkpoint writes both)."
         )
     blob = weights.read_bytes()
     digest = sha256_bytes(blob)
@@ -425,3 +433,34 @@ def load_checkpoint(
     model.to(device=resolve_device(device), dtype=dtype)
     model.eval()
     return model, card
+
+
+def release(card_path: str | Path, out_dir: str | Path, weights_file: str) -> Path:
+    """Copies a trained network into a weights folder under a new weights file name.
+
+    The card keeps every field (the benchmark's seal stays valid) and gains
+    :attr:`ModelCard.weights_file`; the bytes are verified against the card first.
+
+    Args:
+        card_path: the trained ``<arch>.json`` (its weights beside it).
+        out_dir: the shipped weights folder; the card is written as ``<out_dir>/<arch>.json``.
+        weights_file: the new weights file name, e.g. ``"mc3-ixi-2026-12.safetensors"``.
+
+    Returns:
+        The written card's path.
+
+    Raises:
+        CheckpointError: an unreadable card, weights that do not match it, or a bad file name.
+    """
+    path = resolve_card_path(card_path)
+    card = read_card(path)
+    if not valid_weights_file(weights_file):
+        raise CheckpointError(f"{weights_file!r} is not a bare *.safetensors file name.")
+    blob = weights_path(path, card.weights_file).read_bytes()
+    if sha256_bytes(blob) != card.weights_sha256:
+        raise CheckpointError(f"{path}: its weights do not match the card; not released.")
+    out_dir = Path(out_dir)
+    atomic_write_bytes(out_dir / weights_file, blob)
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw["weights_file"] = weights_file
+    return atomic_write_text(out_dir / f"{card.arch}.json", json_text(raw))

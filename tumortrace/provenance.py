@@ -25,6 +25,7 @@ spaces, NaN as null), so formatting or key order do not matter, values do.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,38 @@ __all__ = [
     "canonical_sha256",
     "card_sha256",
     "seal",
+    "valid_weights_file",
     "verify",
+    "weights_path",
 ]
 
 SEAL_KEY = "seal"
 SEALED_CARD_FIELDS = ("arch", "classes", "preprocess", "dropout", "metrics", "weights_sha256")
 """The card fields a benchmark's seal covers (what changes predictions or claims results)."""
+
+
+_WEIGHTS_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.safetensors")
+
+
+def valid_weights_file(name: object) -> bool:
+    """True for a card's ``weights_file``: empty, or a bare ``*.safetensors`` name (no folder,
+    no ``..``), so a card can never point outside its own folder."""
+    return name == "" or (isinstance(name, str) and _WEIGHTS_FILE.fullmatch(name) is not None)
+
+
+def weights_path(card_path: str | Path, weights_file: str = "") -> Path:
+    """Where a card's weights are: ``weights_file`` beside the card, else
+    ``<card stem>.safetensors``.
+
+    Raises:
+        ValueError: an invalid ``weights_file`` (see :func:`valid_weights_file`).
+    """
+    if not valid_weights_file(weights_file):
+        raise ValueError(f"invalid weights file name {weights_file!r}")
+    card_path = Path(card_path)
+    if weights_file:
+        return card_path.parent / weights_file
+    return card_path.with_suffix(".safetensors")
 
 
 def canonical_sha256(obj: Any) -> str:
@@ -114,17 +141,20 @@ def verify(benchmark: dict[str, Any], card_path: str | Path) -> Verification:
         return Verification(False, f"its model card {card_path.name} is unreadable ({err})")
     if not isinstance(card, dict):
         return Verification(False, f"its model card {card_path.name} is not a JSON object")
-    weights_path = card_path.with_suffix(".safetensors")
-    if not weights_path.is_file():
-        return Verification(False, f"the weights file {weights_path.name} is missing")
+    name = card.get("weights_file") or ""
+    if not valid_weights_file(name):
+        return Verification(False, f"its model card names an invalid weights file {str(name)[:40]!r}")
+    weights = weights_path(card_path, name)
+    if not weights.is_file():
+        return Verification(False, f"the weights file {weights.name} is missing")
     try:
-        actual = sha256_file(weights_path)
+        actual = sha256_file(weights)
     except OSError as err:
-        return Verification(False, f"the weights file {weights_path.name} is unreadable ({err})")
+        return Verification(False, f"the weights file {weights.name} is unreadable ({err})")
     if actual != card.get("weights_sha256"):
-        return Verification(False, f"{weights_path.name} does not match its card's hash")
+        return Verification(False, f"{weights.name} does not match its card's hash")
     if s["weights_sha256"] != actual:
-        return Verification(False, f"it was measured on other weights than {weights_path.name}")
+        return Verification(False, f"it was measured on other weights than {weights.name}")
     if s["card_sha256"] != card_sha256(card):
         fields = ", ".join(SEALED_CARD_FIELDS)
         return Verification(False, f"the card was edited after training (one of: {fields})")
