@@ -84,6 +84,19 @@ def _heldout_section(benches: dict[str, dict], heldout: dict[str, dict]) -> None
     st.dataframe(table, hide_index=True, height=_rows_height(len(table)), width="stretch")
 
 
+def _real_scans_section(doc: dict) -> None:
+    """The real-scan check of the shipped weights (``real_scans.json``), each row labelled."""
+    st.header("Real scans")
+    st.caption(
+        "Shipped weights on real scans, not cross-validation: "
+        + " ".join(
+            str((doc.get(k) or {}).get("what", "")) for k in ("gliomas", "cohort_test_parts")
+        )
+    )
+    table = tables.real_scans_table(doc)
+    st.dataframe(table, hide_index=True, height=_rows_height(len(table)), width="stretch")
+
+
 def _rows_height(n_rows: int) -> int:
     """Pixel height that shows a dataframe's ``n_rows`` rows without an inner scroll bar."""
     return 35 * (n_rows + 1) + 3
@@ -235,6 +248,8 @@ else:
     st.dataframe(
         summary.iloc[n_overall:], height=_rows_height(len(summary) - n_overall), width="stretch"
     )
+    if stored.real_scans:
+        _real_scans_section(stored.real_scans)
     if stored.heldout:
         _heldout_section(benches, stored.heldout)
     st.header("Per network")

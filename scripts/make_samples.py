@@ -1,73 +1,76 @@
-"""Regenerates the app's bundled samples, ``samples/{healthy,lgg,hgg}.nii.gz``, and the true
-lesion masks of the tumour samples, ``samples/{lgg,hgg}_lesion.nii.gz`` (uint8, same grid), which
-the Analyze page can outline so a user can judge the maps.
+"""Copies the app's bundled samples from the real-brain cohort: one real IXI brain as it is
+(``samples/healthy.nii.gz``), and the same brain with its synthetic LGG and HGG lesions
+(``samples/{lgg,hgg}.nii.gz``) with their true lesion masks (``samples/{lgg,hgg}_lesion.nii.gz``:
+1 tumour, 2 oedema), byte for byte as ``scripts/build_cohort.py`` wrote them.
 
-Each is a small synthetic phantom from :func:`tumortrace.synthetic.make_phantom` (fixed seed),
-stored as int16 (as scanners store T1 volumes) and gzipped with a zero timestamp, so re-running
-this script on the same kind of CPU reproduces identical files; on another CPU float rounding may
-move a handful of voxels by one unit. Each file must stay under 1.5 MB.
+The brain is chosen by a rule fixed before any network saw it: the first base brain (by subject ID)
+of fold 0's test part that the cohort holds in all three versions. ``samples/samples.json``
+records the rule, the subject, each file's source, SHA-256 and lesion parameters, and the licence
+(IXI: CC BY-SA 3.0).
 
 Usage::
 
-    .venv/bin/python scripts/make_samples.py [--out samples]
+    .venv/bin/python scripts/make_samples.py --cohort /work/runs/cohort \
+        --splits weights/benchmarks/mc3.splits.json
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
+import json
+import shutil
 import sys
 from pathlib import Path
-
-import nibabel as nib
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tumortrace.cohort import LICENCE  # noqa: E402
 from tumortrace.config import CLASSES  # noqa: E402
-from tumortrace.synthetic import make_phantom  # noqa: E402
+from tumortrace.data import load_splits  # noqa: E402
+from tumortrace.files import atomic_write_json, sha256_file  # noqa: E402
+from tumortrace.manifest import read_manifest  # noqa: E402
 
-SEEDS: dict[str, int] = {"healthy": 1101, "lgg": 1102, "hgg": 1103}
-SIZE = "small"
+RULE = (
+    "the first base brain (by subject ID) of fold 0's test part that the cohort holds as "
+    "healthy, LGG and HGG; fixed before any network was trained or run on it"
+)
 MAX_BYTES = 1_500_000
 
 
-def sample_bytes(label: str) -> bytes:
-    """The .nii.gz bytes of one sample (deterministic: fixed seed, int16, gzip mtime 0)."""
-    ph = make_phantom(label, seed=SEEDS[label], size=SIZE)
-    data = np.clip(np.rint(ph.data), np.iinfo(np.int16).min, np.iinfo(np.int16).max)
-    img = nib.Nifti1Image(data.astype(np.int16), ph.affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header["descrip"] = f"TumorTrace synthetic {label} seed {SEEDS[label]}".encode()
-    return gzip.compress(img.to_bytes(), compresslevel=9, mtime=0)
-
-
-def lesion_bytes(label: str) -> bytes:
-    """The .nii.gz bytes of a sample's lesion mask (uint8, the sample's grid and affine)."""
-    ph = make_phantom(label, seed=SEEDS[label], size=SIZE)
-    img = nib.Nifti1Image(ph.lesion.astype(np.uint8), ph.affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header["descrip"] = f"TumorTrace synthetic {label} seed {SEEDS[label]} lesion".encode()
-    return gzip.compress(img.to_bytes(), compresslevel=9, mtime=0)
+def choose(cohort: Path, splits: Path) -> str:
+    """The base brain :data:`RULE` picks."""
+    cases = read_manifest(cohort / "manifest.csv", check_files=False)
+    test = set(load_splits(splits, cases)[0].test)
+    bases = sorted({c.group_id for c in cases if c.subject_id in test})
+    return next(b for b in bases if {b, f"{b}+lgg", f"{b}+hgg"} <= test)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cohort", type=Path, required=True, help="build_cohort.py's folder")
+    parser.add_argument("--splits", type=Path, required=True, help="the shipped networks' splits")
     parser.add_argument("--out", type=Path, default=ROOT / "samples")
     args = parser.parse_args(argv)
+    base = choose(args.cohort, args.splits)
+    by_id = {c.subject_id: c for c in read_manifest(args.cohort / "manifest.csv")}
     args.out.mkdir(parents=True, exist_ok=True)
+    record: dict = {"rule": RULE, "subject": base, "licence": LICENCE, "files": {}}
     for label in CLASSES:
-        blob = sample_bytes(label)
-        if len(blob) > MAX_BYTES:
-            raise SystemExit(f"{label}: {len(blob)} bytes exceeds the {MAX_BYTES} byte cap.")
-        path = args.out / f"{label}.nii.gz"
-        path.write_bytes(blob)
-        print(f"wrote {path} ({len(blob) / 1e6:.2f} MB)")
+        case = by_id[base if label == "healthy" else f"{base}+{label}"]
+        pairs = [(case.path, args.out / f"{label}.nii.gz")]
         if label != "healthy":
-            mask = args.out / f"{label}_lesion.nii.gz"
-            mask.write_bytes(lesion_bytes(label))
-            print(f"wrote {mask}")
+            mask = case.path.with_name(case.path.name.replace(".nii.gz", "_lesion.nii.gz"))
+            pairs.append((mask, args.out / f"{label}_lesion.nii.gz"))
+            lesion = json.loads((args.cohort / "lesions" / f"{case.subject_id}.json").read_text())
+            record.setdefault("lesions", {})[label] = lesion
+        for src, dst in pairs:
+            if src.stat().st_size > MAX_BYTES:
+                raise SystemExit(f"{src}: over the {MAX_BYTES}-byte cap for a bundled sample.")
+            shutil.copyfile(src, dst)
+            record["files"][dst.name] = {"from": src.name, "sha256": sha256_file(dst)}
+            print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
+    atomic_write_json(args.out / "samples.json", record, indent=1)
     return 0
 
 

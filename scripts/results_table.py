@@ -3,6 +3,7 @@
 Reads ``weights/benchmarks/<arch>.json`` (cross-validation, written by ``train.py``),
 ``weights/benchmarks/heldout/<arch>.json`` (``python -m tumortrace evaluate --format json`` on a
 synthetic cohort made with another seed, written by ``scripts/heldout.sh``) and
+``weights/benchmarks/real_scans.json`` (``scripts/real_scan_check.py``) and
 ``weights/benchmarks/published.json`` (the papers' figures), renders Markdown tables (mean ± std
 over the folds) and replaces the text between the ``<!-- results:start -->`` and
 ``<!-- results:end -->`` markers in ``README.md``.
@@ -33,6 +34,7 @@ from tumortrace.benchmark_files import (  # noqa: E402
 from tumortrace.config import CLASSES  # noqa: E402
 from tumortrace.networks import display_name  # noqa: E402
 from tumortrace.numformat import fmt, fmt_mean_std  # noqa: E402
+from tumortrace.tables import data_description, real_scans_table  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -75,6 +77,7 @@ def render(
     benches: dict[str, dict[str, Any]],
     heldout: dict[str, dict[str, Any]],
     published: dict[str, Any] | None,
+    real_scans: dict[str, Any] | None = None,
 ) -> str:
     """The README results section (Markdown, without the markers)."""
     lines: list[str] = []
@@ -82,17 +85,13 @@ def render(
         lines += ["No trained weights are stored in `weights/benchmarks/` yet.", ""]
     else:
         first = next(iter(benches.values()))
-        data = first.get("data", {})
-        counts = ", ".join(f"{n} {c}" for c, n in (data.get("counts") or {}).items())
-        shape = "x".join(str(s) for s in first.get("input_shape", []))
-        spacing = " x ".join(f"{s:g}" for s in first.get("spacing_mm", []))
         lines += [
             "**Measured here**: one `python train.py --arch NAME ...` per network (each card "
-            f"holds its exact command), {len(first['folds'])}-fold patient-level "
-            f"cross-validation on the **synthetic** cohort ({data.get('source', 'synthetic')}: "
-            f"{counts}), input {shape} (D x H x W) at {spacing} mm, "
-            f"training runtime `{first.get('runtime', 'cpu')}`. Test-part figures, mean ± std "
-            "over the folds (percent for accuracies and recall); epochs run per fold.",
+            f"holds its exact command), {len(first['folds'])}-fold cross-validation grouped by "
+            f"subject (by base brain where the manifest has groups) on "
+            f"**{data_description(first)}**, training runtime `{first.get('runtime', 'cpu')}`. "
+            "Test-part figures, mean ± std over the folds (percent for accuracies and recall); "
+            "epochs run per fold.",
             "",
             "| network | accuracy | balanced acc. | macro-F1 | LGG recall | LGG F1 | HGG F1 "
             "| healthy F1 | AUC (macro) | epochs | train min | shipped |",
@@ -109,6 +108,8 @@ def render(
                 f"| {fmt(minutes, 'quantity')} | {b.get('shipped', '?')} |"
             )
         lines.append("")
+    if real_scans:
+        lines += _real_scans(real_scans)
     if heldout:
         any_report = next(iter(heldout.values()))
         support = [sum(row) for row in any_report.get("confusion", [])]
@@ -157,6 +158,25 @@ def render(
     if published:
         lines += _published(published)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _real_scans(doc: dict[str, Any]) -> list[str]:
+    """The real-scan check of the shipped weights (``real_scans.json``), labelled as such."""
+    table = real_scans_table(doc)
+    what = " ".join(
+        str((doc.get(k) or {}).get("what", "")) for k in ("gliomas", "cohort_test_parts")
+    )
+    lines = [
+        "**Real scans** (measured here, `scripts/real_scan_check.py`; not cross-validation): "
+        + what,
+        "",
+        "| " + " | ".join(table.columns) + " |",
+        "|" + "---|" * len(table.columns),
+    ]
+    lines += [
+        "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
+    ]
+    return [*lines, ""]
 
 
 def _published(pub: dict[str, Any]) -> list[str]:
@@ -212,7 +232,12 @@ def build(root: Path = ROOT) -> str:
     """The section rendered from ``<root>/weights/benchmarks``."""
     folder = root / "weights" / "benchmarks"
     benches = load_benchmarks(folder)
-    return render(benches, read_heldout(folder, benches), read_json(folder / "published.json"))
+    return render(
+        benches,
+        read_heldout(folder, benches),
+        read_json(folder / "published.json"),
+        read_json(folder / "real_scans.json"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

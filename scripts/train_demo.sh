@@ -17,7 +17,7 @@ DATA=${DATA:-data}
 OUT=${OUT:-weights}
 for arch in ${ARCHS:-mc3 r3d r2plus1d}; do
   "$PY" train.py --arch "$arch" --manifest "$DATA/cohort/manifest.csv" --data-dir "$DATA" \
-    --folds 3 --epochs 12 --batch-size 8 --lr 1e-3 --spacing 5 --input-shape 32 40 32 \
+    --folds 3 --epochs 6 --batch-size 8 --lr 1e-3 --spacing 5 --input-shape 32 40 32 \
     --percentiles 0.5 100 --augment scanner --balanced --healthy-reference --ship-fold 0 \
     --out "$OUT/$arch" "$@"
 done

@@ -75,7 +75,33 @@ def test_cross_fold_row_is_mean_and_sample_std_in_percent(tmp_path):
     assert cells[9] == "0/0"  # no curves stored in this record
     assert cells[10] == "20.0"  # two folds of 600 s, in minutes
     assert cells[11] == "best_fold:1"
-    assert "28x40x32" in section and "synthetic" in section
+    assert "28×40×32" in section and "synthetic phantoms" in section
+
+
+def test_real_scan_rows_say_what_they_measure():
+    share = {"n": 12, "total": 13, "fraction": 12 / 13}
+    doc = {
+        "gliomas": {"called_tumour": {"mc3": share, "ensemble": share}, "what": "Real gliomas."},
+        "cohort_test_parts": {
+            "healthy_called_healthy": {"mc3": {"n": 9, "total": 10, "fraction": 0.9}},
+            "what": "IXI test parts.",
+        },
+    }
+    section = rt.render({}, {}, None, doc)
+    assert "**Real scans**" in section and "Real gliomas. IXI test parts." in section
+    assert (
+        "| real gliomas called tumour (LGG or HGG) | 12/13 (92.3 %) | 12/13 (92.3 %) |" in section
+    )
+    assert "| real healthy brains called healthy | 9/10 (90.0 %) | — |" in section
+    assert "without its lesion" not in section  # a check the document lacks is left out
+
+
+def test_benchmark_sources_in_plain_words():
+    from tumortrace.tables import source_words
+
+    assert source_words("ixi+ixi+synthetic-lesion") == "real IXI brains + synthetic lesions"
+    assert source_words("synthetic") == "synthetic phantoms"
+    assert source_words("brats2021") == "brats2021"
 
 
 def test_heldout_row_compares_accuracy_and_balanced_accuracy(tmp_path):

@@ -435,16 +435,22 @@ def load_checkpoint(
     return model, card
 
 
-def release(card_path: str | Path, out_dir: str | Path, weights_file: str) -> Path:
+def release(
+    card_path: str | Path,
+    out_dir: str | Path,
+    weights_file: str,
+    data: dict[str, Any] | None = None,
+) -> Path:
     """Copies a trained network into a weights folder under a new weights file name.
 
-    The card keeps every field (the benchmark's seal stays valid) and gains
+    The card keeps every sealed field (the benchmark's seal stays valid) and gains
     :attr:`ModelCard.weights_file`; the bytes are verified against the card first.
 
     Args:
         card_path: the trained ``<arch>.json`` (its weights beside it).
         out_dir: the shipped weights folder; the card is written as ``<out_dir>/<arch>.json``.
         weights_file: the new weights file name, e.g. ``"mc3-ixi-2026-12.safetensors"``.
+        data: added to the card's ``data`` (e.g. the cohort's subjects, licence, description).
 
     Returns:
         The written card's path.
@@ -463,4 +469,5 @@ def release(card_path: str | Path, out_dir: str | Path, weights_file: str) -> Pa
     atomic_write_bytes(out_dir / weights_file, blob)
     raw = json.loads(path.read_text(encoding="utf-8"))
     raw["weights_file"] = weights_file
+    raw["data"] = {**(raw.get("data") or {}), **(data or {})}
     return atomic_write_text(out_dir / f"{card.arch}.json", json_text(raw))

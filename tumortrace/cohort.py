@@ -57,14 +57,22 @@ from tumortrace.synthetic import (
 from tumortrace.template import load_template
 
 __all__ = [
+    "COHORT_FILE",
     "CohortSpec",
     "LesionCase",
     "TissueLevels",
     "build_cohort",
     "choose_lesion_bases",
+    "describe_cohort",
     "insert_lesion",
     "tissue_levels",
 ]
+
+COHORT_FILE = "cohort.json"
+"""What :func:`build_cohort` writes beside the manifest: :func:`describe_cohort`."""
+
+LICENCE = "IXI: CC BY-SA 3.0 (brain-development.org)"
+"""The base scans' licence, named in every model card trained on the cohort."""
 
 SEED_PAPER_COUNTS: dict[str, int] = {"healthy": 260, "lgg": 74, "hgg": 260}
 """The seed paper's class balance; the cohort keeps its proportions."""
@@ -355,7 +363,26 @@ def build_cohort(
     if not cases:
         raise ManifestError("build_cohort: every base scan was skipped (see the log).")
     write_manifest(cases, out / "manifest.csv", relative=False)
+    atomic_write_json(out / COHORT_FILE, describe_cohort(cases, spec), indent=1)
     return cases
+
+
+def describe_cohort(cases: Sequence[Case], spec: CohortSpec) -> dict:
+    """What a model card says about the cohort: the real brains by subject ID, their licence,
+    that every lesion is synthetic, the class counts and a one-line description."""
+    bases = sorted({c.group_id for c in cases})
+    counts = {lab: sum(1 for c in cases if c.label == lab) for lab in ("healthy", "lgg", "hgg")}
+    return {
+        "description": (
+            f"{len(bases)} real healthy T1 brains (IXI) as they are, and the same brains with "
+            f"synthetic lesions ({counts['hgg']} HGG, {counts['lgg']} LGG); no real tumour"
+        ),
+        "base_subjects": bases,
+        "licence": LICENCE,
+        "lesions": "synthetic (tumortrace.synthetic lesion models inserted by tumortrace.cohort)",
+        "counts": counts,
+        "seed": spec.seed,
+    }
 
 
 def read_bases(manifest: str | Path, label: str = "healthy", prefix: str = "IXI") -> list:

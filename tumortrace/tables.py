@@ -243,6 +243,60 @@ def explanations_table(doc: Mapping, target: str = "true") -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+REAL_SCAN_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("gliomas", "called_tumour", "real gliomas called tumour (LGG or HGG)"),
+    ("cohort_test_parts", "healthy_called_healthy", "real healthy brains called healthy"),
+    (
+        "cohort_test_parts",
+        "lesion_removed_called_healthy",
+        "the same brain without its lesion called healthy",
+    ),
+    ("cohort_test_parts", "lesion_called_tumour", "lesion cases called tumour"),
+)
+"""The rows of :func:`real_scans_table`: (section, key in ``real_scans.json``, what it says)."""
+
+
+def real_scans_table(doc: Mapping) -> pd.DataFrame:
+    """The real-scan check (``weights/benchmarks/real_scans.json``): one row per check, one column
+    per network and the ensemble, each cell ``n/total (percent)``.
+
+    Args:
+        doc: the document :func:`tumortrace.real_check.real_scan_report` writes.
+
+    Returns:
+        DataFrame with columns check, then each network's display name and ``ensemble``; a check
+        the document lacks is left out.
+    """
+    records = []
+    for section, key, label in REAL_SCAN_ROWS:
+        cells = (doc.get(section) or {}).get(key)
+        if not isinstance(cells, Mapping):
+            continue
+        row = {"check": label}
+        for net, share in cells.items():
+            name = "ensemble" if net == "ensemble" else display_name(net)
+            n, total = share.get("n"), share.get("total")
+            pct = fmt(share.get("fraction"), "percent")
+            row[name] = f"{fmt(n, 'count')}/{fmt(total, 'count')} ({pct} %)"
+        records.append(row)
+    return pd.DataFrame.from_records(records).fillna(MISSING)
+
+
+SOURCE_WORDS: dict[str, str] = {
+    "synthetic": "synthetic phantoms",
+    "ixi": "real IXI brains",
+    "synthetic-lesion": "synthetic lesions",
+}
+"""Plain words for the ``+``-joined tokens of a benchmark's ``data.source``."""
+
+
+def source_words(source: str) -> str:
+    """A benchmark's ``data.source`` in plain words, e.g. ``"ixi+ixi+synthetic-lesion"`` ->
+    ``"real IXI brains + synthetic lesions"`` (unknown tokens are kept as they are)."""
+    tokens = list(dict.fromkeys(t for t in str(source).split("+") if t))
+    return " + ".join(SOURCE_WORDS.get(t, t) for t in tokens) or "unknown data"
+
+
 def data_description(bench: Mapping) -> str:
     """What one benchmark was measured on, in one line.
 
@@ -250,9 +304,7 @@ def data_description(bench: Mapping) -> str:
     28×40×32 at 5×5×5 mm"``.
     """
     data = bench.get("data") or {}
-    source = str(data.get("source") or "unknown data")
-    if source == "synthetic":
-        source = "synthetic phantoms"
+    source = source_words(str(data.get("source") or ""))
     seed = (data.get("synthetic") or {}).get("seed")
     if seed is not None:
         source += f" (seed {seed})"
