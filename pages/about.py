@@ -8,9 +8,9 @@ import pandas as pd
 import streamlit as st
 
 import app_state
-from tumortrace import viz
 from tumortrace.networks import display_name, in_display_order
 from tumortrace.numformat import fmt_mean_std, metric_kind
+from tumortrace.tables import training_data_words
 
 app_state.require_app("pages/about.py")
 st.title("About TumorTrace")
@@ -23,7 +23,7 @@ st.error(
 st.markdown(
     """
 ### Intended use
-TumorTrace sorts a 3D T1 contrast-enhanced brain MRI into **healthy**, **low-grade glioma (LGG)**
+TumorTrace sorts a 3D T1-weighted brain MRI into **healthy**, **low-grade glioma (LGG)**
 or **high-grade glioma (HGG)** with three video networks used as volume classifiers
 (R(2+1)D-18, MC3-18, R3D-18; the axial direction plays the role of time), and explains each
 prediction with Grad-CAM. It is meant for researchers and for clinicians curious about how such
@@ -36,9 +36,19 @@ models behave: compare the networks, see when they disagree, and check what they
 - volumes that are not whole brains (single slices, partial coverage).
 
 ### How it works
-The volume is reoriented to RAS, resampled and cropped around the brain exactly as in training
-(the settings are stored in each model card), then each network gives class probabilities. The
-ensemble averages them. Grad-CAM on the third of the four residual stages (chosen by scoring the
+The volume is reoriented to RAS, its brain is extracted (deepbet) and registered to the MNI152
+template, and the brain alone is resampled into one fixed box exactly as in training (the settings
+are stored in each model card), so a whole-head scan and a skull-stripped one look the same to the
+networks; input checks flag what the networks were not trained for. Each network gives class
+probabilities; the ensemble averages them.
+
+### What the shipped networks learned from
+Real healthy brains: 150 T1 scans of IXI volunteers, used as they are, and the same brains with a
+**synthetic** lesion inserted (a tumour-like model drawn into the brain, scaled to each subject's
+own white matter). They have **never seen a real tumour**, and every training scan was
+non-contrast. On real gliomas (contrast-enhanced) and on real healthy brains they have not seen,
+their calls are measured on the Benchmarks page under "Real scans"; treat every verdict as a
+research output. Grad-CAM on the third of the four residual stages (chosen by scoring the
 maps against lesions of known extent: Benchmarks, Explanations), kept inside the brain, is mapped
 back onto the file's own voxel grid so the overlay lines up with the slices you scroll.
 """
@@ -61,13 +71,10 @@ for arch in in_display_order(cards):
             st.error(card["error"])
             continue
         data = card.get("data", {}) or {}
-        counts = ", ".join(
-            f"{viz.CLASS_NAMES.get(c, c)}: {n}" for c, n in (data.get("counts") or {}).items()
-        )
-        source = data.get("source", "unknown")
+        source = training_data_words(data)
         c1, c2 = st.columns(2)
         c1.markdown(
-            f"**Training data:** {source} ({counts or 'counts not stored'})  \n"
+            f"**Training data:** {source}  \n"
             f"**Shipped model:** {card.get('shipped') or '?'} · "
             f"{card.get('folds', '?')}-fold cross-validation  \n"
             f"**Parameters:** {card.get('params', 0) / 1e6:.1f} M  \n"
@@ -98,10 +105,19 @@ for arch in in_display_order(cards):
                 f"over {card.get('folds', '?')} folds)"
             )
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        cohort = data.get("cohort") or {}
         limits = [
             "Trained on **synthetic phantoms**: results on real scans are not meaningful."
-            if str(source).startswith("synthetic")
+            if str(data.get("source", "")).startswith("synthetic")
             else f"Trained on {source}; performance elsewhere (scanners, sites) is unknown.",
+            *(
+                [
+                    f"Lesions in training: {cohort['lesions']}. Licence of the brains: "
+                    f"{cohort.get('licence', '?')}."
+                ]
+                if isinstance(cohort, dict) and cohort.get("lesions")
+                else []
+            ),
             "LGG is the rarest class and the hardest to tell from HGG.",
             "Output is always one of three classes, even for an unrelated image.",
         ]

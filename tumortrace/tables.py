@@ -297,6 +297,23 @@ def source_words(source: str) -> str:
     return " + ".join(SOURCE_WORDS.get(t, t) for t in tokens) or "unknown data"
 
 
+def training_data_words(data: Mapping) -> str:
+    """What a model card's ``data`` says the network learned from, in words a clinician reads.
+
+    The cohort's own description when the card has one (``data["cohort"]["description"]``,
+    :func:`tumortrace.cohort.describe_cohort`), else the source in plain words
+    (:func:`source_words`) with the class counts.
+    """
+    cohort = data.get("cohort") if isinstance(data.get("cohort"), Mapping) else {}
+    if cohort.get("description"):
+        return str(cohort["description"])
+    counts = ", ".join(
+        f"{fmt(n, 'count')} {CLASS_NAMES.get(c, c)}" for c, n in (data.get("counts") or {}).items()
+    )
+    words = source_words(str(data.get("source") or ""))
+    return f"{words} ({counts})" if counts else words
+
+
 def data_description(bench: Mapping) -> str:
     """What one benchmark was measured on, in one line.
 
