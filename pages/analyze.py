@@ -85,56 +85,108 @@ def _cached(name: str, key: Any) -> Any:
 @st.cache_resource(show_spinner=False)
 def _standard_store() -> OrderedDict:
     """Process-wide results of :func:`standardise` by file hash, shared read-only by sessions, so
-    the same file is never brain-extracted twice (a plain dict: the steps report progress into
-    the session's own status box, which a cached function could not replay)."""
+    the same file is never brain-extracted twice (a plain dict, filled by the analysis queue's
+    worker thread)."""
     return OrderedDict()
 
 
-def _standard(volume: Volume, sha: str, say) -> StandardSpace:
-    """The scan's :class:`StandardSpace` (brain, registration, input checks), computed once."""
-    found = _cached("tt_standard", sha)
+def _standard(volume: Volume, sha: str, store: OrderedDict, say) -> StandardSpace:
+    """The scan's :class:`StandardSpace` (brain, registration, input checks), computed once per
+    file content; runs on the queue's worker thread (``say`` reports each step)."""
+    found = store.get(sha)
     if found is None:
-        store = _standard_store()
-        found = store.get(sha)
-        if found is None:
-            from tumortrace.standard import standardise
+        from tumortrace.standard import standardise
 
-            found = standardise(volume, progress=say)
-            store[sha] = found
-            while len(store) > 2 * MAX_CACHED:
-                store.popitem(last=False)
-        _remember(_lru("tt_standard"), sha, found)
+        found = store[sha] = standardise(volume, progress=say)
+        while len(store) > 2 * MAX_CACHED:
+            store.popitem(last=False)
     return found
 
 
-def _analysis(shared, volume: Volume, sha: str, target: str | None, std=None, say=None):
-    """The analysis of ``volume`` for one Grad-CAM target, running the networks once per key.
+def _work(shared, volume: Volume, sha: str, target: str | None, std, store: OrderedDict):
+    """What the queue's worker thread runs for one analysis: the standard space (once per file),
+    then the networks, writing each step and each network's result into the job as it lands."""
 
-    Analyses share one predictor and run one at a time; a session that has to wait says so.
-    """
-    key = (sha, target, id(shared.predictor))
-    found = _cached("tt_analyses", key)
-    if found is not None:
-        return found
-    if say is None:
-        names = ", ".join(display_name(a) for a in in_display_order(shared.predictor.archs))
-        what = f"Grad-CAM for {viz.CLASS_NAMES[target]}" if target else "predictions and Grad-CAM"
-        with st.spinner(f"Running {names}: {what}…"), shared.lock:
-            analysis = shared.predictor.analyze(volume, target=target, standard=std)
-        return _remember(_lru("tt_analyses"), key, analysis)
-    if not shared.lock.acquire(blocking=False):
-        say("Waiting for another analysis to finish (one runs at a time)")
-        shared.lock.acquire()
-    try:
-        analysis = shared.predictor.analyze(
+    def work(job: app_state.Job):
+        def say(step: str) -> None:
+            job.step = step
+
+        def running(step: str) -> None:  # "<arch> (i/n)"
+            arch, count = step.split(maxsplit=1)
+            job.step = f"Running {display_name(arch)} {count}"
+
+        job.standard = std if std is not None else _standard(volume, sha, store, say)
+        return shared.predictor.analyze(
             volume,
             target=target,
-            standard=std,
-            progress=lambda step: say(f"Running {display_name(step.split()[0])} {step.split()[1]}"),
+            standard=job.standard,
+            progress=running,
+            on_result=job.results.__setitem__,
         )
-    finally:
-        shared.lock.release()
-    return _remember(_lru("tt_analyses"), key, analysis)
+
+    return work
+
+
+def _analysis_key(shared, sha: str, target: str | None) -> tuple:
+    return (sha, target, id(shared.predictor))
+
+
+def _analysis(shared, volume: Volume, sha: str, target: str | None, std=None) -> app_state.Job:
+    """The queued job analysing ``volume`` for one Grad-CAM target (the one already queued,
+    running or done when another session or an earlier run asked for the same)."""
+    work = _work(shared, volume, sha, target, std, _standard_store())
+    return shared.queue.submit(_analysis_key(shared, sha, target), work)
+
+
+def _collect(shared, job: app_state.Job):
+    """The finished job's analysis, kept in this session; on failure shows why and gives None."""
+    err = job.error
+    if err is None:
+        return _remember(_lru("tt_analyses"), job.key, job.value)
+    shared.queue.forget(job)  # a later visit to the file tries again
+    if isinstance(err, TumorTraceError):
+        st.error(str(err), icon=":material/error:")
+    else:
+        st.error(
+            f"The networks could not analyse this volume ({type(err).__name__}). "
+            "Try another file; the details are in the server log.",
+            icon=":material/error:",
+        )
+    return None
+
+
+def _waiting_line(shared, job: app_state.Job) -> str:
+    """The job's state in words: its place in the queue, or the step running now."""
+    ahead = shared.queue.ahead(job)
+    if ahead:
+        return f"Waiting for another analysis (position {ahead} in the queue)"
+    return job.step
+
+
+@st.fragment(run_every=0.5)
+def _progress(shared, job: app_state.Job) -> None:
+    """While the networks run: the step running now, and each network's prediction as it
+    lands; reruns the whole page once the analysis is done."""
+    if job.done.is_set():
+        st.rerun()
+    st.session_state["tt_pending"] = True
+    with st.status(f"{_waiting_line(shared, job)}…", state="running"):
+        pass
+    archs = in_display_order(shared.predictor.archs)
+    for col, arch in zip(st.columns(len(archs)), archs, strict=True):
+        pred = job.results.get(arch)
+        with col, st.container(border=True):
+            st.markdown(f"#### {display_name(arch)}")
+            if pred is None:
+                running = display_name(arch) in job.step
+                st.caption("Running…" if running else "Waiting for its turn")
+                continue
+            p = float(np.max(pred.probs))
+            st.markdown(
+                f"Prediction: **:{_tone(pred.label)}[{viz.CLASS_NAMES[pred.label]}]** "
+                f"({100 * p:.1f} %)"
+            )
+            st.caption(f"{pred.seconds:.2f} s · Grad-CAM and the verdict follow")
 
 
 def _network_input(volume: Volume, sha: str, config, std) -> tuple[np.ndarray, Any, dict]:
@@ -446,19 +498,6 @@ def _cam_nifti_bytes(expl, volume: Volume) -> bytes:
 # ----------------------------------------------------------------------------- viewer
 
 
-def _preview(volume: Volume, presets: dict) -> None:
-    """The three mid-planes of the scan, shown at once while the analysis runs."""
-    cols = st.columns(3)
-    mid = [s // 2 for s in volume.data.shape]
-    for plane, col in zip(viz.PLANES, cols, strict=True):
-        axis = viz.plane_layout(plane).fixed_axis
-        img = viz.render_slice(
-            volume.data, plane, mid[axis], presets["brain"], spacing_xyz=volume.spacing
-        )
-        col.image(viz.encode_png(img), caption=f"{plane.capitalize()} (preview)", width="stretch")
-    st.caption("The scan as loaded; the viewer and the networks' results follow.")
-
-
 def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
     """Voxel of highest mean Grad-CAM inside the head (where the viewer opens), or the centre.
 
@@ -745,19 +784,37 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base, std=None) -> N
     MNI152), all driven by the same sliders.
 
     Runs as a fragment: its sliders rerun this function only, never the networks (the analyses
-    come from the session cache).
+    come from the session cache). Shown with ``base`` None while the networks run.
     """
-    starts = _lru("tt_start")  # computed once per file: a full-volume pass is too slow per step
-    if (sha, base is None) not in starts:
-        _remember(starts, (sha, base is None), _centre_of_attention(base, volume))
     display = _display_controls(volume, presets, shared, std)
-    point = _planes(sha, volume, starts[(sha, base is None)], display, shared, std)
+    point = _planes(sha, volume, tuple(n // 2 for n in volume.data.shape), display, shared, std)
     if shared is None or base is None:
         return
     st.markdown("##### Grad-CAM: where each network looked")
     cam = _cam_controls()
-    analysis = base if cam.target is None else _analysis(shared, volume, sha, cam.target, std)
-    _gradcam_row(sha, volume, analysis, point, display, cam)
+    analysis = base
+    if cam.target is not None:
+        analysis = _cached("tt_analyses", _analysis_key(shared, sha, cam.target))
+    if analysis is None:
+        job = _analysis(shared, volume, sha, cam.target, std)
+        with st.spinner(
+            f"Grad-CAM for {viz.CLASS_NAMES[cam.target]}: {_waiting_line(shared, job)}…"
+        ):
+            job.done.wait()
+        analysis = _collect(shared, job)
+    if analysis is not None:
+        _gradcam_row(sha, volume, analysis, point, display, cam)
+
+
+def _open_at_peak(sha: str, volume: Volume, analysis) -> None:
+    """Moves the sliders to where the viewer opens once the verdict is in (the ensemble's Grad-CAM
+    peak for a confident tumour verdict), unless the user has moved them while waiting."""
+    centre = [n // 2 for n in volume.data.shape]
+    for plane in viz.PLANES:
+        value = st.session_state.get(_slider_key(plane, sha))
+        if value is not None and value != centre[viz.plane_layout(plane).fixed_axis] + 1:
+            return
+    _go_to(sha, _centre_of_attention(analysis, volume))
 
 
 # ----------------------------------------------------------------------------- page
@@ -776,18 +833,14 @@ if picked is None:
 
 sha, volume, presets = picked
 _facts(volume)
-preview = st.empty()
-if _cached("tt_standard", sha) is None:  # the scan first, while the pipeline runs
-    with preview.container():
-        _preview(volume, presets)
-
-shared = base = std = None
+shared = base = std = job = None
 try:
     shared = app_state.get_predictor()
 except TumorTraceError as err:
     st.warning(f"{err}\n\nThe viewer below still works; predictions need weights.")
 
 cards = {}
+st.session_state["tt_pending"] = False
 if shared is not None:
     cards = shared.predictor.cards
     for arch, reason in getattr(shared.predictor, "refused", {}).items():
@@ -796,37 +849,25 @@ if shared is not None:
             "The other networks still predict.",
             icon=":material/warning:",
         )
-    try:
-        with st.status("Analysing the scan…", expanded=False) as status:
+    base = _cached("tt_analyses", _analysis_key(shared, sha, None))
+    if base is None:  # the scan first: the networks run on the queue's thread
+        job = _analysis(shared, volume, sha, None)
+        if job.done.is_set():
+            base = _collect(shared, job)
+            job = None
+            if base is not None:
+                _open_at_peak(sha, volume, base)
+    std = base.standard if base is not None else None
 
-            def say(step: str) -> None:
-                status.update(label=f"{step}…")
-                status.write(step)
-
-            std = _standard(volume, sha, say)
-            base = _analysis(shared, volume, sha, None, std, say)
-            status.update(
-                label=f"Done: brain, registration, {len(base.predictions)} networks",
-                state="complete",
-            )
-    except TumorTraceError as err:
-        st.error(str(err), icon=":material/error:")
-    except Exception as err:
-        LOG.exception("unexpected error while analysing a volume")
-        st.error(
-            f"The networks could not analyse this volume ({type(err).__name__}). "
-            "Try another file; the details are in the server log.",
-            icon=":material/error:",
-        )
-
-if base is not None:
+if job is not None:
+    st.subheader("Networks")
+    _progress(shared, job)
+elif base is not None:
     st.subheader("Networks")
     _predictions(base, cards)
 
-preview.empty()
 st.subheader("Viewer")
 viewer(sha, volume, presets, shared, base, std)
-
 if base is not None:
     st.subheader("Report")
     report = _report(volume, sha, base, cards)

@@ -12,6 +12,8 @@ import hashlib
 import importlib.util
 import io
 import json
+import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from app_fixtures import make_benchmark_files, make_tiny_weights
 from conftest import make_head
 from streamlit.testing.v1 import AppTest
 
+import app_state
 from tumortrace import viz
 from tumortrace.config import IOLimits
 from tumortrace.infer import Predictor
@@ -38,6 +41,13 @@ def tiny_weights(tmp_path_factory) -> Path:
     folder = make_tiny_weights(tmp_path_factory.mktemp("weights"))
     make_benchmark_files(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def fresh_queue():
+    """Each test gets a fresh predictor and analysis queue: the queue's finished jobs outlive an
+    AppTest, as they outlive a session (the standard spaces are kept: deepbet is slow)."""
+    app_state._load_predictor.clear()
 
 
 @pytest.fixture
@@ -67,11 +77,26 @@ def no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def settle(at: AppTest, timeout: float = TIMEOUT) -> AppTest:
+    """Reruns the page until the queued analysis is in (the page itself polls every 0.5 s)."""
+    deadline = time.monotonic() + timeout
+    while at.session_state.get("tt_pending"):
+        assert time.monotonic() < deadline, "the analysis did not finish"
+        time.sleep(0.2)
+        at.run()
+    return at
+
+
 def upload(at: AppTest, name: str, data: bytes) -> AppTest:
     at.run()
     at.radio(key="tt_source").set_value("Upload a file").run()
     at.file_uploader(key="tt_upload").set_value((name, data, "application/octet-stream"))
-    return at.run()
+    return settle(at.run())
+
+
+def pick_sample(at: AppTest, name: str) -> AppTest:
+    at.run()
+    return settle(at.selectbox(key="tt_sample").set_value(name).run())
 
 
 def cam_captions(at: AppTest) -> list[str]:
@@ -151,11 +176,11 @@ def test_slider_redraws_without_rerunning_networks(app, head_nifti_gz, monkeypat
     assert "slice 4/64" in app.image[0].captions[0]
     assert all("Grad-CAM for" in c for c in cam_captions(app))
     assert len(calls.calls) == 1  # the analysis came from the session cache
-    app.selectbox(key="tt_target").set_value("hgg").run()
+    settle(app.selectbox(key="tt_target").set_value("hgg").run())
     assert len(calls.calls) == 2 and calls.calls[-1][1].get("target") == "hgg"
     assert all("Grad-CAM for HGG" in c for c in cam_captions(app))
     app.selectbox(key="tt_target").set_value(None).run()
-    app.selectbox(key="tt_target").set_value("hgg").run()
+    settle(app.selectbox(key="tt_target").set_value("hgg").run())
     assert len(calls.calls) == 2  # both targets cached
 
 
@@ -168,7 +193,7 @@ def test_corrupt_upload_shows_error_and_page_keeps_working(app, head_nifti_gz):
     app.file_uploader(key="tt_upload").set_value(
         ("head.nii.gz", head_nifti_gz, "application/octet-stream")
     )
-    app.run()
+    settle(app.run())
     no_exception(app)
     assert not app.error
     assert len(prediction_lines(app)) == 3
@@ -288,8 +313,7 @@ def test_downloads_report_and_gradcam_nifti(app, head_nifti_gz, tiny_weights, mo
 
 
 def test_sample_picker_runs_the_networks(app):
-    app.run()
-    app.selectbox(key="tt_sample").set_value("Synthetic high-grade glioma (HGG)").run()
+    pick_sample(app, "Synthetic high-grade glioma (HGG)")
     no_exception(app)
     assert not app.error
     assert "hgg.nii.gz" in " ".join(m.value for m in app.markdown)
@@ -327,8 +351,8 @@ def test_confident_healthy_verdict_opens_the_viewer_at_the_centre(monkeypatch):
     """The shipped weights call the bundled healthy sample healthy (ensemble above 60 %); its
     Grad-CAM peak has no lesion to show, so the viewer opens at the volume's centre."""
     monkeypatch.setenv("TUMORTRACE_WEIGHTS_DIR", str(ROOT / "weights"))
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    at.selectbox(key="tt_sample").set_value("Synthetic healthy brain").run()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    pick_sample(at, "Synthetic healthy brain")
     no_exception(at)
     assert any("Ensemble verdict: Healthy" in x.value for x in at.info)
     shape = nib.load(ROOT / "samples" / "healthy.nii.gz").shape  # RAS-stored sample
@@ -373,8 +397,7 @@ def test_viewer_peaks_go_to_peak_colour_bar_and_true_lesion(app, tiny_weights):
     """The HGG sample: a ring at each network's peak, 'Go to peak' moves the sliders to it, the
     default colour map is inferno with a labelled colour bar, and the true lesion can be outlined;
     an upload has no lesion to outline."""
-    app.run()
-    app.selectbox(key="tt_sample").set_value("Synthetic high-grade glioma (HGG)").run()
+    pick_sample(app, "Synthetic high-grade glioma (HGG)")
     no_exception(app)
     assert app.selectbox(key="tt_cmap").value == "inferno"
     assert any("Share of each network's own maximum" in c for i in app.image for c in i.captions)
@@ -406,3 +429,49 @@ def test_upload_has_no_true_lesion_toggle(app, head_nifti_gz):
     no_exception(app)
     assert not [t for t in app.toggle if t.key == "tt_lesion"]
     assert len([b for b in app.button if str(b.key).startswith("tt_peak_")]) == 3
+
+
+def test_the_scan_shows_at_once_and_a_queued_analysis_says_its_place(app, head_nifti_gz):
+    """Another session's analysis holds the queue: this one shows the scan's three planes at
+    once, says it waits (position 1), then fills in the networks one by one."""
+    app.run()
+    shared = app_state.get_predictor()
+    release = threading.Event()
+    shared.queue.submit("another session's scan", lambda job: release.wait(TIMEOUT))
+    app.radio(key="tt_source").set_value("Upload a file").run()
+    app.file_uploader(key="tt_upload").set_value(("head.nii.gz", head_nifti_gz, "x")).run()
+    no_exception(app)
+    assert [s.label for s in app.status] == [
+        "Waiting for another analysis (position 1 in the queue)…"
+    ]
+    assert len(app.image) == 3 and "Axial · slice 33/64" in app.image[0].captions[0]
+    assert not prediction_lines(app) and not cam_captions(app)
+    assert app.session_state["tt_pending"]
+
+    first_done, go_on = threading.Event(), threading.Event()
+    analyze = Predictor.analyze
+
+    def one_network_then_pause(self, *args, on_result=None, **kwargs):
+        def hold(arch, pred):
+            on_result(arch, pred)
+            if not first_done.is_set():
+                first_done.set()
+                go_on.wait(TIMEOUT)
+
+        return analyze(self, *args, on_result=hold, **kwargs)
+
+    Predictor.analyze = one_network_then_pause
+    try:
+        release.set()
+        assert first_done.wait(TIMEOUT)
+        app.run()
+        no_exception(app)
+        assert len(prediction_lines(app)) == 1  # the first network is in, the others run
+        assert len(app.status) == 1 and app.status[0].label.startswith("Running ")
+        assert sum("Grad-CAM and the verdict follow" in c.value for c in app.caption) == 1
+    finally:
+        go_on.set()
+        Predictor.analyze = analyze
+    settle(app)
+    no_exception(app)
+    assert not app.status and len(prediction_lines(app)) == 3 and len(cam_captions(app)) == 3
