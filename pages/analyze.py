@@ -43,6 +43,7 @@ SAMPLES: dict[str, str] = {
 MAX_CACHED = 4  # volumes / analyses per session (a 240x240x155 analysis holds ~110 MB of maps)
 UPLOAD_MIB = IOLimits().max_upload_bytes // 2**20
 LOW_CONFIDENCE = 0.6  # below this top probability a verdict is flagged as low confidence
+OWN_PREDICTION = "own"  # "Explain class": each network's own prediction
 
 
 # ----------------------------------------------------------------------------- session caches
@@ -679,12 +680,14 @@ def _cam_controls() -> CamSettings:
         format_func=str.capitalize,
         help="Which plane the comparison shows; its slider above picks the slice.",
     )
+    # A string, not None, for "own prediction": a None option reads as "nothing chosen" and the
+    # box showed "Choose an option" after a sample then an upload in one session.
     target = o1.selectbox(
         "Explain class",
-        [None, *CLASSES],
+        [OWN_PREDICTION, *CLASSES],
         key="tt_target",
         format_func=lambda c: (
-            "each network's own prediction" if c is None else f"why {viz.CLASS_NAMES[c]}?"
+            "each network's own prediction" if c == OWN_PREDICTION else f"why {viz.CLASS_NAMES[c]}?"
         ),
         help="Grad-CAM answers 'which regions raised the score of this class?'",
     )
@@ -705,7 +708,9 @@ def _cam_controls() -> CamSettings:
         help="inferno and magma are perceptually uniform: equal steps in value look like equal "
         "steps in brightness, dark = weak, bright = strong.",
     )
-    return CamSettings(target, plane, opacity, threshold, cmap)
+    return CamSettings(
+        None if target == OWN_PREDICTION else target, plane, opacity, threshold, cmap
+    )
 
 
 def _gradcam_row(
@@ -872,8 +877,8 @@ if base is not None:
     st.subheader("Report")
     report = _report(volume, sha, base, cards)
     stem = _stem(volume)
-    d1, d2, _ = st.columns([1, 1, 3])
-    d1.download_button(
+    buttons = st.container(horizontal=True)
+    buttons.download_button(
         "Report (.json)",
         json.dumps(report, indent=2),
         f"{stem}_tumortrace.json",
@@ -882,7 +887,7 @@ if base is not None:
         on_click="ignore",
         icon=":material/download:",
     )
-    d2.download_button(
+    buttons.download_button(
         "Report (.csv)",
         _report_csv(report),
         f"{stem}_tumortrace.csv",

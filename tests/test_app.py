@@ -125,12 +125,17 @@ def test_upload_cap_matches_iolimits():
     assert config["client"]["showErrorDetails"] == "none"  # no tracebacks for users
 
 
-def test_analyze_page_renders_empty(app):
+def test_analyze_page_renders_empty(app, tiny_weights):
     app.run()
     no_exception(app)
     assert any("Choose a bundled sample" in i.value for i in app.info)
-    sidebar = " ".join(m.value for m in app.sidebar.markdown)
+    sidebar = " ".join(m.value for m in [*app.sidebar.markdown, *app.sidebar.caption])
     assert "R(2+1)D-18" in sidebar and "MC3-18" in sidebar and "R3D-18" in sidebar
+    assert "trained 2026-01-01" in sidebar
+    # no server paths or hashes for a clinician
+    assert str(tiny_weights) not in sidebar and "/" not in sidebar and "`" not in sidebar
+    # columns stack below about 1100 px (the browser test looks at the result)
+    assert any("max-width: 1100px" in h.proto.body for h in app.get("html"))
     assert any("not a medical device" in w.value for w in app.sidebar.warning)
 
 
@@ -179,7 +184,7 @@ def test_slider_redraws_without_rerunning_networks(app, head_nifti_gz, monkeypat
     settle(app.selectbox(key="tt_target").set_value("hgg").run())
     assert len(calls.calls) == 2 and calls.calls[-1][1].get("target") == "hgg"
     assert all("Grad-CAM for HGG" in c for c in cam_captions(app))
-    app.selectbox(key="tt_target").set_value(None).run()
+    app.selectbox(key="tt_target").set_value("own").run()
     settle(app.selectbox(key="tt_target").set_value("hgg").run())
     assert len(calls.calls) == 2  # both targets cached
 
@@ -475,3 +480,18 @@ def test_the_scan_shows_at_once_and_a_queued_analysis_says_its_place(app, head_n
     settle(app)
     no_exception(app)
     assert not app.status and len(prediction_lines(app)) == 3 and len(cam_captions(app)) == 3
+
+
+def test_explain_class_keeps_its_choice_across_a_sample_then_an_upload(app, head_nifti_gz):
+    """Issue 17: after a sample, then an upload, "Explain class" read "Choose an option"."""
+    pick_sample(app, "Synthetic high-grade glioma (HGG)")
+    target = app.selectbox(key="tt_target")
+    assert target.value == "own" and target.index == 0
+    app.radio(key="tt_source").set_value("Upload a file").run()
+    app.file_uploader(key="tt_upload").set_value(("scan.nii.gz", head_nifti_gz, "x"))
+    settle(app.run())
+    no_exception(app)
+    target = app.selectbox(key="tt_target")
+    assert target.value == "own" and target.index == 0
+    assert target.format_func(target.value) == "each network's own prediction"
+    assert len(cam_captions(app)) == 3
