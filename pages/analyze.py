@@ -14,6 +14,7 @@ import logging
 import tempfile
 from collections import OrderedDict
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -21,6 +22,7 @@ import numpy as np
 import streamlit as st
 
 import app_state
+import plane_view
 from tumortrace import viz
 from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
@@ -622,10 +624,11 @@ def _slider_key(plane: str, sha: str) -> str:
 
 
 def _shown(volume: Volume, sha: str, point, display: Display, shared, std):
-    """``(volume (X, Y, Z), point, spacing, window)`` of what the planes show: the scan, or the
-    first network's input ("What the networks see") at the same world position."""
+    """``(volume (X, Y, Z), point, spacing, window, to_scan)`` of what the planes show: the scan,
+    or the first network's input ("What the networks see") at the same world position;
+    ``to_scan`` maps a voxel of what is shown back to the scan's voxel."""
     if display.mode != "What the networks see":
-        return volume.data, point, volume.spacing, display.window
+        return volume.data, point, volume.spacing, display.window, tuple
     config = shared.predictor.cards[shared.predictor.archs[0]].preprocess
     shown, grid, model_presets = _network_input(volume, sha, config, std)
     dhw = grid.world_to_model((volume.affine @ np.array([*point, 1.0]))[:3])
@@ -633,17 +636,47 @@ def _shown(volume: Volume, sha: str, point, display: Display, shared, std):
         int(np.clip(round(v), 0, s - 1)) for v, s in zip(dhw[::-1], shown.shape, strict=True)
     ]
     spacing = tuple(float(s) for s in config.spacing_mm[::-1])
-    return shown, shown_point, spacing, model_presets["brain"]
+    to_world = np.linalg.inv(volume.affine) @ grid.model_affine
+
+    def to_scan(xyz) -> tuple[int, int, int]:
+        ijk = (to_world @ np.array([*xyz[::-1], 1.0]))[:3]
+        return tuple(
+            int(np.clip(round(v), 0, n - 1)) for v, n in zip(ijk, volume.data.shape, strict=True)
+        )
+
+    return shown, shown_point, spacing, model_presets["brain"], to_scan
+
+
+def _view_key(plane: str) -> str:
+    return f"tt_view_{plane}"
+
+
+def _on_plane_click(sha: str, plane: str, shape, index: int, convention: str, to_scan) -> None:
+    """A click on one plane moves the other two (and the crosshair) to the voxel clicked."""
+    click = plane_view.event(_view_key(plane), "click")
+    if click is not None:
+        _go_to(sha, to_scan(viz.voxel_at(shape, plane, index, click["u"], click["v"], convention)))
+
+
+def _on_plane_wheel(sha: str, plane: str, n: int) -> None:
+    """The mouse wheel over a plane steps its slice, one per notch."""
+    wheel = plane_view.event(_view_key(plane), "wheel")
+    key = _slider_key(plane, sha)
+    if wheel is not None and key in st.session_state:
+        st.session_state[key] = int(np.clip(st.session_state[key] + wheel["step"], 1, n))
 
 
 def _planes(sha: str, volume: Volume, start, display: Display, shared, std) -> list[int]:
-    """The three planes with their slice sliders; returns the scan voxel they cross at."""
+    """The three planes with their slice sliders; returns the scan voxel they cross at.
+
+    A click on a plane moves the other two there; the wheel over a plane steps its slice.
+    """
     point = list(start)
     for plane in viz.PLANES:
         key = _slider_key(plane, sha)
         if key in st.session_state:  # sliders count from 1, like captions
             point[viz.plane_layout(plane).fixed_axis] = int(st.session_state[key]) - 1
-    shown, shown_point, spacing, window = _shown(volume, sha, point, display, shared, std)
+    shown, shown_point, spacing, window, to_scan = _shown(volume, sha, point, display, shared, std)
     images = viz.draw_planes(
         shown, shown_point, window, spacing_xyz=spacing, convention=display.convention,
         crosshair=display.crosshair,
@@ -655,13 +688,19 @@ def _planes(sha: str, volume: Volume, start, display: Display, shared, std) -> l
         axis = viz.plane_layout(plane).fixed_axis
         n = viz.slice_count(volume.data.shape, plane)
         mm = (point[axis] - (n - 1) / 2) * volume.spacing[axis]
+        caption = f"{plane.capitalize()} · slice {point[axis] + 1}/{n} ({mm:+.0f} mm from centre)"
         with col:
-            st.image(
+            plane_view.plane_image(
                 images[plane],
-                caption=f"{plane.capitalize()} · slice {point[axis] + 1}/{n} "
-                f"({mm:+.0f} mm from centre){what}",
-                width="stretch",
-            )
+                f"{caption}. Click to move the other planes here; the wheel steps the slice.",
+                key=_view_key(plane),
+                on_click=partial(
+                    _on_plane_click, sha, plane, shown.shape, shown_point[axis],
+                    display.convention, to_scan,
+                ),
+                on_wheel=partial(_on_plane_wheel, sha, plane, n),
+            )  # fmt: skip
+            st.caption(caption + what)
             st.slider(
                 f"{plane.capitalize()} slice", 1, n, start[axis] + 1,
                 key=_slider_key(plane, sha), label_visibility="collapsed",

@@ -103,6 +103,13 @@ def cam_captions(at: AppTest) -> list[str]:
     return [c for img in at.image for c in img.captions if "Grad-CAM for" in c]
 
 
+def plane_captions(at: AppTest) -> list[str]:
+    """The captions under the viewer's three planes (axial, coronal, sagittal)."""
+    return [
+        c.value for c in at.caption if c.value.startswith(("Axial ·", "Coronal ·", "Sagittal ·"))
+    ]
+
+
 def prediction_lines(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown if m.value.startswith("Prediction:")]
 
@@ -178,7 +185,7 @@ def test_slider_redraws_without_rerunning_networks(app, head_nifti_gz, monkeypat
     axial = next(s for s in app.slider if s.key.startswith("tt_slice_axial"))
     axial.set_value(4).run()
     no_exception(app)
-    assert "slice 4/64" in app.image[0].captions[0]
+    assert "slice 4/64" in plane_captions(app)[0]
     assert all("Grad-CAM for" in c for c in cam_captions(app))
     assert len(calls.calls) == 1  # the analysis came from the session cache
     settle(app.selectbox(key="tt_target").set_value("hgg").run())
@@ -217,7 +224,7 @@ def test_missing_weights_keep_the_viewer(tmp_path, monkeypatch, head_nifti_gz):
     upload(at, "head.nii.gz", head_nifti_gz)
     no_exception(at)
     assert any("No trained weights" in w.value for w in at.warning)
-    assert len(at.image) == 3 and not cam_captions(at)  # the three planes, no predictions
+    assert len(plane_captions(at)) == 3 and not cam_captions(at)  # the three planes, no predictions
 
 
 def test_benchmarks_page_renders_stored_files(app):
@@ -395,7 +402,7 @@ def test_viewer_shows_the_brain_outline_and_the_network_input(app, head_nifti_gz
     no_exception(app)
     inputs = [a for a, k, _ in render.calls if k.get("heat_xyz") is None][:3]
     assert all(a[0].shape == (32, 32, 16) for a in inputs)  # the card's 16x32x32 grid, as XYZ
-    assert "network input" in app.image[0].captions[0]
+    assert "network input" in plane_captions(app)[0]
 
 
 def test_viewer_peaks_go_to_peak_colour_bar_and_true_lesion(app, tiny_weights):
@@ -449,7 +456,7 @@ def test_the_scan_shows_at_once_and_a_queued_analysis_says_its_place(app, head_n
     assert [s.label for s in app.status] == [
         "Waiting for another analysis (position 1 in the queue)…"
     ]
-    assert len(app.image) == 3 and "Axial · slice 33/64" in app.image[0].captions[0]
+    assert len(plane_captions(app)) == 3 and "Axial · slice 33/64" in plane_captions(app)[0]
     assert not prediction_lines(app) and not cam_captions(app)
     assert app.session_state["tt_pending"]
 
