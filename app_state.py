@@ -157,12 +157,23 @@ def _weights_stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
+_TRIED: set[tuple[str, tuple]] = set()  # (folder, stamp) whose networks this process has loaded
+
+
 @st.cache_resource(show_spinner="Loading the networks…", max_entries=2)
 def _load_predictor(folder: str, stamp: tuple) -> SharedPredictor:
     """Loads every card in ``folder`` (``stamp`` only keys the cache)."""
     from tumortrace.infer import Predictor
 
     return SharedPredictor(Predictor.from_dir(folder), AnalysisQueue())
+
+
+def predictor_ready() -> bool:
+    """Whether :func:`get_predictor` answers at once: this process has loaded (or failed to load)
+    the current weights (the first load imports torch and reads every weight file: seconds, so
+    the page shows the scan first)."""
+    folder = weights_dir()
+    return (str(folder), _weights_stamp(folder)) in _TRIED
 
 
 def get_predictor() -> SharedPredictor:
@@ -174,13 +185,18 @@ def get_predictor() -> SharedPredictor:
     folder = weights_dir()
     cards = [a for a, c in read_cards(folder).items() if "error" not in c]
     if not cards:
+        _TRIED.add((str(folder), _weights_stamp(folder)))
         raise CheckpointError(
             f"No trained weights in {folder}: expected model cards such as "
             f"{', '.join(f'{a}.json' for a in network_names())} beside their .safetensors files. "
             "Train them with `python train.py --arch mc3` (and r2plus1d, r3d), or point "
             f"{WEIGHTS_ENV} at a folder that has them."
         )
-    return _load_predictor(str(folder), _weights_stamp(folder))
+    stamp = _weights_stamp(folder)
+    try:
+        return _load_predictor(str(folder), stamp)
+    finally:
+        _TRIED.add((str(folder), stamp))
 
 
 def mark_app_ran() -> None:

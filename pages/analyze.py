@@ -7,6 +7,7 @@ fragment (:func:`viewer`), so moving one redraws only the images.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -878,10 +879,15 @@ if picked is None:
 sha, volume, presets = picked
 _facts(volume)
 shared = base = std = job = None
-try:
-    shared = app_state.get_predictor()
-except TumorTraceError as err:
-    st.warning(f"{err}\n\nThe viewer below still works; predictions need weights.")
+loading = not app_state.predictor_ready()  # first visit to this server: the scan first
+if loading:
+    st.subheader("Networks")
+    st.status("Loading the networks (once per server start)…", state="running")
+else:
+    try:
+        shared = app_state.get_predictor()
+    except TumorTraceError as err:
+        st.warning(f"{err}\n\nThe viewer below still works; predictions need weights.")
 
 cards = {}
 st.session_state["tt_pending"] = False
@@ -912,6 +918,10 @@ elif base is not None:
 
 st.subheader("Viewer")
 viewer(sha, volume, presets, shared, base, std)
+if loading:
+    with contextlib.suppress(TumorTraceError):  # said above the viewer on the rerun
+        app_state.get_predictor()
+    st.rerun()
 if base is not None:
     st.subheader("Report")
     report = _report(volume, sha, base, cards)
