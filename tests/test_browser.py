@@ -212,6 +212,11 @@ def _shots_at_every_size(page, name: str) -> dict[str, list[str]]:
         page.wait_for_timeout(1500)  # layout and plotly's resize
         _shot(page, f"{name}-{size['width']}x{size['height']}.png")
         truncated[f"{size['width']}x{size['height']}"] = page.evaluate(TRUNCATED_JS)
+        # the whole page at this width (Streamlit scrolls inside its own frame, so a full-page
+        # screenshot is only as tall as the window)
+        page.set_viewport_size({"width": size["width"], "height": 6000})
+        page.wait_for_timeout(1500)
+        _shot(page, f"{name}-{size['width']}-whole.png")
     page.set_viewport_size(SIZES[0])
     return truncated
 
@@ -263,31 +268,30 @@ def test_sample_scan_first_predictions_click_and_sizes(page, server):
     assert "notify" not in log and "Traceback" not in log, log[-2000:]
 
 
-def test_two_sessions_at_once(server):
-    """A second session analysing while the first runs says it waits, and both finish."""
-    from playwright.sync_api import expect, sync_playwright
+def test_two_sessions_at_once(page, server):
+    """Two more sessions pick two other samples at once: the second says it waits, and both
+    finish with three predictions and their Grad-CAM."""
+    from playwright.sync_api import expect
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        pages = []
-        for sample in ("low-grade glioma", "Synthetic healthy"):
-            page = browser.new_page(viewport=SIZES[0])
-            page.set_default_timeout(240_000)
-            page.goto(server.url)
-            expect(page.get_by_role("heading", name="Analyze a brain MRI")).to_be_visible()
-            page.get_by_role("combobox", name="Sample volume").click()
-            page.get_by_role("option", name=re.compile(sample)).click()
-            pages.append(page)
-        expect(
-            pages[1].get_by_text(re.compile(r"Waiting for another analysis \(position 1"))
-        ).to_be_visible()
-        for page in pages:
-            expect(page.get_by_text(re.compile(r"^Prediction:"))).to_have_count(3, timeout=240_000)
-            expect(page.get_by_text(re.compile(r"· Grad-CAM for "))).to_have_count(3)
-            assert page.locator("[data-testid='stException']").count() == 0
-        browser.close()
+    browser = page.context.browser
+    pages = []
+    for sample in ("low-grade glioma", "Synthetic healthy"):
+        other = browser.new_page(viewport=SIZES[0])
+        other.set_default_timeout(240_000)
+        other.goto(server.url)
+        expect(other.get_by_role("heading", name="Analyze a brain MRI")).to_be_visible()
+        other.get_by_role("combobox", name="Sample volume").click()
+        other.get_by_role("option", name=re.compile(sample)).click()
+        pages.append(other)
+    waiting = re.compile(r"Waiting for another analysis \(position 1 in the queue\)")
+    expect(pages[1].get_by_text(waiting)).to_be_visible()
+    for other in pages:
+        expect(other.get_by_text(re.compile(r"^Prediction:"))).to_have_count(3, timeout=240_000)
+        expect(other.get_by_text(re.compile(r"· Grad-CAM for "))).to_have_count(3)
+        assert other.locator("[data-testid='stException']").count() == 0
+    _shot(pages[1], "analyze-second-session.png")
+    for other in pages:
+        other.close()
 
 
 def test_benchmarks_and_about_pages(page):
