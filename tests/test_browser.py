@@ -258,6 +258,11 @@ def test_sample_scan_first_predictions_click_and_sizes(page, server):
     expect(page.get_by_text(re.compile(rf"^Coronal · slice (?!{coronal}/)\d+/"))).to_be_visible()
     expect(page.get_by_text(re.compile(rf"^Sagittal · slice (?!{sagittal}/)\d+/"))).to_be_visible()
     assert _slice(page, "Axial") == before + 7  # the plane clicked keeps its slice
+    # the wheel over a plane steps its slice
+    sagittal = _slice(page, "Sagittal")
+    page.locator("img[alt^='Sagittal']").first.hover()
+    page.mouse.wheel(0, -120)
+    expect(page.get_by_text(re.compile(rf"^Sagittal · slice {sagittal + 1}/"))).to_be_visible()
     _wait_idle(page)
     _shot(page, "analyze-clicked.png")
 
@@ -265,7 +270,7 @@ def test_sample_scan_first_predictions_click_and_sizes(page, server):
     assert truncated == {k: [] for k in truncated}, truncated
     assert page.locator("[data-testid='stException']").count() == 0
     log = server.log.read_text()
-    assert "notify" not in log and "Traceback" not in log, log[-2000:]
+    assert "notify" not in log and "Traceback" not in log and "Stack (most" not in log, log[-2000:]
 
 
 def test_two_sessions_at_once(page, server):
