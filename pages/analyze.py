@@ -29,7 +29,7 @@ from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
 from tumortrace.intensity import otsu_threshold
-from tumortrace.io import Volume, load_volume
+from tumortrace.io import SUPPORTED, Volume, load_volume
 from tumortrace.isolate import load_upload_isolated
 from tumortrace.networks import display_name, in_display_order
 
@@ -46,6 +46,7 @@ SAMPLES: dict[str, str] = {
 MAX_CACHED = 4  # volumes / analyses per session (a 240x240x155 analysis holds ~110 MB of maps)
 UPLOAD_MIB = IOLimits().max_upload_bytes // 2**20
 LOW_CONFIDENCE = 0.6  # below this top probability a verdict is flagged as low confidence
+UPLOADABLE = ".nii, .nii.gz or a .zip of one DICOM series"
 OWN_PREDICTION = "own"  # "Explain class": each network's own prediction
 
 
@@ -211,7 +212,11 @@ def _network_input(volume: Volume, sha: str, config, std) -> tuple[np.ndarray, A
 
 
 def _pick_input() -> tuple[str, Volume, dict] | None:
-    """Input widgets; returns (sha256, volume, window presets) or None (nothing chosen / error)."""
+    (
+        """Input widgets; returns (sha256, volume, window presets), or None when nothing is chosen;
+    on a file that cannot be read, shows why and stops the page."""
+        ""
+    )
     source = st.radio(
         "Input", ["Bundled sample", "Upload a file"], horizontal=True, key="tt_source"
     )
@@ -253,7 +258,7 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
         )
         return sha, volume, presets
     except TumorTraceError as err:
-        st.error(str(err), icon=":material/error:")
+        st.error(_for_upload(str(err)), icon=":material/error:")
     except Exception as err:  # never a traceback in the page; the server log keeps it
         LOG.exception("unexpected error while reading a volume")
         st.error(
@@ -261,7 +266,13 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
             "DICOM series of one MRI volume. Try another file.",
             icon=":material/error:",
         )
-    return None
+    st.stop()  # the error says what to do; no "choose a sample" hint under it
+
+
+def _for_upload(message: str) -> str:
+    """A loader's message as an uploader reads it: the file by its own name (not
+    ``upload:<name>``), and only the formats one can upload (a folder cannot be)."""
+    return message.replace("upload:", "", 1).replace(SUPPORTED, UPLOADABLE)
 
 
 def _facts(volume: Volume) -> None:

@@ -200,7 +200,13 @@ def test_corrupt_upload_shows_error_and_page_keeps_working(app, head_nifti_gz):
     upload(app, "broken.nii.gz", b"this is not a NIfTI file at all" * 10)
     no_exception(app)
     assert app.error, "a corrupt file must produce a visible error"
-    assert "Traceback" not in app.error[0].value
+    message = app.error[0].value
+    assert "Traceback" not in message
+    # the user's own file by its name, and advice that applies to an upload
+    assert message.startswith("broken.nii.gz is not a NIfTI image"), message
+    assert "upload:" not in message and "folder" not in message
+    assert "expected .nii, .nii.gz or a .zip of one DICOM series" in message
+    assert not app.info  # no "choose a sample" hint under the error
     assert not prediction_lines(app)
     app.file_uploader(key="tt_upload").set_value(
         ("head.nii.gz", head_nifti_gz, "application/octet-stream")
@@ -216,6 +222,7 @@ def test_2d_upload_is_rejected_with_the_io_message(app):
     upload(app, "flat.nii", flat.to_bytes())
     no_exception(app)
     assert app.error and "3D" in app.error[0].value
+    assert app.error[0].value.startswith("flat.nii: a 2D image")
 
 
 def test_missing_weights_keep_the_viewer(tmp_path, monkeypatch, head_nifti_gz):
