@@ -221,6 +221,28 @@ def _shots_at_every_size(page, name: str) -> dict[str, list[str]]:
     return truncated
 
 
+def test_link_to_a_page_opens_it_on_a_fresh_server(server):
+    """The first request after the server starts runs ``pages/benchmarks.py`` without app.py;
+    the page must still end up on Benchmarks, not on the default page (defined first, so it is
+    the server's first session)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        page.goto(f"{server.url}/benchmarks")
+        expect(page.get_by_role("heading", name="Benchmarks", exact=True)).to_be_visible(
+            timeout=240_000
+        )
+        expect(page.get_by_role("heading", name="Held-out cohort")).to_be_visible()
+        assert page.url.rstrip("/").endswith("/benchmarks")
+        expect(page.get_by_text("Page not found")).to_have_count(0)
+        assert page.locator("[data-testid='stException']").count() == 0
+        browser.close()
+
+
 def test_sample_scan_first_predictions_click_and_sizes(page, server):
     from playwright.sync_api import expect
 
