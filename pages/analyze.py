@@ -177,6 +177,13 @@ def _progress(shared, job: app_state.Job) -> None:
     st.session_state["tt_pending"] = True
     with st.status(f"{_waiting_line(shared, job)}…", state="running"):
         pass
+    std = job.standard
+    unreliable = std is not None and not std.reliable  # no network output reads as a verdict
+    if unreliable:
+        st.error(
+            "**Unreliable input: no verdict.** " + " ".join(std.qc.warnings),
+            icon=":material/block:",
+        )
     archs = in_display_order(shared.predictor.archs)
     for col, arch in zip(st.columns(len(archs)), archs, strict=True):
         pred = job.results.get(arch)
@@ -185,6 +192,9 @@ def _progress(shared, job: app_state.Job) -> None:
             if pred is None:
                 running = display_name(arch) in job.step
                 st.caption("Running…" if running else "Waiting for its turn")
+                continue
+            if unreliable:
+                st.caption("Done (its output is not a verdict on this input)")
                 continue
             p = float(np.max(pred.probs))
             st.markdown(
@@ -212,11 +222,8 @@ def _network_input(volume: Volume, sha: str, config, std) -> tuple[np.ndarray, A
 
 
 def _pick_input() -> tuple[str, Volume, dict] | None:
-    (
-        """Input widgets; returns (sha256, volume, window presets), or None when nothing is chosen;
+    """Input widgets; returns (sha256, volume, window presets), or None when nothing is chosen;
     on a file that cannot be read, shows why and stops the page."""
-        ""
-    )
     source = st.radio(
         "Input", ["Bundled sample", "Upload a file"], horizontal=True, key="tt_source"
     )

@@ -6,6 +6,7 @@ networks (16x32x32 model grid) written once per session by :mod:`app_fixtures`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -385,8 +386,20 @@ def test_confident_healthy_verdict_opens_the_viewer_at_the_centre(monkeypatch):
 
 
 def test_non_brain_upload_is_unreliable_input_not_a_verdict(app, blob_nifti_gz):
-    """No brain in the image: the checks say why and no verdict is given."""
-    upload(app, "blob.nii.gz", blob_nifti_gz)
+    """No brain in the image: the checks say why and no verdict is given, not even while the
+    networks' outputs come in one by one."""
+    app.run()
+    app.radio(key="tt_source").set_value("Upload a file").run()
+    with first_network_then_pause() as first_done:
+        app.file_uploader(key="tt_upload").set_value(("blob.nii.gz", blob_nifti_gz, "x")).run()
+        assert first_done.wait(TIMEOUT)
+        app.run()
+        no_exception(app)
+        errors = [e.value for e in app.error]
+        assert len(errors) == 1 and errors[0].startswith("**Unreliable input: no verdict.**")
+        assert not prediction_lines(app)
+        assert any(c.value.startswith("Done (its output is not a verdict") for c in app.caption)
+    settle(app)
     no_exception(app)
     errors = [e.value for e in app.error]
     assert len(errors) == 1 and errors[0].startswith("**Unreliable input: no verdict.**")
@@ -450,6 +463,30 @@ def test_upload_has_no_true_lesion_toggle(app, head_nifti_gz):
     assert len([b for b in app.button if str(b.key).startswith("tt_peak_")]) == 3
 
 
+@contextlib.contextmanager
+def first_network_then_pause():
+    """Analyses hold after their first network until the block ends; yields the event set
+    when the first network's result is in."""
+    first_done, go_on = threading.Event(), threading.Event()
+    analyze = Predictor.analyze
+
+    def one_network_then_pause(self, *args, on_result=None, **kwargs):
+        def hold(arch, pred):
+            on_result(arch, pred)
+            if not first_done.is_set():
+                first_done.set()
+                go_on.wait(TIMEOUT)
+
+        return analyze(self, *args, on_result=hold, **kwargs)
+
+    Predictor.analyze = one_network_then_pause
+    try:
+        yield first_done
+    finally:
+        go_on.set()
+        Predictor.analyze = analyze
+
+
 def test_the_scan_shows_at_once_and_a_queued_analysis_says_its_place(app, head_nifti_gz):
     """Another session's analysis holds the queue: this one shows the scan's three planes at
     once, says it waits (position 1), then fills in the networks one by one."""
@@ -467,20 +504,7 @@ def test_the_scan_shows_at_once_and_a_queued_analysis_says_its_place(app, head_n
     assert not prediction_lines(app) and not cam_captions(app)
     assert app.session_state["tt_pending"]
 
-    first_done, go_on = threading.Event(), threading.Event()
-    analyze = Predictor.analyze
-
-    def one_network_then_pause(self, *args, on_result=None, **kwargs):
-        def hold(arch, pred):
-            on_result(arch, pred)
-            if not first_done.is_set():
-                first_done.set()
-                go_on.wait(TIMEOUT)
-
-        return analyze(self, *args, on_result=hold, **kwargs)
-
-    Predictor.analyze = one_network_then_pause
-    try:
+    with first_network_then_pause() as first_done:
         release.set()
         assert first_done.wait(TIMEOUT)
         app.run()
@@ -488,9 +512,6 @@ def test_the_scan_shows_at_once_and_a_queued_analysis_says_its_place(app, head_n
         assert len(prediction_lines(app)) == 1  # the first network is in, the others run
         assert len(app.status) == 1 and app.status[0].label.startswith("Running ")
         assert sum("Grad-CAM and the verdict follow" in c.value for c in app.caption) == 1
-    finally:
-        go_on.set()
-        Predictor.analyze = analyze
     settle(app)
     no_exception(app)
     assert not app.status and len(prediction_lines(app)) == 3 and len(cam_captions(app)) == 3

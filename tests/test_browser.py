@@ -254,6 +254,7 @@ def test_sample_scan_first_predictions_click_and_sizes(page, server):
     page.wait_for_function(f"() => ({IMAGES_JS})().filter((i) => i.alt && i.complete).length >= 3")
     scan_s = time.monotonic() - picked
     print(f"scan visible {scan_s:.2f} s after picking the sample")
+    _shot(page, "analyze-scan-first.png")
     assert scan_s <= 10.0  # 3 s on a quiet machine (measured in the note); 2 cores under load
     expect(page.get_by_text(re.compile("Ensemble verdict"))).to_be_visible(timeout=240_000)
     expect(page.get_by_text(re.compile(r"^Prediction:"))).to_have_count(3)
@@ -312,6 +313,7 @@ def test_two_sessions_at_once(page, server):
         pages.append(other)
     waiting = re.compile(r"Waiting for another analysis \(position 1 in the queue\)")
     expect(pages[1].get_by_text(waiting)).to_be_visible()
+    _shot(pages[1], "analyze-waiting.png")
     for other in pages:
         expect(other.get_by_text(re.compile(r"^Prediction:"))).to_have_count(3, timeout=240_000)
         expect(other.get_by_text(re.compile(r"· Grad-CAM for "))).to_have_count(3)
