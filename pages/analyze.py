@@ -28,7 +28,6 @@ from tumortrace import viz
 from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
-from tumortrace.intensity import otsu_threshold
 from tumortrace.io import SUPPORTED, Volume, load_volume
 from tumortrace.isolate import load_upload_isolated
 from tumortrace.networks import display_name, in_display_order
@@ -521,11 +520,12 @@ def _cam_nifti_bytes(expl, volume: Volume) -> bytes:
 
 
 def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
-    """Voxel of highest mean Grad-CAM inside the head (where the viewer opens), or the centre.
+    """The ensemble's Grad-CAM peak: the voxel of highest mean map (where the viewer opens), or
+    the centre.
 
-    The viewer opens on the attention peak only for a confident tumour verdict: the heat of a
-    guess has no focus, and evidence for "healthy" has no lesion to point at (its peak is often at
-    the edge of the head, an almost empty slice).
+    The viewer opens on the peak only for a confident tumour verdict: the heat of a guess has no
+    focus, and evidence for "healthy" has no lesion to point at. The maps are already zero
+    outside the brain; no intensity mask on top (it hid the dark necrotic core of an HGG).
     """
     shape = volume.data.shape
     if analysis is None or not analysis.explanations:
@@ -534,7 +534,6 @@ def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
     if guess or analysis.ensemble_label not in ("lgg", "hgg"):
         return tuple(s // 2 for s in shape)
     mean = np.mean([e.cam_volume for e in analysis.explanations.values()], axis=0)
-    mean = mean * (volume.data > otsu_threshold(volume.data[::2, ::2, ::2]))  # in the head
     if not np.any(mean > 0):
         return tuple(s // 2 for s in shape)
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(mean)), mean.shape))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import gzip
 import hashlib
 import importlib.util
@@ -530,3 +531,33 @@ def test_explain_class_keeps_its_choice_across_a_sample_then_an_upload(app, head
     assert target.value == "own" and target.index == 0
     assert target.format_func(target.value) == "each network's own prediction"
     assert len(cam_captions(app)) == 3
+
+
+def test_a_confident_tumour_verdict_opens_the_viewer_on_the_ensemble_peak(app, monkeypatch):
+    """The HGG sample with a confident HGG ensemble whose maps all peak inside the true lesion:
+    the viewer opens on that voxel (the slider positions), not at the volume's centre. The
+    verdict and maps are set here, so the test holds whatever the shipped weights say."""
+    lesion = load_volume(ROOT / "samples" / "hgg_lesion.nii.gz").data > 0.5
+    voxels = np.argwhere(lesion)
+    nearest = np.argmin(((voxels - np.median(voxels, axis=0)) ** 2).sum(axis=1))
+    inside = tuple(int(i) for i in voxels[nearest])  # the lesion voxel nearest its middle
+    heat = np.zeros(lesion.shape, np.float32)
+    heat[inside] = 1.0
+    analyze = Predictor.analyze
+
+    def confident_hgg(self, *args, **kwargs):
+        got = analyze(self, *args, **kwargs)
+        explanations = {
+            a: dataclasses.replace(e, cam_volume=heat) for a, e in got.explanations.items()
+        }
+        probs = np.array([0.05, 0.15, 0.8])
+        return dataclasses.replace(
+            got, explanations=explanations, ensemble_probs=probs, ensemble_label="hgg"
+        )
+
+    monkeypatch.setattr(Predictor, "analyze", confident_hgg)
+    pick_sample(app, "Synthetic high-grade glioma (HGG)")
+    no_exception(app)
+    sliders = {s.key.split("_")[2]: s.value for s in app.slider if s.key.startswith("tt_slice_")}
+    assert sliders == {"sagittal": inside[0] + 1, "coronal": inside[1] + 1, "axial": inside[2] + 1}
+    assert f"Axial · slice {inside[2] + 1}/" in plane_captions(app)[0]
