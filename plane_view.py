@@ -1,11 +1,13 @@
-"""The viewer's plane image: a PNG that reports where it was clicked and where the wheel turned.
+"""The viewer's plane image: a PNG that reports clicks, the wheel and drags.
 
 ``st.image`` has no click events, so each plane is a small inline component (Streamlit's
 components v2: HTML and JavaScript passed as strings, served by Streamlit itself, nothing fetched
 from the internet). A click sends ``{"u", "v"}``, the position as a share of the image's width and
-height (0-1 from the top-left corner); the wheel sends ``{"step": +1 or -1}``. The page turns them
-into voxels with :func:`tumortrace.viz.voxel_at`. Lives beside ``app.py``: the package never
-imports streamlit.
+height (0-1 from the top-left corner); the wheel, or a drag up or down on the image (6 px a
+slice, at most about 16 a second), sends ``{"step": +1 or -1}`` while it moves, so the slices
+redraw during the drag (Streamlit's own sliders send their value only on release). The page turns
+a click into a voxel with :func:`tumortrace.viz.voxel_at`. Lives beside ``app.py``: the package
+never imports streamlit.
 """
 
 from __future__ import annotations
@@ -24,7 +26,29 @@ export default function(component) {
     img.draggable = false;
     parentElement.appendChild(img);
     let last = 0;
-    img.addEventListener("click", (e) => {
+    let drag = null;  // {y, moved}: a press that moves scrubs slices, one that does not is a click
+    const step = (n) => {
+      const now = Date.now();
+      if (now - last < 60) return false;  // at most ~16 redraws a second
+      last = now;
+      setTriggerValue("wheel", { step: n });
+      return true;
+    };
+    img.addEventListener("pointerdown", (e) => {
+      drag = { y: e.clientY, moved: false };
+      img.setPointerCapture(e.pointerId);
+    });
+    img.addEventListener("pointermove", (e) => {
+      if (!drag) return;
+      const dy = drag.y - e.clientY;
+      if (Math.abs(dy) < 6) return;  // 6 px per slice, up = higher slice
+      drag.moved = true;
+      if (step(dy > 0 ? 1 : -1)) drag.y = e.clientY;
+    });
+    img.addEventListener("pointerup", (e) => {
+      const moved = drag && drag.moved;
+      drag = null;
+      if (moved) return;
       const r = img.getBoundingClientRect();
       setTriggerValue("click", {
         u: (e.clientX - r.left) / r.width, v: (e.clientY - r.top) / r.height,
@@ -32,10 +56,7 @@ export default function(component) {
     });
     img.addEventListener("wheel", (e) => {
       e.preventDefault();
-      const now = Date.now();
-      if (now - last < 60) return;  // one slice per wheel notch, not per pixel of a touchpad
-      last = now;
-      setTriggerValue("wheel", { step: e.deltaY > 0 ? -1 : 1 });
+      step(e.deltaY > 0 ? -1 : 1);  // one slice per notch, not per pixel of a touchpad
     }, { passive: false });
   }
   if (img.getAttribute("src") !== data.src) img.src = data.src;

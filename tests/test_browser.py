@@ -255,8 +255,10 @@ def test_sample_scan_first_predictions_click_and_sizes(page, server):
     scan_s = time.monotonic() - picked
     print(f"scan visible {scan_s:.2f} s after picking the sample")
     _shot(page, "analyze-scan-first.png")
-    assert scan_s <= 10.0  # 3 s on a quiet machine (measured in the note); 2 cores under load
-    expect(page.get_by_text(re.compile("Ensemble verdict"))).to_be_visible(timeout=240_000)
+    # measured 0.7-1.7 s at load 4 on 2 cores, 17.8 s when a training run at a higher priority
+    # took both cores: the bound catches a page that waits for the networks, not a busy machine
+    assert scan_s <= 30.0
+    expect(page.get_by_text(re.compile("Ensemble verdict"))).to_be_visible(timeout=480_000)
     expect(page.get_by_text(re.compile(r"^Prediction:"))).to_have_count(3)
     expect(page.get_by_text(re.compile(r"· Grad-CAM for "))).to_have_count(3)
     expect(page.locator(".js-plotly-plot")).to_have_count(3)  # the probability bars
@@ -286,6 +288,20 @@ def test_sample_scan_first_predictions_click_and_sizes(page, server):
     page.locator("img[alt^='Sagittal']").first.hover()
     page.mouse.wheel(0, -120)
     expect(page.get_by_text(re.compile(rf"^Sagittal · slice {sagittal + 1}/"))).to_be_visible()
+    # a drag up on a plane scrubs its slices, redrawing while the button is still down
+    _wait_idle(page)
+    coronal = _slice(page, "Coronal")
+    box = page.locator("img[alt^='Coronal']").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.8
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(1, 31):  # 60 px up over about 3 s
+        page.mouse.move(x, y - 2 * k)
+        page.wait_for_timeout(100)
+    during = _slice(page, "Coronal")
+    page.mouse.up()
+    print(f"coronal slice {coronal} -> {during} during a 60 px drag (button still down)")
+    assert during > coronal
     _wait_idle(page)
     _shot(page, "analyze-clicked.png")
 
