@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 
 import app_state
 from tumortrace.networks import display_name, network_names
@@ -21,26 +23,47 @@ NOTICE = (
 
 
 def sidebar(folder: Path) -> None:
-    """Weights status and the research-only notice, shown on every page."""
+    """Which networks are loaded and when they were trained, and the research-only notice, on
+    every page (no server paths or hashes: they mean nothing to a clinician; the About page and
+    the report hold the weights' identities)."""
     with st.sidebar:
-        st.markdown("### Weights")
-        st.caption(f"Folder: `{folder}`")
+        st.markdown("### Networks")
         cards = app_state.read_cards(folder)
         for arch in network_names():
             name = display_name(arch)
             card = cards.get(arch)
             if card is None:
-                st.markdown(f":grey[○ {name}: not found]")
+                st.markdown(f":grey[○ {name}: no weights]")
             elif "error" in card:
-                st.markdown(f":red[✕ {name}: {card['error']}]")
+                st.markdown(f":red[✕ {name}: its model card cannot be read]")
             else:
-                sha = str(card.get("weights_sha256", ""))[:10]
-                date = str(card.get("date", ""))[:10]
-                st.markdown(f":green[● {name}] · {date} · `{sha}`")
+                st.markdown(f":green[● {name}] · trained {str(card.get('date', ''))[:10]}")
         if not any("error" not in c for c in cards.values()):
             st.info("No weights yet: the viewer works, predictions need trained weights.")
         st.divider()
         st.warning(NOTICE)
+
+
+def _icon() -> Image.Image:
+    """The tab icon, drawn here: a material icon as ``page_icon`` makes the browser fetch it from
+    fonts.gstatic.com, and the app must work offline."""
+    yy, xx = np.mgrid[-1:1:32j, -1:1:32j]
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[xx**2 + yy**2 <= 0.95] = (60, 60, 70)  # a head
+    rgb[(xx - 0.25) ** 2 + (yy + 0.2) ** 2 <= 0.09] = (252, 160, 20)  # its hot spot
+    return Image.fromarray(rgb)
+
+
+# Columns stack below about 1100 px (Streamlit's own breakpoint is 640 px: at 800-1100 px three
+# images were 145 px wide and buttons read "Repor…"); labels and buttons wrap, never truncate.
+LAYOUT_CSS = """<style>
+@media (max-width: 1100px) {
+  div[data-testid="stHorizontalBlock"] { flex-wrap: wrap; }
+  div[data-testid="stHorizontalBlock"] > div[data-testid="stColumn"] {
+    flex: 1 1 100% !important; min-width: 100% !important; width: 100% !important;
+  }
+}
+</style>"""
 
 
 @st.cache_resource(show_spinner=False)
@@ -51,7 +74,8 @@ def _clean_once() -> int:
     return len(clean_stale_tempdirs())
 
 
-st.set_page_config(page_title="TumorTrace", page_icon=":material/neurology:", layout="wide")
+st.set_page_config(page_title="TumorTrace", page_icon=_icon(), layout="wide")
+st.html(LAYOUT_CSS)
 _clean_once()
 app_state.mark_app_ran()
 

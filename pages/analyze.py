@@ -7,6 +7,7 @@ fragment (:func:`viewer`), so moving one redraws only the images.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -14,6 +15,7 @@ import logging
 import tempfile
 from collections import OrderedDict
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -21,12 +23,12 @@ import numpy as np
 import streamlit as st
 
 import app_state
+import plane_view
 from tumortrace import figures, viz
 from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
-from tumortrace.intensity import otsu_threshold
-from tumortrace.io import Volume, load_volume
+from tumortrace.io import SUPPORTED, Volume, load_volume
 from tumortrace.isolate import load_upload_isolated
 from tumortrace.networks import display_name, in_display_order
 
@@ -43,6 +45,8 @@ SAMPLES: dict[str, str] = {
 MAX_CACHED = 4  # volumes / analyses per session (a 240x240x155 analysis holds ~110 MB of maps)
 UPLOAD_MIB = IOLimits().max_upload_bytes // 2**20
 LOW_CONFIDENCE = 0.6  # below this top probability a verdict is flagged as low confidence
+UPLOADABLE = ".nii, .nii.gz or a .zip of one DICOM series"
+OWN_PREDICTION = "own"  # "Explain class": each network's own prediction
 
 
 # ----------------------------------------------------------------------------- session caches
@@ -85,56 +89,118 @@ def _cached(name: str, key: Any) -> Any:
 @st.cache_resource(show_spinner=False)
 def _standard_store() -> OrderedDict:
     """Process-wide results of :func:`standardise` by file hash, shared read-only by sessions, so
-    the same file is never brain-extracted twice (a plain dict: the steps report progress into
-    the session's own status box, which a cached function could not replay)."""
+    the same file is never brain-extracted twice (a plain dict, filled by the analysis queue's
+    worker thread)."""
     return OrderedDict()
 
 
-def _standard(volume: Volume, sha: str, say) -> StandardSpace:
-    """The scan's :class:`StandardSpace` (brain, registration, input checks), computed once."""
-    found = _cached("tt_standard", sha)
+def _standard(volume: Volume, sha: str, store: OrderedDict, say) -> StandardSpace:
+    """The scan's :class:`StandardSpace` (brain, registration, input checks), computed once per
+    file content; runs on the queue's worker thread (``say`` reports each step)."""
+    found = store.get(sha)
     if found is None:
-        store = _standard_store()
-        found = store.get(sha)
-        if found is None:
-            from tumortrace.standard import standardise
+        from tumortrace.standard import standardise
 
-            found = standardise(volume, progress=say)
-            store[sha] = found
-            while len(store) > 2 * MAX_CACHED:
-                store.popitem(last=False)
-        _remember(_lru("tt_standard"), sha, found)
+        found = store[sha] = standardise(volume, progress=say)
+        while len(store) > 2 * MAX_CACHED:
+            store.popitem(last=False)
     return found
 
 
-def _analysis(shared, volume: Volume, sha: str, target: str | None, std=None, say=None):
-    """The analysis of ``volume`` for one Grad-CAM target, running the networks once per key.
+def _work(shared, volume: Volume, sha: str, target: str | None, std, store: OrderedDict):
+    """What the queue's worker thread runs for one analysis: the standard space (once per file),
+    then the networks, writing each step and each network's result into the job as it lands."""
 
-    Analyses share one predictor and run one at a time; a session that has to wait says so.
-    """
-    key = (sha, target, id(shared.predictor))
-    found = _cached("tt_analyses", key)
-    if found is not None:
-        return found
-    if say is None:
-        names = ", ".join(display_name(a) for a in in_display_order(shared.predictor.archs))
-        what = f"Grad-CAM for {viz.CLASS_NAMES[target]}" if target else "predictions and Grad-CAM"
-        with st.spinner(f"Running {names}: {what}…"), shared.lock:
-            analysis = shared.predictor.analyze(volume, target=target, standard=std)
-        return _remember(_lru("tt_analyses"), key, analysis)
-    if not shared.lock.acquire(blocking=False):
-        say("Waiting for another analysis to finish (one runs at a time)")
-        shared.lock.acquire()
-    try:
-        analysis = shared.predictor.analyze(
+    def work(job: app_state.Job):
+        def say(step: str) -> None:
+            job.step = step
+
+        def running(step: str) -> None:  # "<arch> (i/n)"
+            arch, count = step.split(maxsplit=1)
+            job.step = f"Running {display_name(arch)} {count}"
+
+        job.standard = std if std is not None else _standard(volume, sha, store, say)
+        return shared.predictor.analyze(
             volume,
             target=target,
-            standard=std,
-            progress=lambda step: say(f"Running {display_name(step.split()[0])} {step.split()[1]}"),
+            standard=job.standard,
+            progress=running,
+            on_result=job.results.__setitem__,
         )
-    finally:
-        shared.lock.release()
-    return _remember(_lru("tt_analyses"), key, analysis)
+
+    return work
+
+
+def _analysis_key(shared, sha: str, target: str | None) -> tuple:
+    return (sha, target, id(shared.predictor))
+
+
+def _analysis(shared, volume: Volume, sha: str, target: str | None, std=None) -> app_state.Job:
+    """The queued job analysing ``volume`` for one Grad-CAM target (the one already queued,
+    running or done when another session or an earlier run asked for the same)."""
+    work = _work(shared, volume, sha, target, std, _standard_store())
+    return shared.queue.submit(_analysis_key(shared, sha, target), work)
+
+
+def _collect(shared, job: app_state.Job):
+    """The finished job's analysis, kept in this session; on failure shows why and gives None."""
+    err = job.error
+    if err is None:
+        return _remember(_lru("tt_analyses"), job.key, job.value)
+    shared.queue.forget(job)  # a later visit to the file tries again
+    if isinstance(err, TumorTraceError):
+        st.error(str(err), icon=":material/error:")
+    else:
+        st.error(
+            f"The networks could not analyse this volume ({type(err).__name__}). "
+            "Try another file; the details are in the server log.",
+            icon=":material/error:",
+        )
+    return None
+
+
+def _waiting_line(shared, job: app_state.Job) -> str:
+    """The job's state in words: its place in the queue, or the step running now."""
+    ahead = shared.queue.ahead(job)
+    if ahead:
+        return f"Waiting for another analysis (position {ahead} in the queue)"
+    return job.step
+
+
+@st.fragment(run_every=0.5)
+def _progress(shared, job: app_state.Job) -> None:
+    """While the networks run: the step running now, and each network's prediction as it
+    lands; reruns the whole page once the analysis is done."""
+    if job.done.is_set():
+        st.rerun()
+    st.session_state["tt_pending"] = True
+    with st.status(f"{_waiting_line(shared, job)}…", state="running"):
+        pass
+    std = job.standard
+    unreliable = std is not None and not std.reliable  # no network output reads as a verdict
+    if unreliable:
+        st.error(
+            "**Unreliable input: no verdict.** " + " ".join(std.qc.warnings),
+            icon=":material/block:",
+        )
+    archs = in_display_order(shared.predictor.archs)
+    for col, arch in zip(st.columns(len(archs)), archs, strict=True):
+        pred = job.results.get(arch)
+        with col, st.container(border=True):
+            st.markdown(f"#### {display_name(arch)}")
+            if pred is None:
+                running = display_name(arch) in job.step
+                st.caption("Running…" if running else "Waiting for its turn")
+                continue
+            if unreliable:
+                st.caption("Done (its output is not a verdict on this input)")
+                continue
+            p = float(np.max(pred.probs))
+            st.markdown(
+                f"Prediction: **:{_tone(pred.label)}[{viz.CLASS_NAMES[pred.label]}]** "
+                f"({100 * p:.1f} %)"
+            )
+            st.caption(f"{pred.seconds:.2f} s · Grad-CAM and the verdict follow")
 
 
 def _network_input(volume: Volume, sha: str, config, std) -> tuple[np.ndarray, Any, dict]:
@@ -155,7 +221,8 @@ def _network_input(volume: Volume, sha: str, config, std) -> tuple[np.ndarray, A
 
 
 def _pick_input() -> tuple[str, Volume, dict] | None:
-    """Input widgets; returns (sha256, volume, window presets) or None (nothing chosen / error)."""
+    """Input widgets; returns (sha256, volume, window presets), or None when nothing is chosen;
+    on a file that cannot be read, shows why and stops the page."""
     source = st.radio(
         "Input", ["Bundled sample", "Upload a file"], horizontal=True, key="tt_source"
     )
@@ -197,7 +264,7 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
         )
         return sha, volume, presets
     except TumorTraceError as err:
-        st.error(str(err), icon=":material/error:")
+        st.error(_for_upload(str(err)), icon=":material/error:")
     except Exception as err:  # never a traceback in the page; the server log keeps it
         LOG.exception("unexpected error while reading a volume")
         st.error(
@@ -205,7 +272,13 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
             "DICOM series of one MRI volume. Try another file.",
             icon=":material/error:",
         )
-    return None
+    st.stop()  # the error says what to do; no "choose a sample" hint under it
+
+
+def _for_upload(message: str) -> str:
+    """A loader's message as an uploader reads it: the file by its own name (not
+    ``upload:<name>``), and only the formats one can upload (a folder cannot be)."""
+    return message.replace("upload:", "", 1).replace(SUPPORTED, UPLOADABLE)
 
 
 def _facts(volume: Volume) -> None:
@@ -421,25 +494,13 @@ def _cam_nifti_bytes(expl, volume: Volume) -> bytes:
 # ----------------------------------------------------------------------------- viewer
 
 
-def _preview(volume: Volume, presets: dict) -> None:
-    """The three mid-planes of the scan, shown at once while the analysis runs."""
-    cols = st.columns(3)
-    mid = [s // 2 for s in volume.data.shape]
-    for plane, col in zip(viz.PLANES, cols, strict=True):
-        axis = viz.plane_layout(plane).fixed_axis
-        img = viz.render_slice(
-            volume.data, plane, mid[axis], presets["brain"], spacing_xyz=volume.spacing
-        )
-        col.image(viz.encode_png(img), caption=f"{plane.capitalize()} (preview)", width="stretch")
-    st.caption("The scan as loaded; the viewer and the networks' results follow.")
-
-
 def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
-    """Voxel of highest mean Grad-CAM inside the head (where the viewer opens), or the centre.
+    """The ensemble's Grad-CAM peak: the voxel of highest mean map (where the viewer opens), or
+    the centre.
 
-    The viewer opens on the attention peak only for a confident tumour verdict: the heat of a
-    guess has no focus, and evidence for "healthy" has no lesion to point at (its peak is often at
-    the edge of the head, an almost empty slice).
+    The viewer opens on the peak only for a confident tumour verdict: the heat of a guess has no
+    focus, and evidence for "healthy" has no lesion to point at. The maps are already zero
+    outside the brain; no intensity mask on top (it hid the dark necrotic core of an HGG).
     """
     shape = volume.data.shape
     if analysis is None or not analysis.explanations:
@@ -448,7 +509,6 @@ def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
     if guess or analysis.ensemble_label not in ("lgg", "hgg"):
         return tuple(s // 2 for s in shape)
     mean = np.mean([e.cam_volume for e in analysis.explanations.values()], axis=0)
-    mean = mean * (volume.data > otsu_threshold(volume.data[::2, ::2, ::2]))  # in the head
     if not np.any(mean > 0):
         return tuple(s // 2 for s in shape)
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(mean)), mean.shape))
@@ -557,10 +617,11 @@ def _slider_key(plane: str, sha: str) -> str:
 
 
 def _shown(volume: Volume, sha: str, point, display: Display, shared, std):
-    """``(volume (X, Y, Z), point, spacing, window)`` of what the planes show: the scan, or the
-    first network's input ("What the networks see") at the same world position."""
+    """``(volume (X, Y, Z), point, spacing, window, to_scan)`` of what the planes show: the scan,
+    or the first network's input ("What the networks see") at the same world position;
+    ``to_scan`` maps a voxel of what is shown back to the scan's voxel."""
     if display.mode != "What the networks see":
-        return volume.data, point, volume.spacing, display.window
+        return volume.data, point, volume.spacing, display.window, tuple
     config = shared.predictor.cards[shared.predictor.archs[0]].preprocess
     shown, grid, model_presets = _network_input(volume, sha, config, std)
     dhw = grid.world_to_model((volume.affine @ np.array([*point, 1.0]))[:3])
@@ -568,17 +629,47 @@ def _shown(volume: Volume, sha: str, point, display: Display, shared, std):
         int(np.clip(round(v), 0, s - 1)) for v, s in zip(dhw[::-1], shown.shape, strict=True)
     ]
     spacing = tuple(float(s) for s in config.spacing_mm[::-1])
-    return shown, shown_point, spacing, model_presets["brain"]
+    to_world = np.linalg.inv(volume.affine) @ grid.model_affine
+
+    def to_scan(xyz) -> tuple[int, int, int]:
+        ijk = (to_world @ np.array([*xyz[::-1], 1.0]))[:3]
+        return tuple(
+            int(np.clip(round(v), 0, n - 1)) for v, n in zip(ijk, volume.data.shape, strict=True)
+        )
+
+    return shown, shown_point, spacing, model_presets["brain"], to_scan
+
+
+def _view_key(plane: str) -> str:
+    return f"tt_view_{plane}"
+
+
+def _on_plane_click(sha: str, plane: str, shape, index: int, convention: str, to_scan) -> None:
+    """A click on one plane moves the other two (and the crosshair) to the voxel clicked."""
+    click = plane_view.event(_view_key(plane), "click")
+    if click is not None:
+        _go_to(sha, to_scan(viz.voxel_at(shape, plane, index, click["u"], click["v"], convention)))
+
+
+def _on_plane_wheel(sha: str, plane: str, n: int) -> None:
+    """The mouse wheel over a plane steps its slice, one per notch."""
+    wheel = plane_view.event(_view_key(plane), "wheel")
+    key = _slider_key(plane, sha)
+    if wheel is not None and key in st.session_state:
+        st.session_state[key] = int(np.clip(st.session_state[key] + wheel["step"], 1, n))
 
 
 def _planes(sha: str, volume: Volume, start, display: Display, shared, std) -> list[int]:
-    """The three planes with their slice sliders; returns the scan voxel they cross at."""
+    """The three planes with their slice sliders; returns the scan voxel they cross at.
+
+    A click on a plane moves the other two there; the wheel over a plane steps its slice.
+    """
     point = list(start)
     for plane in viz.PLANES:
         key = _slider_key(plane, sha)
         if key in st.session_state:  # sliders count from 1, like captions
             point[viz.plane_layout(plane).fixed_axis] = int(st.session_state[key]) - 1
-    shown, shown_point, spacing, window = _shown(volume, sha, point, display, shared, std)
+    shown, shown_point, spacing, window, to_scan = _shown(volume, sha, point, display, shared, std)
     images = viz.draw_planes(
         shown, shown_point, window, spacing_xyz=spacing, convention=display.convention,
         crosshair=display.crosshair,
@@ -590,13 +681,19 @@ def _planes(sha: str, volume: Volume, start, display: Display, shared, std) -> l
         axis = viz.plane_layout(plane).fixed_axis
         n = viz.slice_count(volume.data.shape, plane)
         mm = (point[axis] - (n - 1) / 2) * volume.spacing[axis]
+        caption = f"{plane.capitalize()} · slice {point[axis] + 1}/{n} ({mm:+.0f} mm from centre)"
         with col:
-            st.image(
+            plane_view.plane_image(
                 images[plane],
-                caption=f"{plane.capitalize()} · slice {point[axis] + 1}/{n} "
-                f"({mm:+.0f} mm from centre){what}",
-                width="stretch",
-            )
+                f"{caption}. Click to move the other planes here; the wheel steps the slice.",
+                key=_view_key(plane),
+                on_click=partial(
+                    _on_plane_click, sha, plane, shown.shape, shown_point[axis],
+                    display.convention, to_scan,
+                ),
+                on_wheel=partial(_on_plane_wheel, sha, plane, n),
+            )  # fmt: skip
+            st.caption(caption + what)
             st.slider(
                 f"{plane.capitalize()} slice", 1, n, start[axis] + 1,
                 key=_slider_key(plane, sha), label_visibility="collapsed",
@@ -615,12 +712,14 @@ def _cam_controls() -> CamSettings:
         format_func=str.capitalize,
         help="Which plane the comparison shows; its slider above picks the slice.",
     )
+    # A string, not None, for "own prediction": a None option reads as "nothing chosen" and the
+    # box showed "Choose an option" after a sample then an upload in one session.
     target = o1.selectbox(
         "Explain class",
-        [None, *CLASSES],
+        [OWN_PREDICTION, *CLASSES],
         key="tt_target",
         format_func=lambda c: (
-            "each network's own prediction" if c is None else f"why {viz.CLASS_NAMES[c]}?"
+            "each network's own prediction" if c == OWN_PREDICTION else f"why {viz.CLASS_NAMES[c]}?"
         ),
         help="Grad-CAM answers 'which regions raised the score of this class?'",
     )
@@ -641,7 +740,9 @@ def _cam_controls() -> CamSettings:
         help="inferno and magma are perceptually uniform: equal steps in value look like equal "
         "steps in brightness, dark = weak, bright = strong.",
     )
-    return CamSettings(target, plane, opacity, threshold, cmap)
+    return CamSettings(
+        None if target == OWN_PREDICTION else target, plane, opacity, threshold, cmap
+    )
 
 
 def _gradcam_row(
@@ -720,19 +821,37 @@ def viewer(sha: str, volume: Volume, presets: dict, shared, base, std=None) -> N
     MNI152), all driven by the same sliders.
 
     Runs as a fragment: its sliders rerun this function only, never the networks (the analyses
-    come from the session cache).
+    come from the session cache). Shown with ``base`` None while the networks run.
     """
-    starts = _lru("tt_start")  # computed once per file: a full-volume pass is too slow per step
-    if (sha, base is None) not in starts:
-        _remember(starts, (sha, base is None), _centre_of_attention(base, volume))
     display = _display_controls(volume, presets, shared, std)
-    point = _planes(sha, volume, starts[(sha, base is None)], display, shared, std)
+    point = _planes(sha, volume, tuple(n // 2 for n in volume.data.shape), display, shared, std)
     if shared is None or base is None:
         return
     st.markdown("##### Grad-CAM: where each network looked")
     cam = _cam_controls()
-    analysis = base if cam.target is None else _analysis(shared, volume, sha, cam.target, std)
-    _gradcam_row(sha, volume, analysis, point, display, cam)
+    analysis = base
+    if cam.target is not None:
+        analysis = _cached("tt_analyses", _analysis_key(shared, sha, cam.target))
+    if analysis is None:
+        job = _analysis(shared, volume, sha, cam.target, std)
+        with st.spinner(
+            f"Grad-CAM for {viz.CLASS_NAMES[cam.target]}: {_waiting_line(shared, job)}…"
+        ):
+            job.done.wait()
+        analysis = _collect(shared, job)
+    if analysis is not None:
+        _gradcam_row(sha, volume, analysis, point, display, cam)
+
+
+def _open_at_peak(sha: str, volume: Volume, analysis) -> None:
+    """Moves the sliders to where the viewer opens once the verdict is in (the ensemble's Grad-CAM
+    peak for a confident tumour verdict), unless the user has moved them while waiting."""
+    centre = [n // 2 for n in volume.data.shape]
+    for plane in viz.PLANES:
+        value = st.session_state.get(_slider_key(plane, sha))
+        if value is not None and value != centre[viz.plane_layout(plane).fixed_axis] + 1:
+            return
+    _go_to(sha, _centre_of_attention(analysis, volume))
 
 
 # ----------------------------------------------------------------------------- page
@@ -751,18 +870,19 @@ if picked is None:
 
 sha, volume, presets = picked
 _facts(volume)
-preview = st.empty()
-if _cached("tt_standard", sha) is None:  # the scan first, while the pipeline runs
-    with preview.container():
-        _preview(volume, presets)
-
-shared = base = std = None
-try:
-    shared = app_state.get_predictor()
-except TumorTraceError as err:
-    st.warning(f"{err}\n\nThe viewer below still works; predictions need weights.")
+shared = base = std = job = None
+loading = not app_state.predictor_ready()  # first visit to this server: the scan first
+if loading:
+    st.subheader("Networks")
+    st.status("Loading the networks (once per server start)…", state="running")
+else:
+    try:
+        shared = app_state.get_predictor()
+    except TumorTraceError as err:
+        st.warning(f"{err}\n\nThe viewer below still works; predictions need weights.")
 
 cards = {}
+st.session_state["tt_pending"] = False
 if shared is not None:
     cards = shared.predictor.cards
     for arch, reason in getattr(shared.predictor, "refused", {}).items():
@@ -771,43 +891,35 @@ if shared is not None:
             "The other networks still predict.",
             icon=":material/warning:",
         )
-    try:
-        with st.status("Analysing the scan…", expanded=False) as status:
+    base = _cached("tt_analyses", _analysis_key(shared, sha, None))
+    if base is None:  # the scan first: the networks run on the queue's thread
+        job = _analysis(shared, volume, sha, None)
+        if job.done.is_set():
+            base = _collect(shared, job)
+            job = None
+            if base is not None:
+                _open_at_peak(sha, volume, base)
+    std = base.standard if base is not None else None
 
-            def say(step: str) -> None:
-                status.update(label=f"{step}…")
-                status.write(step)
-
-            std = _standard(volume, sha, say)
-            base = _analysis(shared, volume, sha, None, std, say)
-            status.update(
-                label=f"Done: brain, registration, {len(base.predictions)} networks",
-                state="complete",
-            )
-    except TumorTraceError as err:
-        st.error(str(err), icon=":material/error:")
-    except Exception as err:
-        LOG.exception("unexpected error while analysing a volume")
-        st.error(
-            f"The networks could not analyse this volume ({type(err).__name__}). "
-            "Try another file; the details are in the server log.",
-            icon=":material/error:",
-        )
-
-if base is not None:
+if job is not None:
+    st.subheader("Networks")
+    _progress(shared, job)
+elif base is not None:
     st.subheader("Networks")
     _predictions(base, cards)
 
-preview.empty()
 st.subheader("Viewer")
 viewer(sha, volume, presets, shared, base, std)
-
+if loading:
+    with contextlib.suppress(TumorTraceError):  # said above the viewer on the rerun
+        app_state.get_predictor()
+    st.rerun()
 if base is not None:
     st.subheader("Report")
     report = _report(volume, sha, base, cards)
     stem = _stem(volume)
-    d1, d2, _ = st.columns([1, 1, 3])
-    d1.download_button(
+    buttons = st.container(horizontal=True)
+    buttons.download_button(
         "Report (.json)",
         json.dumps(report, indent=2),
         f"{stem}_tumortrace.json",
@@ -816,7 +928,7 @@ if base is not None:
         on_click="ignore",
         icon=":material/download:",
     )
-    d2.download_button(
+    buttons.download_button(
         "Report (.csv)",
         _report_csv(report),
         f"{stem}_tumortrace.csv",

@@ -6,12 +6,16 @@ networks (16x32x32 model grid) written once per session by :mod:`app_fixtures`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import gzip
 import hashlib
 import importlib.util
 import io
 import json
+import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from app_fixtures import make_benchmark_files, make_tiny_weights
 from conftest import make_head
 from streamlit.testing.v1 import AppTest
 
+import app_state
 from tumortrace import viz
 from tumortrace.config import IOLimits
 from tumortrace.infer import Predictor
@@ -38,6 +43,13 @@ def tiny_weights(tmp_path_factory) -> Path:
     folder = make_tiny_weights(tmp_path_factory.mktemp("weights"))
     make_benchmark_files(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def fresh_queue():
+    """Each test gets a fresh predictor and analysis queue: the queue's finished jobs outlive an
+    AppTest, as they outlive a session (the standard spaces are kept: deepbet is slow)."""
+    app_state._load_predictor.clear()
 
 
 @pytest.fixture
@@ -67,15 +79,37 @@ def no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def settle(at: AppTest, timeout: float = TIMEOUT) -> AppTest:
+    """Reruns the page until the queued analysis is in (the page itself polls every 0.5 s)."""
+    deadline = time.monotonic() + timeout
+    while at.session_state.get("tt_pending"):
+        assert time.monotonic() < deadline, "the analysis did not finish"
+        time.sleep(0.2)
+        at.run()
+    return at
+
+
 def upload(at: AppTest, name: str, data: bytes) -> AppTest:
     at.run()
     at.radio(key="tt_source").set_value("Upload a file").run()
     at.file_uploader(key="tt_upload").set_value((name, data, "application/octet-stream"))
-    return at.run()
+    return settle(at.run())
+
+
+def pick_sample(at: AppTest, name: str) -> AppTest:
+    at.run()
+    return settle(at.selectbox(key="tt_sample").set_value(name).run())
 
 
 def cam_captions(at: AppTest) -> list[str]:
     return [c for img in at.image for c in img.captions if "Grad-CAM for" in c]
+
+
+def plane_captions(at: AppTest) -> list[str]:
+    """The captions under the viewer's three planes (axial, coronal, sagittal)."""
+    return [
+        c.value for c in at.caption if c.value.startswith(("Axial ·", "Coronal ·", "Sagittal ·"))
+    ]
 
 
 def prediction_lines(at: AppTest) -> list[str]:
@@ -100,12 +134,17 @@ def test_upload_cap_matches_iolimits():
     assert config["client"]["showErrorDetails"] == "none"  # no tracebacks for users
 
 
-def test_analyze_page_renders_empty(app):
+def test_analyze_page_renders_empty(app, tiny_weights):
     app.run()
     no_exception(app)
     assert any("Choose a bundled sample" in i.value for i in app.info)
-    sidebar = " ".join(m.value for m in app.sidebar.markdown)
+    sidebar = " ".join(m.value for m in [*app.sidebar.markdown, *app.sidebar.caption])
     assert "R(2+1)D-18" in sidebar and "MC3-18" in sidebar and "R3D-18" in sidebar
+    assert "trained 2026-01-01" in sidebar
+    # no server paths or hashes for a clinician
+    assert str(tiny_weights) not in sidebar and "/" not in sidebar and "`" not in sidebar
+    # columns stack below about 1100 px (the browser test looks at the result)
+    assert any("max-width: 1100px" in h.proto.body for h in app.get("html"))
     assert any("not a medical device" in w.value for w in app.sidebar.warning)
 
 
@@ -148,14 +187,14 @@ def test_slider_redraws_without_rerunning_networks(app, head_nifti_gz, monkeypat
     axial = next(s for s in app.slider if s.key.startswith("tt_slice_axial"))
     axial.set_value(4).run()
     no_exception(app)
-    assert "slice 4/64" in app.image[0].captions[0]
+    assert "slice 4/64" in plane_captions(app)[0]
     assert all("Grad-CAM for" in c for c in cam_captions(app))
     assert len(calls.calls) == 1  # the analysis came from the session cache
-    app.selectbox(key="tt_target").set_value("hgg").run()
+    settle(app.selectbox(key="tt_target").set_value("hgg").run())
     assert len(calls.calls) == 2 and calls.calls[-1][1].get("target") == "hgg"
     assert all("Grad-CAM for HGG" in c for c in cam_captions(app))
-    app.selectbox(key="tt_target").set_value(None).run()
-    app.selectbox(key="tt_target").set_value("hgg").run()
+    app.selectbox(key="tt_target").set_value("own").run()
+    settle(app.selectbox(key="tt_target").set_value("hgg").run())
     assert len(calls.calls) == 2  # both targets cached
 
 
@@ -163,12 +202,18 @@ def test_corrupt_upload_shows_error_and_page_keeps_working(app, head_nifti_gz):
     upload(app, "broken.nii.gz", b"this is not a NIfTI file at all" * 10)
     no_exception(app)
     assert app.error, "a corrupt file must produce a visible error"
-    assert "Traceback" not in app.error[0].value
+    message = app.error[0].value
+    assert "Traceback" not in message
+    # the user's own file by its name, and advice that applies to an upload
+    assert message.startswith("broken.nii.gz is not a NIfTI image"), message
+    assert "upload:" not in message and "folder" not in message
+    assert "expected .nii, .nii.gz or a .zip of one DICOM series" in message
+    assert not app.info  # no "choose a sample" hint under the error
     assert not prediction_lines(app)
     app.file_uploader(key="tt_upload").set_value(
         ("head.nii.gz", head_nifti_gz, "application/octet-stream")
     )
-    app.run()
+    settle(app.run())
     no_exception(app)
     assert not app.error
     assert len(prediction_lines(app)) == 3
@@ -179,6 +224,7 @@ def test_2d_upload_is_rejected_with_the_io_message(app):
     upload(app, "flat.nii", flat.to_bytes())
     no_exception(app)
     assert app.error and "3D" in app.error[0].value
+    assert app.error[0].value.startswith("flat.nii: a 2D image")
 
 
 def test_missing_weights_keep_the_viewer(tmp_path, monkeypatch, head_nifti_gz):
@@ -187,7 +233,7 @@ def test_missing_weights_keep_the_viewer(tmp_path, monkeypatch, head_nifti_gz):
     upload(at, "head.nii.gz", head_nifti_gz)
     no_exception(at)
     assert any("No trained weights" in w.value for w in at.warning)
-    assert len(at.image) == 3 and not cam_captions(at)  # the three planes, no predictions
+    assert len(plane_captions(at)) == 3 and not cam_captions(at)  # the three planes, no predictions
 
 
 def test_benchmarks_page_renders_stored_files(app):
@@ -290,8 +336,7 @@ def test_downloads_report_and_gradcam_nifti(app, head_nifti_gz, tiny_weights, mo
 
 
 def test_sample_picker_runs_the_networks(app):
-    app.run()
-    app.selectbox(key="tt_sample").set_value("Synthetic high-grade glioma (HGG)").run()
+    pick_sample(app, "Synthetic high-grade glioma (HGG)")
     no_exception(app)
     assert not app.error
     assert "hgg.nii.gz" in " ".join(m.value for m in app.markdown)
@@ -329,8 +374,8 @@ def test_confident_healthy_verdict_opens_the_viewer_at_the_centre(monkeypatch):
     """The shipped weights call the bundled healthy sample healthy (ensemble above 60 %); its
     Grad-CAM peak has no lesion to show, so the viewer opens at the volume's centre."""
     monkeypatch.setenv("TUMORTRACE_WEIGHTS_DIR", str(ROOT / "weights"))
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    at.selectbox(key="tt_sample").set_value("Synthetic healthy brain").run()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    pick_sample(at, "Synthetic healthy brain")
     no_exception(at)
     assert any("Ensemble verdict: Healthy" in x.value for x in at.info)
     shape = nib.load(ROOT / "samples" / "healthy.nii.gz").shape  # RAS-stored sample
@@ -344,8 +389,20 @@ def test_confident_healthy_verdict_opens_the_viewer_at_the_centre(monkeypatch):
 
 
 def test_non_brain_upload_is_unreliable_input_not_a_verdict(app, blob_nifti_gz):
-    """No brain in the image: the checks say why and no verdict is given."""
-    upload(app, "blob.nii.gz", blob_nifti_gz)
+    """No brain in the image: the checks say why and no verdict is given, not even while the
+    networks' outputs come in one by one."""
+    app.run()
+    app.radio(key="tt_source").set_value("Upload a file").run()
+    with first_network_then_pause() as first_done:
+        app.file_uploader(key="tt_upload").set_value(("blob.nii.gz", blob_nifti_gz, "x")).run()
+        assert first_done.wait(TIMEOUT)
+        app.run()
+        no_exception(app)
+        errors = [e.value for e in app.error]
+        assert len(errors) == 1 and errors[0].startswith("**Unreliable input: no verdict.**")
+        assert not prediction_lines(app)
+        assert any(c.value.startswith("Done (its output is not a verdict") for c in app.caption)
+    settle(app)
     no_exception(app)
     errors = [e.value for e in app.error]
     assert len(errors) == 1 and errors[0].startswith("**Unreliable input: no verdict.**")
@@ -368,15 +425,14 @@ def test_viewer_shows_the_brain_outline_and_the_network_input(app, head_nifti_gz
     no_exception(app)
     inputs = [a for a, k, _ in render.calls if k.get("heat_xyz") is None][:3]
     assert all(a[0].shape == (32, 32, 16) for a in inputs)  # the card's 16x32x32 grid, as XYZ
-    assert "network input" in app.image[0].captions[0]
+    assert "network input" in plane_captions(app)[0]
 
 
 def test_viewer_peaks_go_to_peak_colour_bar_and_true_lesion(app, tiny_weights):
     """The HGG sample: a ring at each network's peak, 'Go to peak' moves the sliders to it, the
     default colour map is inferno with a labelled colour bar, and the true lesion can be outlined;
     an upload has no lesion to outline."""
-    app.run()
-    app.selectbox(key="tt_sample").set_value("Synthetic high-grade glioma (HGG)").run()
+    pick_sample(app, "Synthetic high-grade glioma (HGG)")
     no_exception(app)
     assert app.selectbox(key="tt_cmap").value == "inferno"
     assert any("Share of each network's own maximum" in c for i in app.image for c in i.captions)
@@ -408,3 +464,102 @@ def test_upload_has_no_true_lesion_toggle(app, head_nifti_gz):
     no_exception(app)
     assert not [t for t in app.toggle if t.key == "tt_lesion"]
     assert len([b for b in app.button if str(b.key).startswith("tt_peak_")]) == 3
+
+
+@contextlib.contextmanager
+def first_network_then_pause():
+    """Analyses hold after their first network until the block ends; yields the event set
+    when the first network's result is in."""
+    first_done, go_on = threading.Event(), threading.Event()
+    analyze = Predictor.analyze
+
+    def one_network_then_pause(self, *args, on_result=None, **kwargs):
+        def hold(arch, pred):
+            on_result(arch, pred)
+            if not first_done.is_set():
+                first_done.set()
+                go_on.wait(TIMEOUT)
+
+        return analyze(self, *args, on_result=hold, **kwargs)
+
+    Predictor.analyze = one_network_then_pause
+    try:
+        yield first_done
+    finally:
+        go_on.set()
+        Predictor.analyze = analyze
+
+
+def test_the_scan_shows_at_once_and_a_queued_analysis_says_its_place(app, head_nifti_gz):
+    """Another session's analysis holds the queue: this one shows the scan's three planes at
+    once, says it waits (position 1), then fills in the networks one by one."""
+    app.run()
+    shared = app_state.get_predictor()
+    release = threading.Event()
+    shared.queue.submit("another session's scan", lambda job: release.wait(TIMEOUT))
+    app.radio(key="tt_source").set_value("Upload a file").run()
+    app.file_uploader(key="tt_upload").set_value(("head.nii.gz", head_nifti_gz, "x")).run()
+    no_exception(app)
+    assert [s.label for s in app.status] == [
+        "Waiting for another analysis (position 1 in the queue)…"
+    ]
+    assert len(plane_captions(app)) == 3 and "Axial · slice 33/64" in plane_captions(app)[0]
+    assert not prediction_lines(app) and not cam_captions(app)
+    assert app.session_state["tt_pending"]
+
+    with first_network_then_pause() as first_done:
+        release.set()
+        assert first_done.wait(TIMEOUT)
+        app.run()
+        no_exception(app)
+        assert len(prediction_lines(app)) == 1  # the first network is in, the others run
+        assert len(app.status) == 1 and app.status[0].label.startswith("Running ")
+        assert sum("Grad-CAM and the verdict follow" in c.value for c in app.caption) == 1
+    settle(app)
+    no_exception(app)
+    assert not app.status and len(prediction_lines(app)) == 3 and len(cam_captions(app)) == 3
+
+
+def test_explain_class_keeps_its_choice_across_a_sample_then_an_upload(app, head_nifti_gz):
+    """Issue 17: after a sample, then an upload, "Explain class" read "Choose an option"."""
+    pick_sample(app, "Synthetic high-grade glioma (HGG)")
+    target = app.selectbox(key="tt_target")
+    assert target.value == "own" and target.index == 0
+    app.radio(key="tt_source").set_value("Upload a file").run()
+    app.file_uploader(key="tt_upload").set_value(("scan.nii.gz", head_nifti_gz, "x"))
+    settle(app.run())
+    no_exception(app)
+    target = app.selectbox(key="tt_target")
+    assert target.value == "own" and target.index == 0
+    assert target.format_func(target.value) == "each network's own prediction"
+    assert len(cam_captions(app)) == 3
+
+
+def test_a_confident_tumour_verdict_opens_the_viewer_on_the_ensemble_peak(app, monkeypatch):
+    """The HGG sample with a confident HGG ensemble whose maps all peak inside the true lesion:
+    the viewer opens on that voxel (the slider positions), not at the volume's centre. The
+    verdict and maps are set here, so the test holds whatever the shipped weights say."""
+    lesion = load_volume(ROOT / "samples" / "hgg_lesion.nii.gz").data > 0.5
+    voxels = np.argwhere(lesion)
+    nearest = np.argmin(((voxels - np.median(voxels, axis=0)) ** 2).sum(axis=1))
+    inside = tuple(int(i) for i in voxels[nearest])  # the lesion voxel nearest its middle
+    heat = np.zeros(lesion.shape, np.float32)
+    heat[inside] = 1.0
+    analyze = Predictor.analyze
+
+    def confident_hgg(self, *args, **kwargs):
+        got = analyze(self, *args, **kwargs)
+        explanations = {
+            a: dataclasses.replace(e, cam_volume=heat) for a, e in got.explanations.items()
+        }
+        probs = np.array([0.05, 0.15, 0.8])
+        return dataclasses.replace(
+            got, explanations=explanations, ensemble_probs=probs, ensemble_label="hgg"
+        )
+
+    monkeypatch.setattr(Predictor, "analyze", confident_hgg)
+    pick_sample(app, "Synthetic high-grade glioma (HGG)")
+    no_exception(app)
+    sliders = {s.key.split("_")[2]: s.value for s in app.slider if s.key.startswith("tt_slice_")}
+    assert sliders == {"sagittal": inside[0] + 1, "coronal": inside[1] + 1, "axial": inside[2] + 1}
+    assert f"Axial · slice {inside[2] + 1}/" in plane_captions(app)[0]

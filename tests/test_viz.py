@@ -265,3 +265,19 @@ def test_colorbar_legend_greys_out_the_hidden_range() -> None:
     left, right = img[5, 20], img[5, 190]
     assert left[0] == left[1] == left[2]  # grey: below the threshold, not drawn
     assert tuple(right) != (right[0],) * 3  # coloured
+
+
+@pytest.mark.parametrize("convention", viz.CONVENTIONS)
+@pytest.mark.parametrize("plane", viz.PLANES)
+def test_voxel_at_inverts_display_position(plane, convention):
+    """A click at a voxel's displayed centre gives that voxel back (the viewer's click)."""
+    shape = (7, 9, 5)
+    rng = np.random.default_rng(0)
+    layout = viz.plane_layout(plane, convention)
+    rows, cols = shape[layout.row_axis], shape[layout.col_axis]
+    for xyz in rng.integers(0, shape, size=(20, 3)):
+        r, c = viz.display_position(shape, plane, xyz, convention)
+        index = int(xyz[layout.fixed_axis])
+        got = viz.voxel_at(shape, plane, index, (c + 0.5) / cols, (r + 0.5) / rows, convention)
+        assert got == tuple(int(v) for v in xyz)
+    assert viz.voxel_at(shape, plane, 0, -0.5, 1.5, convention)  # outside clamps to the edge

@@ -446,6 +446,7 @@ class Predictor:
         standard: StandardSpace | None = None,
         progress: Callable[[str], None] | None = None,
         method: str | None = None,
+        on_result: Callable[[str, Prediction], None] | None = None,
     ) -> Analysis:
         """Classifies and explains one volume with each requested network.
 
@@ -461,6 +462,8 @@ class Predictor:
             progress: called with ``"<arch> (i/n)"`` before each network runs.
             method: a :data:`tumortrace.explain.CAM_METHODS` name (default
                 ``settings.cam_method``).
+            on_result: called with ``(arch, Prediction)`` as each network finishes (the app
+                fills in its columns one by one).
 
         Returns:
             :class:`Analysis`.
@@ -489,6 +492,8 @@ class Predictor:
             predictions[arch], explanations[arch] = self._run(
                 arch, prepared[config], target_idx, method
             )
+            if on_result is not None:
+                on_result(arch, predictions[arch])
         probs = np.mean([p.probs for p in predictions.values()], axis=0)
         return Analysis(
             predictions=predictions,
