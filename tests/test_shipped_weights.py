@@ -1,9 +1,11 @@
-"""The committed demo weights: the cards say what they are, the files verify, the samples run."""
+"""The committed demo weights: the cards say what they are, the files verify, one budget for all
+three networks, and what they do on the bundled samples."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from tumortrace.config import CLASSES
 from tumortrace.infer import Predictor
 from tumortrace.io import load_volume
 from tumortrace.models import list_models
+from tumortrace.provenance import verify, weights_path
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights"
@@ -24,20 +27,54 @@ def test_card_states_data_command_commit_shape_folds_and_use(arch):
     card = read_card(WEIGHTS / f"{arch}.json")
     bench = json.loads((WEIGHTS / "benchmarks" / f"{arch}.json").read_text(encoding="utf-8"))
     assert card.arch == arch and card.classes == CLASSES
-    assert card.data["source"].startswith("synthetic")
-    assert sum(card.data["counts"].values()) == sum(bench["data"]["counts"].values()) > 0
+    # the data: real IXI brains by subject ID, their licence, and that the lesions are synthetic
+    assert "ixi" in card.data["source"] and "synthetic-lesion" in card.data["source"]
+    cohort = card.data["cohort"]
+    assert len(cohort["base_subjects"]) == 150 and all(
+        s.startswith("IXI") for s in cohort["base_subjects"]
+    )
+    assert "CC BY-SA 3.0" in cohort["licence"] and "synthetic" in cohort["lesions"]
+    assert card.data["counts"] == bench["data"]["counts"] == {"healthy": 150, "lgg": 43, "hgg": 150}
     assert re.search(rf"train\.py --arch {arch}\b", card.command)
     assert re.fullmatch(r"[0-9a-f]{40}", card.git_commit)
     assert list(card.preprocess.shape_dhw) == bench["input_shape"]
-    assert f"{list(card.preprocess.shape_dhw)}" in card.notes
+    assert card.preprocess.space == "mni" and card.pipeline
     assert "not for clinical use" in card.notes.lower()
     assert card.folds == len(bench["folds"]) == 3
     accs = [f["accuracy"] for f in bench["folds"]]
     assert card.metrics["accuracy"]["mean"] == pytest.approx(sum(accs) / 3)
-    # the splits beside the benchmark are patient-level: no subject in two test parts
+    assert card.shipped == "fold:0"
+    assert verify(
+        bench, WEIGHTS / f"{arch}.json"
+    ).verified  # benchmark, card, weights belong together
+    # grouped folds: no base brain in two test parts
     splits = json.loads((WEIGHTS / "benchmarks" / f"{arch}.splits.json").read_text())
-    tests = [set(f["test"]) for f in splits["folds"]]
+    tests = [{s.split("+")[0] for s in f["test"]} for f in splits["folds"]]
     assert all(not (a & b) for i, a in enumerate(tests) for b in tests[i + 1 :])
+
+
+def _budget(command: str) -> list[str]:
+    """A training command without the flags that name the network and its output folder."""
+    words, out = shlex.split(command), []
+    skip = False
+    for w in words:
+        if skip:
+            skip = False
+        elif w in ("--arch", "--out"):
+            skip = True
+        else:
+            out.append(w)
+    return out
+
+
+def test_the_three_networks_had_one_budget():
+    """Same epochs, schedule, augmentation, data, grid and splits: the commands differ only in
+    --arch and --out, and the folds are identical."""
+    cards = [read_card(WEIGHTS / f"{a}.json") for a in list_models()]
+    assert len({tuple(_budget(c.command)) for c in cards}) == 1
+    assert "--epochs" in cards[0].command and "--augment" in cards[0].command
+    splits = {(WEIGHTS / "benchmarks" / f"{a}.splits.json").read_bytes() for a in list_models()}
+    assert len(splits) == 1
 
 
 @pytest.mark.parametrize("arch", list_models())
@@ -46,26 +83,27 @@ def test_weights_verify_and_are_fp16_on_disk(arch):
 
     model, card = load_checkpoint(WEIGHTS / f"{arch}.json")  # checks the SHA-256 in the card
     assert card.weights_sha256 and sum(p.numel() for p in model.parameters()) == card.params
-    with safe_open(str(WEIGHTS / f"{arch}.safetensors"), framework="pt") as f:
+    path = weights_path(WEIGHTS / f"{arch}.json", card.weights_file)
+    with safe_open(str(path), framework="pt") as f:
         floats = {f.get_slice(k).get_dtype() for k in f.keys()} - {"I64"}  # noqa: SIM118
     assert floats == {"F16"}
 
 
-def test_bundled_samples_are_told_apart_by_the_shipped_weights():
-    """What these weights do on the bundled samples (measured when they were shipped): MC3, the
-    best network (87.7 % cross-fold accuracy), names each sample's class; every network gives the
-    three samples different distributions (it reads the input); the ensemble gets the healthy and
-    the LGG sample right (the HGG sample is the hard one: R(2+1)D and R3D call it healthy)."""
+def test_what_the_shipped_weights_do_on_the_bundled_samples():
+    """Measured when they were shipped (fp32 and bf16 agree to about 0.01): all three networks call
+    the LGG sample LGG (p > 0.99); the ensemble calls the healthy brain healthy (0.53 against 0.44
+    HGG); on the HGG sample only MC3 is right (0.47 HGG, 0.44 healthy), R3D calls it LGG and
+    R(2+1)D healthy, so the ensemble says healthy by a hair (0.372 against 0.360): the README and
+    the closing note give these calls, and only margins wider than 0.05 are pinned here."""
     predictor = Predictor.from_dir(WEIGHTS)
     assert sorted(predictor.cards) == list_models()
     runs = {c: predictor.analyze(load_volume(ROOT / "samples" / f"{c}.nii.gz")) for c in CLASSES}
-    for label, analysis in runs.items():
-        assert sorted(analysis.predictions) == list_models()
+    for analysis in runs.values():
         for pred in analysis.predictions.values():
             assert pred.probs.shape == (3,) and np.isfinite(pred.probs).all()
-            assert pred.probs.sum() == pytest.approx(1.0, abs=1e-6)
-        assert analysis.predictions["mc3"].label == label
-    for arch in list_models():
-        probs = [runs[c].predictions[arch].probs for c in CLASSES]
-        assert min(np.abs(p - q).max() for i, p in enumerate(probs) for q in probs[i + 1 :]) > 0.02
-    assert runs["healthy"].ensemble_label == "healthy" and runs["lgg"].ensemble_label == "lgg"
+            assert pred.probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert all(p.label == "lgg" for p in runs["lgg"].predictions.values())
+    assert runs["lgg"].ensemble_label == "lgg"
+    assert runs["healthy"].ensemble_label == "healthy"
+    r3d = runs["hgg"].predictions["r3d"].probs
+    assert r3d[1] + r3d[2] > 0.8  # a tumour, of the wrong grade
