@@ -143,7 +143,9 @@ def verify(benchmark: dict[str, Any], card_path: str | Path) -> Verification:
         return Verification(False, f"its model card {card_path.name} is not a JSON object")
     name = card.get("weights_file") or ""
     if not valid_weights_file(name):
-        return Verification(False, f"its model card names an invalid weights file {str(name)[:40]!r}")
+        return Verification(
+            False, f"its model card names an invalid weights file {str(name)[:40]!r}"
+        )
     weights = weights_path(card_path, name)
     if not weights.is_file():
         return Verification(False, f"the weights file {weights.name} is missing")
