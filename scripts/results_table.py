@@ -31,8 +31,9 @@ from tumortrace.benchmark_files import (  # noqa: E402
     read_json,
 )
 from tumortrace.config import CLASSES  # noqa: E402
-from tumortrace.networks import display_name  # noqa: E402
+from tumortrace.networks import display_name, is_baseline  # noqa: E402
 from tumortrace.numformat import fmt, fmt_mean_std  # noqa: E402
+from tumortrace.tables import comparison_table  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -75,9 +76,14 @@ def render(
     benches: dict[str, dict[str, Any]],
     heldout: dict[str, dict[str, Any]],
     published: dict[str, Any] | None,
+    real_scans: dict[str, Any] | None = None,
 ) -> str:
-    """The README results section (Markdown, without the markers)."""
+    """The README results section (Markdown, without the markers). The networks' table lists the
+    three networks; when baselines are stored, a comparison table follows with every method (the
+    Benchmarks page's rows, :func:`tumortrace.tables.comparison_table`)."""
     lines: list[str] = []
+    every_method = benches
+    benches = {a: b for a, b in benches.items() if not is_baseline(a)}
     if not benches:
         lines += ["No trained weights are stored in `weights/benchmarks/` yet.", ""]
     else:
@@ -109,6 +115,8 @@ def render(
                 f"| {fmt(minutes, 'quantity')} | {b.get('shipped', '?')} |"
             )
         lines.append("")
+    if len(every_method) > len(benches):
+        lines += _comparison(every_method, real_scans)
     if heldout:
         any_report = next(iter(heldout.values()))
         support = [sum(row) for row in any_report.get("confusion", [])]
@@ -157,6 +165,24 @@ def render(
     if published:
         lines += _published(published)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _comparison(benches: dict[str, dict[str, Any]], real_scans: dict[str, Any] | None) -> list[str]:
+    """The networks and the baselines on the same folds: the Benchmarks page's comparison rows."""
+    table = comparison_table(benches, real_scans)
+    lines = [
+        "**Networks and baselines** (measured here): every method on the same folds (the "
+        "baselines reuse the networks' splits file), the same preprocessing and metrics; test "
+        "parts, mean ± std over the folds. Nothing is pretrained. Real gliomas called tumour: "
+        "`real_scans.json` (— where not measured); training seconds: all folds together.",
+        "",
+        "| " + " | ".join(table.columns) + " |",
+        "|" + "---|" * len(table.columns),
+    ]
+    lines += [
+        "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
+    ]
+    return [*lines, ""]
 
 
 def _published(pub: dict[str, Any]) -> list[str]:
@@ -212,7 +238,12 @@ def build(root: Path = ROOT) -> str:
     """The section rendered from ``<root>/weights/benchmarks``."""
     folder = root / "weights" / "benchmarks"
     benches = load_benchmarks(folder)
-    return render(benches, read_heldout(folder, benches), read_json(folder / "published.json"))
+    return render(
+        benches,
+        read_heldout(folder, benches),
+        read_json(folder / "published.json"),
+        read_json(folder / "real_scans.json"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

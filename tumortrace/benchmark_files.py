@@ -4,7 +4,9 @@ Used by the Benchmarks page and ``scripts/results_table.py``, so both see the sa
 same order. The folder holds ``<arch>.json`` (cross-validation, written by
 :func:`tumortrace.cv_output.write_outputs`; ``<arch>.splits.json`` beside it is the folds, not a
 benchmark), ``heldout/<arch>.json`` (``python -m tumortrace evaluate --format json`` on a cohort
-the networks never saw), ``inference.json``, ``explanations.json`` and ``published.json``.
+the networks never saw), ``inference.json``, ``explanations.json``, ``published.json`` and
+``real_scans.json`` (``scripts/real_scan_check.py``). The baselines' benchmarks sit beside the
+networks' (``<method>.json``, the same layout).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from tumortrace.networks import in_display_order
 
-OTHER_FILES: frozenset[str] = frozenset({"inference", "published", "explanations"})
+OTHER_FILES: frozenset[str] = frozenset({"inference", "published", "explanations", "real_scans"})
 """Stems of the files in the folder that are not one network's benchmark."""
 
 
@@ -28,7 +30,7 @@ class BenchmarkFolder:
         benches: ``{arch: cross-validation record}`` in display order.
         broken: names of ``<arch>.json`` files that are not readable benchmark records.
         heldout: ``{arch: evaluate report}`` for the networks in ``benches``.
-        inference, explanations, published: the other files' documents.
+        inference, explanations, published, real_scans: the other files' documents.
     """
 
     benches: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -37,6 +39,7 @@ class BenchmarkFolder:
     inference: dict[str, Any] | None = None
     explanations: dict[str, Any] | None = None
     published: dict[str, Any] | None = None
+    real_scans: dict[str, Any] | None = None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -93,6 +96,7 @@ def read_folder(folder: Path) -> BenchmarkFolder:
         inference=read_json(folder / "inference.json"),
         explanations=read_json(folder / "explanations.json"),
         published=read_json(folder / "published.json"),
+        real_scans=read_json(folder / "real_scans.json"),
     )
 
 
