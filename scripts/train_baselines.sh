@@ -17,8 +17,15 @@ PY=${PYTHON:-.venv/bin/python}
 DATA=${DATA:?set DATA to the folder holding cohort/ and the caches}
 SPLITS=${SPLITS:?set SPLITS to the splits file of the networks, benchmarks/ARCH.splits.json}
 OUT=${OUT:-weights/baselines-run}
-# Epochs per method (the networks ran 12 with patience 8). From a timing at 32x40x32 on the
-# 2 cores (train step of 8 volumes; about 29 steps per epoch, 3 folds, plus validation and test):
+# Epochs per method (the networks ran 12, patience 8; mc3 took 1,240 s for 3 folds of 6 epochs:
+# about 69 s per epoch of 233 training + 41 validation volumes, 17.8 GFLOPs per volume). Sizing by
+# forward GFLOPs per volume at 32x40x32 (FlopCounterMode): cnn_lstm 0.21, conv_ae 0.009 (0.03 to
+# reconstruct), cnn3d_small 0.28, resnet18_2d 3.4, googlenet_2d 2.1; assumed a third of mc3's
+# throughput for these small or 2D convolutions plus about 10 s per epoch of loading and
+# augmentation: about 15, 10 (x2 phases), 15, 50 and 45 s per epoch, so (3 folds) about 9, 12, 9,
+# 15 and 9 minutes, hog_svm about 1: some 55 minutes in all. A timing on the 2 cores could not be
+# made while the networks trained (a niced process got a few CPU seconds in minutes): the script
+# prints each method's seconds, so rerun with fewer EPOCHS_* if one runs over.
 EPOCHS_cnn_lstm=${EPOCHS_cnn_lstm:-12}
 EPOCHS_conv_ae=${EPOCHS_conv_ae:-12}         # 12 autoencoder epochs, then 12 for the classifier
 EPOCHS_cnn3d_small=${EPOCHS_cnn3d_small:-12}
