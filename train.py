@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tumortrace.config import PreprocessConfig, TrainConfig
 from tumortrace.errors import ConfigError, TumorTraceError
-from tumortrace.models import list_models
+from tumortrace.models import list_methods
 
 DEFAULTS = TrainConfig()
 FLAG_DERIVED = frozenset({"cosine", "pretrained", "preprocess"})
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     # Not `choices=`: the package validates the name so its error lists the valid ones.
-    p.add_argument("--arch", default=d.arch, help=f"network: one of {', '.join(list_models())}")
+    p.add_argument(
+        "--arch", default=d.arch, help=f"network or baseline: one of {', '.join(list_methods())}"
+    )
     p.add_argument("--folds", type=int, default=d.folds, help="cross-validation folds (>= 2)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -95,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="ship fold N's network (default: the fold with the best validation macro-F1)",
     )  # fmt: skip
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap (smoke runs)")
+    p.add_argument(
+        "--splits", type=Path, default=None, metavar="FILE",
+        help="reuse these folds (an earlier run's benchmarks/<arch>.splits.json, copied byte for "
+        "byte) instead of making new ones; --folds must match",
+    )  # fmt: skip
     g = p.add_argument_group("data (default: the embedded synthetic cohort)")
     g.add_argument(
         "--manifest", type=Path, default=None,

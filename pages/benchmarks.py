@@ -19,7 +19,7 @@ from tumortrace import figures, tables, viz
 from tumortrace.benchmark_files import BenchmarkFolder, folder_stamp, read_folder, read_json
 from tumortrace.config import CLASSES
 from tumortrace.metrics import mean_std
-from tumortrace.networks import display_name
+from tumortrace.networks import display_name, is_baseline, network_names
 from tumortrace.provenance import valid_weights_file, verify, weights_path
 
 ROOT = app_state.ROOT
@@ -38,11 +38,24 @@ def _verify(bench_path: str, card_path: str, stamp: tuple) -> tuple[bool, str]:
     return check.verified, check.reason
 
 
+def _benchmark_only(card_path: Path) -> bool:
+    """A baseline card whose weights were too large to commit (its notes say so) and are absent."""
+    card = read_json(card_path) or {}
+    name = card.get("weights_file") or f"{card_path.stem}.safetensors"
+    missing = not valid_weights_file(name) or not weights_path(card_path, name).is_file()
+    return missing and "not committed" in str(card.get("notes", ""))
+
+
 def _unverified(folder: Path, benches: dict[str, dict]) -> dict[str, str]:
-    """``{arch: reason}`` of benchmarks whose seal does not match their card and weights."""
+    """``{arch: reason}`` of benchmarks whose seal does not match their card and weights. A
+    baseline's card is in ``<weights>/baselines/``; one shipped as a benchmark only (weights too
+    large to commit, as its card says) is not reported."""
     out = {}
     for arch in benches:
-        paths = [folder / f"{arch}.json", folder.parent / f"{arch}.json"]
+        cards = folder.parent / "baselines" if is_baseline(arch) else folder.parent
+        if is_baseline(arch) and _benchmark_only(cards / f"{arch}.json"):
+            continue
+        paths = [folder / f"{arch}.json", cards / f"{arch}.json"]
         name = (read_json(paths[1]) or {}).get("weights_file", "")
         if valid_weights_file(name):  # an invalid name is the seal check's to report
             paths.append(weights_path(paths[1], name))
@@ -136,6 +149,38 @@ def _network_tab(arch: str, bench: dict) -> None:
         st.caption("No training curves stored.")
 
 
+def _comparison(benches: dict[str, dict], real_scans: dict | None, unverified: dict) -> None:
+    """Every method on the same folds: one table and one ROC figure, the networks first."""
+    st.header("Networks and baselines")
+    st.caption(
+        "Measured by TumorTrace: every method on the same folds (the baselines reuse the "
+        "networks' splits file), the same preprocessing and the same metrics code; mean ± std "
+        "over the folds' test parts. Baselines: HOG + PCA + SVM, CNN-LSTM and the convolutional "
+        "autoencoder after the seed paper; the small 3D CNN, ResNet-18 and GoogLeNet on slices "
+        "after the project's milestone. Nothing is pretrained. *Real gliomas called tumour*: "
+        "real tumour scans none of them saw (`real_scans.json`; — where not measured). "
+        "Training seconds: all folds together on the machine that trained it."
+    )
+    table = tables.comparison_table(benches, real_scans)
+    if unverified:
+        marks = {display_name(a) for a in unverified}
+        table["method"] = [m + " (unverified)" if m in marks else m for m in table["method"]]
+    st.dataframe(table, hide_index=True, height=_rows_height(len(table)), width="stretch")
+    rocs = tables.pooled_tumour_rocs(benches)
+    if rocs:
+        st.plotly_chart(
+            figures.comparison_roc_figure(
+                rocs,
+                names={a: display_name(a) for a in rocs},
+                highlight=network_names(),
+                title="Tumour (LGG or HGG) against healthy, every fold's test cases pooled",
+            ),
+            key="roc_comparison",
+        )
+    else:
+        st.caption("No per-case test predictions stored: no ROC curves to draw.")
+
+
 def _explanations(doc: dict) -> None:
     """The explain-eval scores: does each network's map point at the lesion?"""
     st.header("Explanations")
@@ -215,13 +260,14 @@ app_state.require_app("pages/benchmarks.py")
 st.title("Benchmarks")
 folder = app_state.weights_dir() / "benchmarks"
 stored = _read_folder(str(folder), folder_stamp(folder))
-benches = stored.benches
+every_method = stored.benches
+benches = {a: b for a, b in every_method.items() if not is_baseline(a)}  # the sections below
 if stored.broken:
     st.error(
         f"Unreadable benchmark files in {folder}: {', '.join(stored.broken)}. Expected the JSON "
         "layout written by train.py (see docs/ARCHITECTURE.md); re-run training or remove them."
     )
-if not benches:
+if not every_method:
     st.info(
         f"No benchmark files in `{folder}` yet. They are written by `python train.py --arch NAME` "
         "(one `<arch>.json` per network, with every fold's metrics).",
@@ -232,45 +278,48 @@ else:
         "Measured by TumorTrace: stratified, subject-grouped cross-validation; each fold's "
         "metrics are on its own held-out test part. Mean ± sample standard deviation over folds."
     )
-    unverified = _unverified(folder, benches)
+    unverified = _unverified(folder, every_method)
     for arch, reason in unverified.items():
         st.warning(
             f"**{display_name(arch)}: unverified.** Its benchmark does not match the weights and "
             f"card in this folder ({reason}); its figures below may not describe these weights.",
             icon=":material/gpp_maybe:",
         )
-    st.header("Summary")
-    st.markdown(_data_caption(benches))
-    summary = tables.summary_table(benches)
-    n_overall = len(tables.OVERALL_METRICS)
-    st.dataframe(summary.iloc[:n_overall], height=_rows_height(n_overall), width="stretch")
-    st.markdown("**Per class** (one class against the rest)")
-    st.dataframe(
-        summary.iloc[n_overall:], height=_rows_height(len(summary) - n_overall), width="stretch"
-    )
-    if stored.real_scans:
-        _real_scans_section(stored.real_scans)
-    if stored.heldout:
-        _heldout_section(benches, stored.heldout)
-    st.header("Per network")
-    tabs = st.tabs(
-        [display_name(a) + (" (unverified)" if a in unverified else "") for a in benches]
-    )
-    for tab, (arch, bench) in zip(tabs, benches.items(), strict=True):
-        with tab:
-            _network_tab(arch, bench)
-    st.header("Cost")
-    inference = stored.inference
-    st.dataframe(tables.cost_table(benches, inference), hide_index=True, width="stretch")
-    if inference:
-        shape = "×".join(str(s) for s in inference.get("shape", []))
-        st.caption(
-            f"CPU seconds per volume from benchmarks/bench_infer.py at D×H×W {shape}, "
-            f"{inference.get('threads', '?')} threads. Settings of 'fast': "
-            f"{tables.settings_text(inference.get('settings') or {})}."
+    if len(every_method) > len(benches):
+        _comparison(every_method, stored.real_scans, unverified)
+    if benches:  # the three networks in detail
+        st.header("Summary")
+        st.markdown(_data_caption(benches))
+        summary = tables.summary_table(benches)
+        n_overall = len(tables.OVERALL_METRICS)
+        st.dataframe(summary.iloc[:n_overall], height=_rows_height(n_overall), width="stretch")
+        st.markdown("**Per class** (one class against the rest)")
+        st.dataframe(
+            summary.iloc[n_overall:], height=_rows_height(len(summary) - n_overall), width="stretch"
         )
-    else:
-        st.caption("No inference.json: run `python benchmarks/bench_infer.py` for CPU timings.")
+        if stored.real_scans:
+            _real_scans_section(stored.real_scans)
+        if stored.heldout:
+            _heldout_section(benches, stored.heldout)
+        st.header("Per network")
+        tabs = st.tabs(
+            [display_name(a) + (" (unverified)" if a in unverified else "") for a in benches]
+        )
+        for tab, (arch, bench) in zip(tabs, benches.items(), strict=True):
+            with tab:
+                _network_tab(arch, bench)
+        st.header("Cost")
+        inference = stored.inference
+        st.dataframe(tables.cost_table(benches, inference), hide_index=True, width="stretch")
+        if inference:
+            shape = "×".join(str(s) for s in inference.get("shape", []))
+            st.caption(
+                f"CPU seconds per volume from benchmarks/bench_infer.py at D×H×W {shape}, "
+                f"{inference.get('threads', '?')} threads. Settings of 'fast': "
+                f"{tables.settings_text(inference.get('settings') or {})}."
+            )
+        else:
+            st.caption("No inference.json: run `python benchmarks/bench_infer.py` for CPU timings.")
 
 if stored.explanations:
     _explanations(stored.explanations)

@@ -32,9 +32,13 @@ from tumortrace.benchmark_files import (  # noqa: E402
     read_json,
 )
 from tumortrace.config import CLASSES  # noqa: E402
-from tumortrace.networks import display_name  # noqa: E402
+from tumortrace.networks import display_name, is_baseline  # noqa: E402
 from tumortrace.numformat import fmt, fmt_mean_std  # noqa: E402
-from tumortrace.tables import data_description, real_scans_table  # noqa: E402
+from tumortrace.tables import (  # noqa: E402
+    comparison_table,
+    data_description,
+    real_scans_table,
+)
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -79,8 +83,12 @@ def render(
     published: dict[str, Any] | None,
     real_scans: dict[str, Any] | None = None,
 ) -> str:
-    """The README results section (Markdown, without the markers)."""
+    """The README results section (Markdown, without the markers). The networks' table lists the
+    three networks; when baselines are stored, a comparison table follows with every method (the
+    Benchmarks page's rows, :func:`tumortrace.tables.comparison_table`)."""
     lines: list[str] = []
+    every_method = benches
+    benches = {a: b for a, b in benches.items() if not is_baseline(a)}
     if not benches:
         lines += ["No trained weights are stored in `weights/benchmarks/` yet.", ""]
     else:
@@ -108,6 +116,8 @@ def render(
                 f"| {fmt(minutes, 'quantity')} | {b.get('shipped', '?')} |"
             )
         lines.append("")
+    if len(every_method) > len(benches):
+        lines += _comparison(every_method, real_scans)
     if real_scans:
         lines += _real_scans(real_scans)
     if heldout:
@@ -160,23 +170,35 @@ def render(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _real_scans(doc: dict[str, Any]) -> list[str]:
-    """The real-scan check of the shipped weights (``real_scans.json``), labelled as such."""
-    table = real_scans_table(doc)
-    what = " ".join(
-        str((doc.get(k) or {}).get("what", "")) for k in ("gliomas", "cohort_test_parts")
-    )
-    lines = [
-        "**Real scans** (measured here, `scripts/real_scan_check.py`; not cross-validation): "
-        + what,
-        "",
-        "| " + " | ".join(table.columns) + " |",
-        "|" + "---|" * len(table.columns),
-    ]
+def _markdown(table) -> list[str]:
+    """A DataFrame of text cells as a Markdown table."""
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += [
         "| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)
     ]
-    return [*lines, ""]
+    return lines
+
+
+def _real_scans(doc: dict[str, Any]) -> list[str]:
+    """The real-scan check of the shipped weights (``real_scans.json``), labelled as such."""
+    what = " ".join(
+        str((doc.get(k) or {}).get("what", "")) for k in ("gliomas", "cohort_test_parts")
+    )
+    head = "**Real scans** (measured here, `scripts/real_scan_check.py`; not cross-validation): "
+    return [head + what, "", *_markdown(real_scans_table(doc)), ""]
+
+
+def _comparison(benches: dict[str, dict[str, Any]], real_scans: dict[str, Any] | None) -> list[str]:
+    """The networks and the baselines on the same folds: the Benchmarks page's comparison rows."""
+    return [
+        "**Networks and baselines** (measured here): every method on the same folds (the "
+        "baselines reuse the networks' splits file), the same preprocessing and metrics; test "
+        "parts, mean ± std over the folds. Nothing is pretrained. Real gliomas called tumour: "
+        "`real_scans.json` (— where not measured); training seconds: all folds together.",
+        "",
+        *_markdown(comparison_table(benches, real_scans)),
+        "",
+    ]
 
 
 def _published(pub: dict[str, Any]) -> list[str]:

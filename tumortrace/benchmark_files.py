@@ -4,8 +4,9 @@ Used by the Benchmarks page and ``scripts/results_table.py``, so both see the sa
 same order. The folder holds ``<arch>.json`` (cross-validation, written by
 :func:`tumortrace.cv_output.write_outputs`; ``<arch>.splits.json`` beside it is the folds, not a
 benchmark), ``heldout/<arch>.json`` (``python -m tumortrace evaluate --format json`` on a cohort
-the networks never saw), ``real_scans.json`` (:mod:`tumortrace.real_check`), ``inference.json``,
-``explanations.json`` and ``published.json``.
+the networks never saw), ``inference.json``, ``explanations.json``, ``published.json`` and
+``real_scans.json`` (``scripts/real_scan_check.py``). The baselines' benchmarks sit beside the
+networks' (``<method>.json``, the same layout).
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ class BenchmarkFolder:
         benches: ``{arch: cross-validation record}`` in display order.
         broken: names of ``<arch>.json`` files that are not readable benchmark records.
         heldout: ``{arch: evaluate report}`` for the networks in ``benches``.
-        real_scans, inference, explanations, published: the other files' documents.
+        inference, explanations, published, real_scans: the other files' documents.
     """
 
     benches: dict[str, dict[str, Any]] = field(default_factory=dict)
     broken: list[str] = field(default_factory=list)
     heldout: dict[str, dict[str, Any]] = field(default_factory=dict)
-    real_scans: dict[str, Any] | None = None
     inference: dict[str, Any] | None = None
     explanations: dict[str, Any] | None = None
     published: dict[str, Any] | None = None
+    real_scans: dict[str, Any] | None = None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -92,10 +93,10 @@ def read_folder(folder: Path) -> BenchmarkFolder:
         benches=benches,
         broken=broken,
         heldout=read_heldout(folder, benches),
-        real_scans=read_json(folder / "real_scans.json"),
         inference=read_json(folder / "inference.json"),
         explanations=read_json(folder / "explanations.json"),
         published=read_json(folder / "published.json"),
+        real_scans=read_json(folder / "real_scans.json"),
     )
 
 

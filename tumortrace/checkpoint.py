@@ -34,11 +34,11 @@ from tumortrace.files import (
     sha256_bytes,
 )
 from tumortrace.models import (
-    adopt_input_reference,
+    adopt_state,
     check_input_shape,
     create_model,
     get_spec,
-    list_models,
+    list_methods,
     state_dict_mismatch,
 )
 from tumortrace.provenance import valid_weights_file, weights_path
@@ -56,7 +56,7 @@ class ModelCard:
     """What a weights file is, how to rebuild it and where it came from.
 
     Attributes:
-        arch: registry name (:func:`tumortrace.models.list_models`).
+        arch: registry name (:func:`tumortrace.models.list_methods`: a network or a baseline).
         classes: output order; must equal :data:`tumortrace.config.CLASSES`.
         preprocess: the exact pipeline inference must use.
         dropout: head dropout the network was trained with.
@@ -297,7 +297,7 @@ def resolve_card_path(path: str | Path, arch: str | None = None) -> Path:
         if arch is None:
             cards = sorted(p.name for p in path.glob("*.json"))
             raise CheckpointError(
-                f"{path} is a folder: also give the architecture (one of {list_models()}); "
+                f"{path} is a folder: also give the architecture (one of {list_methods()}); "
                 f"cards there: {cards}."
             )
         return path / f"{arch}.json"
@@ -421,7 +421,7 @@ def load_checkpoint(
     if "preprocess" in metadata:  # weights saved before this field have none
         _check_preprocess_metadata(metadata["preprocess"], card, weights)
     model = create_model(card.arch, num_classes=len(card.classes), dropout=card.dropout)
-    adopt_input_reference(model, state)
+    adopt_state(model, state)
     expected = model.state_dict()
     mismatch = state_dict_mismatch(expected, state)
     if mismatch:

@@ -228,3 +228,6 @@ class TrainConfig:
     """Where the embedded synthetic cohort and the preprocessed-tensor cache live."""
     synthetic: SyntheticCohort = field(default_factory=SyntheticCohort)
     max_steps_per_epoch: int | None = None
+    splits: Path | None = None
+    """A splits file (``<out>/benchmarks/<arch>.splits.json`` of an earlier run) to reuse instead of
+    making folds: the baselines train on the networks' folds. It is copied byte for byte."""

@@ -25,8 +25,13 @@ from tumortrace.cases import class_counts, synthetic_dir
 from tumortrace.config import CLASSES, TrainConfig
 from tumortrace.loop import EpochRecord
 from tumortrace.manifest import Case
+from tumortrace.networks import get_network, is_baseline
 from tumortrace.runtime import Runtime
 from tumortrace.standard import pipeline_description
+
+COMMIT_LIMIT_BYTES = 10_000_000
+"""Baseline weights over this size (fp16 on disk) are not committed to the repository: their
+benchmark ships, their card says so."""
 
 
 @dataclass(frozen=True)
@@ -156,14 +161,17 @@ def benchmark_record(
 ) -> dict[str, Any]:
     """The ``benchmarks/<arch>.json`` record of a finished cross-validation (JSON-ready)."""
     shape = list(cfg.preprocess.shape_dhw)
+    row = get_network(cfg.arch)
     return files.jsonable(
         {
             "arch": cfg.arch,
+            "kind": row.kind if row is not None else "network",
             "classes": list(CLASSES),
             "input_shape": shape,
             "spacing_mm": list(cfg.preprocess.spacing_mm),
             "data": data_info(cfg, cases),
-            "params": models.count_parameters(model),
+            "params": fitted_values(model),
+            "train_seconds": round(sum(f.train_seconds for f in folds), 3),
             "gflops": models.count_gflops(model, tuple(shape)),
             "shipped": shipped,
             "folds": [f.to_benchmark() for f in folds],
@@ -175,6 +183,44 @@ def benchmark_record(
             "config": {k: repr(v) for k, v in asdict(cfg).items()},
         }
     )
+
+
+def fitted_values(model: nn.Module) -> int:
+    """The model's number of parameters; for a model fitted without gradients (the HOG-SVM,
+    whose arrays are buffers), the number of stored values, its input reference left out."""
+    n = models.count_parameters(model)
+    if n:
+        return n
+    state = model.state_dict()
+    return sum(v.numel() for k, v in state.items() if k != models.INPUT_REFERENCE_KEY)
+
+
+def baseline_notes(arch: str, params: int) -> str:
+    """The card's sentences on a baseline: what it is, nothing pretrained, whether its weights
+    are small enough to be committed ("" for the networks)."""
+    if not is_baseline(arch):
+        return ""
+    row = get_network(arch)
+    megabytes = 2 * params / 1e6  # fp16 on disk
+    size = (
+        f" Weights about {megabytes:.1f} MB (fp16): over the {COMMIT_LIMIT_BYTES / 1e6:.0f} MB "
+        "limit, so they are not committed to the repository; only the benchmark ships."
+        if 2 * params > COMMIT_LIMIT_BYTES
+        else f" Weights about {megabytes:.1f} MB (fp16): small enough to commit."
+    )
+    return (
+        f" Baseline for comparison ({row.description if row else arch}), not served by the app."
+        " Nothing pretrained: no weights can be downloaded here, so it starts from random "
+        f"initialisation.{size}{HOG_SVM_NOTE if arch == 'hog_svm' else ''}"
+    )
+
+
+HOG_SVM_NOTE = (
+    " Probabilities: the softmax of the three one-against-the-rest SVM decision values divided by "
+    "one temperature fitted on the validation part (temperature scaling); C chosen on the "
+    "validation part. Stored without pickle: PCA mean and components, standardisation, support "
+    "vectors, dual coefficients, intercepts, gamma and temperature as safetensors arrays."
+)
 
 
 def training_notes(cfg: TrainConfig) -> str:
@@ -218,6 +264,7 @@ def write_outputs(cfg: TrainConfig, result: CVResult, command: str) -> None:
             f"Research prototype, not for clinical use. Ships {how}; metrics are the "
             f"{cfg.folds}-fold cross-validated test estimates (mean, std). "
             f"Input shape (D, H, W) {list(cfg.preprocess.shape_dhw)}.{training_notes(cfg)}"
+            f"{baseline_notes(cfg.arch, b['params'])}"
         ),
     )
     card_path = checkpoint.save_checkpoint(result.model, card, cfg.out)

@@ -149,6 +149,60 @@ def roc_figure(
     return fig
 
 
+METHOD_COLORS: tuple[str, ...] = (
+    "#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#8d6e63", "#ad1457",
+    "#9e9d24", "#546e7a",
+)  # fmt: skip
+"""One colour per method in the comparison figure (cycled beyond ten)."""
+
+
+def comparison_roc_figure(
+    rocs: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
+    names: Mapping[str, str] | None = None,
+    highlight: Sequence[str] = (),
+    title: str = "",
+) -> go.Figure:
+    """One ROC curve per method (tumour against healthy), the AUC in the legend.
+
+    Args:
+        rocs: ``{method: (fpr, tpr, auc)}`` in the order shown.
+        names: display names (default: the keys).
+        highlight: methods drawn solid and wider (the networks); the others dashed.
+    """
+    fig = go.Figure()
+    for k, (method, (fpr, tpr, auc)) in enumerate(rocs.items()):
+        strong = method in highlight
+        fig.add_trace(
+            go.Scatter(
+                x=list(fpr),
+                y=list(tpr),
+                mode="lines",
+                line={
+                    "color": METHOD_COLORS[k % len(METHOD_COLORS)],
+                    "width": 2.5 if strong else 1.5,
+                    "dash": "solid" if strong else "dash",
+                },
+                name=f"{(names or {}).get(method, method)} (AUC {auc:.3f})",
+                hovertemplate=f"{method}: FPR %{{x:.2f}}, TPR %{{y:.2f}}<extra></extra>",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", name="chance", hoverinfo="skip",
+            line={"color": "grey", "dash": "dot", "width": 1},
+        )
+    )  # fmt: skip
+    fig.update_layout(
+        title=title or None,
+        height=420,
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        xaxis={"title": "false positive rate (healthy called tumour)", "range": [0, 1]},
+        yaxis={"title": "true positive rate (tumour called tumour)", "range": [0, 1.02]},
+        legend={"orientation": "v", "x": 1.02, "y": 1},
+    )
+    return fig
+
+
 FOLD_COLORS: tuple[str, ...] = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f")
 """One colour per fold (cycled beyond six), so the folds of a training run can be told apart."""
 

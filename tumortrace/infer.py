@@ -47,7 +47,7 @@ from tumortrace.explain import (
     save_cam_nifti,
 )
 from tumortrace.io import Volume, printable
-from tumortrace.models import list_models
+from tumortrace.models import is_baseline, list_methods
 from tumortrace.preprocess import GridMap, Preprocessed
 from tumortrace.runtime import fast_dtype, resolve_device
 from tumortrace.standard import PIPELINE_VERSION, StandardSpace, prepare, standardise
@@ -247,6 +247,8 @@ def prepare_model(model: nn.Module, settings: InferenceSettings) -> nn.Module:
     """
     model.eval()
     model.requires_grad_(False)
+    if is_baseline(getattr(model, "arch", "")):  # no map, no trunk: fp32 on the device
+        return model.to(settings.resolved_device())
     get_cam_method(settings.cam_method)
     check_cam_layer(model, "layer4")
     if settings.fuse_bn:
@@ -270,7 +272,8 @@ class Predictor:
     """The networks of a weights folder, ready to analyse volumes.
 
     Attributes:
-        archs: the loaded networks, in :func:`tumortrace.models.list_models` order.
+        archs: the loaded networks (and baselines), in :func:`tumortrace.models.list_methods`
+            order. A baseline gets a prediction and no explanation.
         cards: ``{arch: ModelCard}``.
         settings: how the networks run.
     """
@@ -303,7 +306,7 @@ class Predictor:
                 f"Networks {sorted(models)} and model cards {sorted(cards)} do not match; "
                 "give one card per network."
             )
-        known = list_models()
+        known = list_methods()
         for arch, card in cards.items():
             if arch not in known:
                 raise ConfigError(f"Unknown architecture {arch!r}; expected one of {known}.")
@@ -316,7 +319,8 @@ class Predictor:
             a: prepare_model(models[a], self.settings) for a in self.archs
         }
         self._trunks: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
-            a: self._compile(a) if self.settings.compile else None for a in self.archs
+            a: self._compile(a) if self.settings.compile and not is_baseline(a) else None
+            for a in self.archs
         }
 
     def _compile(self, arch: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -363,7 +367,7 @@ class Predictor:
             ConfigError: unknown architecture.
         """
         weights_dir = Path(weights_dir)
-        known = list_models()
+        known = list_methods()
         explicit = archs is not None
         if archs is not None:
             unknown = [a for a in archs if a not in known]
@@ -489,19 +493,23 @@ class Predictor:
             config = self.cards[arch].preprocess
             if config not in prepared:
                 prepared[config] = prepare(volume, config, standard)
-            predictions[arch], explanations[arch] = self._run(
-                arch, prepared[config], target_idx, method
-            )
+            if is_baseline(arch):  # a comparison method: probabilities, no map
+                predictions[arch] = self._predict(arch, prepared[config])
+            else:
+                predictions[arch], explanations[arch] = self._run(
+                    arch, prepared[config], target_idx, method
+                )
             if on_result is not None:
                 on_result(arch, predictions[arch])
         probs = np.mean([p.probs for p in predictions.values()], axis=0)
+        first = self.cards[archs[0]].preprocess
         return Analysis(
             predictions=predictions,
             explanations=explanations,
             ensemble_probs=probs,
             ensemble_label=CLASSES[int(np.argmax(probs))],
             agree=len({p.label for p in predictions.values()}) == 1,
-            grid=explanations[archs[0]].grid,
+            grid=explanations[archs[0]].grid if archs[0] in explanations else prepared[first].grid,
             seconds=time.perf_counter() - start,
             standard=standard,
         )
@@ -540,6 +548,20 @@ class Predictor:
         )
         return pred, expl
 
+    @torch.inference_mode()
+    def _predict(self, arch: str, prep: Preprocessed) -> Prediction:
+        """One forward of the baseline ``arch`` on ``prep.tensor`` (fp32, no map)."""
+        start = time.perf_counter()
+        x = prep.tensor.to(self._device, torch.float32)[None]  # (1, 1, D, H, W)
+        logits = self._models[arch](x)
+        probs = torch.softmax(logits.double(), dim=1)[0].cpu().numpy()
+        return Prediction(
+            arch=arch,
+            probs=probs,
+            label=CLASSES[int(np.argmax(probs))],
+            seconds=time.perf_counter() - start,
+        )
+
     def brain_mask(self, prep: Preprocessed) -> np.ndarray | None:
         """``(D, H, W)`` bool mask the maps are restricted to, or None when not restricting.
 
@@ -577,8 +599,10 @@ def _check_card(arch: str, card: ModelCard, model: nn.Module, source: str) -> No
             )
     head = getattr(model, "fc", None)
     linear = head[-1] if isinstance(head, nn.Sequential) else head
-    if not isinstance(linear, nn.Linear) or linear.out_features != len(CLASSES):
-        out = getattr(linear, "out_features", None)
+    out = getattr(linear, "out_features", getattr(model, "num_classes", None))
+    if not isinstance(linear, nn.Linear) and is_baseline(arch):  # the HOG-SVM: no linear head
+        linear = None
+    if (linear is not None and not isinstance(linear, nn.Linear)) or out != len(CLASSES):
         raise CheckpointError(
             f"The {arch!r} network has {out} outputs; expected {len(CLASSES)} for {list(CLASSES)}."
         )

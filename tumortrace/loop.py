@@ -365,7 +365,7 @@ def fit_fold(
         the per-epoch curves and the training time.
     """
     epochs = cfg.epochs if epochs is None else epochs
-    model.to(rt.device, memory_format=rt.memory_format)
+    rt.place(model)
     net = DistributedDataParallel(model) if rt.distributed else model
     opt = Optimisation.build(cfg, model, epochs, rt)
     criterion = nn.CrossEntropyLoss(weight=class_weight.float().to(rt.device))
@@ -413,3 +413,53 @@ def fit_fold(
         curves=list(p.curves),
         train_seconds=p.seconds,
     )
+
+
+def pretrain_autoencoder(
+    model: nn.Module,
+    train_set: Dataset,
+    cfg: TrainConfig,
+    rt: Runtime,
+    *,
+    fold: int = 0,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> tuple[list[float], float]:
+    """Trains an autoencoder baseline to reconstruct its inputs (mean squared error), before its
+    classifier is trained by :func:`fit_fold` (the ``conv_ae`` baseline; one process, no DDP).
+
+    Args:
+        model: with ``reconstruct(x) -> (target, output)``, both ``(N, 1, D, H, W)``.
+        train_set: the training part, ``(x (1, D, H, W), label)`` (labels unused).
+        cfg: optimiser settings, batch size, workers, seed; ``cfg.epochs`` by default.
+        fold: seeds the batches like :func:`fit_fold`.
+
+    Returns:
+        ``(mean loss per epoch, seconds)``.
+    """
+    epochs = cfg.epochs if epochs is None else epochs
+    model.to(rt.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loader = make_loader(train_set, cfg, rt, train=True, seed=cfg.seed + fold)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        seed_everything(epoch_seed(cfg.seed, fold, -epoch, rt.rank))
+        loader.sampler.set_epoch(epoch)
+        model.train()
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"fold {fold} autoencoder {epoch}/{epochs}", unit="batch",
+                   disable=not (progress and rt.is_main), dynamic_ncols=True)  # fmt: skip
+        for step, (x, _) in enumerate(bar):
+            if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
+                break
+            target, out = model.reconstruct(x.to(rt.device))
+            loss = F.mse_loss(out, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(x)
+            count += len(x)
+        bar.close()
+        losses.append(total / max(count, 1))
+    return losses, time.perf_counter() - start

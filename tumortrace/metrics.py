@@ -233,6 +233,26 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
     return float(vals.mean()), std, int(vals.size)
 
 
+def tumour_roc(
+    labels: Sequence[str], probs: Sequence[Sequence[float]], classes: Sequence[str] = CLASSES
+) -> tuple[list[float], list[float], float] | None:
+    """ROC of "tumour" (LGG or HGG) against healthy, scored by ``1 - p_healthy``.
+
+    Args:
+        labels: class names of the cases (e.g. every fold's test part, pooled).
+        probs: ``(N, C)`` probabilities in ``classes`` order.
+
+    Returns:
+        ``(fpr, tpr, auc)``, or None when the cases hold only one of the two groups.
+    """
+    y = np.array([lab != classes[0] for lab in labels], dtype=bool)
+    if y.size == 0 or y.all() or not y.any():
+        return None
+    score = 1.0 - np.asarray(probs, dtype=np.float64)[:, 0]
+    fpr, tpr, _ = roc_curve(y, score)
+    return fpr.tolist(), tpr.tolist(), float(roc_auc_score(y, score))
+
+
 def summarize(results: Sequence[dict[str, Any] | Metrics]) -> dict[str, dict[str, float | None]]:
     """Mean and sample standard deviation (ddof=1; 0 for one value) across folds.
 

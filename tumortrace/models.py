@@ -1,4 +1,5 @@
-"""Network registry: name -> torchvision video ResNet-18 with a 1-channel stem and a dropout head.
+"""Registry: name -> torchvision video ResNet-18 with a 1-channel stem and a dropout head, or a
+baseline of :mod:`tumortrace.baselines` (the ``"baseline"`` rows of the networks table).
 
 Every network takes ``volume: (N, 1, D, H, W) float32`` (D = z, the axial slice axis that plays the
 video networks' "time"; H = y; W = x) and returns ``logits: (N, num_classes)``.
@@ -41,8 +42,9 @@ from torchvision.models.video import (
 )
 from torchvision.models.video.resnet import VideoResNet
 
+from tumortrace import baselines
 from tumortrace.errors import CheckpointError, ConfigError
-from tumortrace.networks import get_network
+from tumortrace.networks import Kind, get_network
 
 FEATURES = 512
 """Width of the pooled feature vector that feeds the head (``layer4`` channels)."""
@@ -58,18 +60,23 @@ class ModelSpec:
     """One registry entry.
 
     Attributes:
-        name: registry name (``list_models()`` entry).
-        builder: ``() -> VideoResNet`` with torchvision's 3-channel stem and 400-way ``fc``.
-        weights_url: torchvision's Kinetics-400 download URL; its basename is the hub-cache file.
+        name: registry name (``list_methods()`` entry).
+        builder: networks: ``() -> VideoResNet`` with torchvision's 3-channel stem and 400-way
+            ``fc``; baselines: ``(num_classes, dropout) -> nn.Module``, finished.
+        weights_url: torchvision's Kinetics-400 download URL (networks); "" for baselines.
         strided_stages_dhw: how many stride-2 stages halve D, H and W (see :func:`min_input_shape`).
         description: one line for pickers and model cards.
+        kind: the table's kind, ``"network"`` or ``"baseline"``.
+        min_shape_dhw: baselines: the smallest ``(D, H, W)`` they accept.
     """
 
     name: str
-    builder: Callable[[], VideoResNet]
+    builder: Callable[..., nn.Module]
     weights_url: str
     strided_stages_dhw: tuple[int, int, int]
     description: str
+    kind: Kind = "network"
+    min_shape_dhw: tuple[int, int, int] | None = None
 
     @property
     def weights_file(self) -> str:
@@ -81,21 +88,29 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, *, weights_url: str, strided_stages_dhw: tuple[int, int, int]
-) -> Callable[[Callable[[], VideoResNet]], Callable[[], VideoResNet]]:
-    """Decorator that adds a torchvision builder to the registry under ``name``.
+    name: str,
+    *,
+    weights_url: str = "",
+    strided_stages_dhw: tuple[int, int, int] = (0, 0, 0),
+    min_shape_dhw: tuple[int, int, int] | None = None,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that adds a builder to the registry under ``name``.
 
-    ``name`` must be a row of :data:`tumortrace.networks.NETWORKS` (its description comes from
-    there), so the registry and every display of networks agree.
+    ``name`` must be a row of :data:`tumortrace.networks.NETWORKS` (its description and kind come
+    from there), so the registry and every display of methods agree. Baselines give
+    ``min_shape_dhw`` instead of a Kinetics-400 URL and strides.
     """
 
-    def decorator(builder: Callable[[], VideoResNet]) -> Callable[[], VideoResNet]:
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"Model {name!r} is registered twice.")
         row = get_network(name)
         if row is None:
             raise ValueError(f"Model {name!r} has no row in tumortrace.networks.NETWORKS.")
-        _REGISTRY[name] = ModelSpec(name, builder, weights_url, strided_stages_dhw, row.description)
+        _REGISTRY[name] = ModelSpec(
+            name, builder, weights_url, strided_stages_dhw, row.description, row.kind,
+            min_shape_dhw,
+        )  # fmt: skip
         return builder
 
     return decorator
@@ -130,9 +145,53 @@ def _r3d() -> VideoResNet:
     return r3d_18(weights=None)
 
 
+# Baselines (tumortrace.baselines): every one takes (N, 1, D, H, W) and returns logits.
+@register_model("hog_svm", min_shape_dhw=(1, 2, 2))
+def _hog_svm(num_classes: int, dropout: float) -> nn.Module:
+    return baselines.HogSvm(num_classes, dropout)
+
+
+@register_model("cnn_lstm", min_shape_dhw=(1, 8, 8))
+def _cnn_lstm(num_classes: int, dropout: float) -> nn.Module:
+    return baselines.CnnLstm(num_classes, dropout)
+
+
+@register_model("conv_ae", min_shape_dhw=(2, 2, 2))
+def _conv_ae(num_classes: int, dropout: float) -> nn.Module:
+    return baselines.ConvAutoencoder(num_classes, dropout)
+
+
+@register_model("cnn3d_small", min_shape_dhw=(2, 2, 2))
+def _cnn3d_small(num_classes: int, dropout: float) -> nn.Module:
+    return baselines.Cnn3dSmall(num_classes, dropout)
+
+
+@register_model("resnet18_2d", min_shape_dhw=(1, 8, 8))
+def _resnet18_2d(num_classes: int, dropout: float) -> nn.Module:
+    return baselines.SliceNet2d("resnet18", num_classes, dropout)
+
+
+@register_model("googlenet_2d", min_shape_dhw=(1, 16, 16))
+def _googlenet_2d(num_classes: int, dropout: float) -> nn.Module:
+    return baselines.SliceNet2d("googlenet", num_classes, dropout)
+
+
 def list_models() -> list[str]:
-    """Registered network names, sorted: ``["mc3", "r2plus1d", "r3d"]``."""
+    """Registered video network names (kind ``"network"``), sorted: ``["mc3", "r2plus1d", "r3d"]``.
+    The app and the network-specific tests read this; :func:`list_methods` adds the baselines."""
+    return sorted(n for n, spec in _REGISTRY.items() if spec.kind == "network")
+
+
+def list_methods() -> list[str]:
+    """Every registered name, networks and baselines, sorted: what ``train.py --arch``,
+    ``evaluate`` and ``predict`` accept."""
     return sorted(_REGISTRY)
+
+
+def is_baseline(name: str) -> bool:
+    """True when ``name`` is a registered baseline (no Grad-CAM, no Kinetics-400 weights)."""
+    spec = _REGISTRY.get(name)
+    return spec is not None and spec.kind == "baseline"
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -145,7 +204,7 @@ def get_spec(name: str) -> ModelSpec:
         return _REGISTRY[name]
     except (KeyError, TypeError) as err:
         raise ConfigError(
-            f"Unknown architecture {name!r}; expected one of {list_models()}."
+            f"Unknown architecture {name!r}; expected one of {list_methods()}."
         ) from err
 
 
@@ -173,7 +232,7 @@ def create_model(
     """Builds a registered network for 1-channel volumes.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_methods` (a network or a baseline).
         num_classes: size of the output layer (3 for healthy / LGG / HGG).
         pretrained: start from torchvision's Kinetics-400 weights (stem folded to one channel).
         dropout: dropout probability in front of the final linear layer, in [0, 1).
@@ -181,7 +240,8 @@ def create_model(
             ``torch.hub.get_dir()/checkpoints/<torchvision file name>``. Implies ``pretrained``.
 
     Returns:
-        A ``VideoResNet`` in training mode mapping ``(N, 1, D, H, W)`` float32 to logits
+        A ``VideoResNet`` (a baseline: its :mod:`tumortrace.baselines` module) in training mode
+        mapping ``(N, 1, D, H, W)`` float32 to logits
         ``(N, num_classes)``; ``model.arch`` holds ``name``.
 
     Raises:
@@ -193,6 +253,16 @@ def create_model(
         raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
     if not 0.0 <= float(dropout) < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}.")
+    if spec.kind == "baseline":
+        if pretrained or pretrained_path is not None:
+            raise ConfigError(
+                f"{name!r} is a baseline: it has no pretrained weights (nothing can be "
+                "downloaded here, and baselines always start from random initialisation); drop "
+                "--pretrained / --pretrained-path."
+            )
+        net = spec.builder(num_classes=num_classes, dropout=float(dropout))
+        net.arch = name
+        return net
     net = spec.builder()
     _one_channel_stem(net)
     if pretrained or pretrained_path is not None:
@@ -238,9 +308,12 @@ def set_input_reference(model: nn.Module, reference: torch.Tensor) -> nn.Module:
         ``model``.
     """
     stem = _inner(model).stem
-    weight = next(stem.parameters())
+    # A baseline's stem is an nn.Identity: take the device and dtype from the model instead.
+    weight = next(iter([*stem.parameters(), *_inner(model).parameters()]), None)
+    device = weight.device if weight is not None else reference.device
+    dtype = weight.dtype if weight is not None else torch.float32
     ref = reference.detach().reshape(1, 1, *reference.shape[-3:])
-    ref = ref.to(device=weight.device, dtype=weight.dtype).contiguous()
+    ref = ref.to(device=device, dtype=dtype).contiguous()
     if has_input_reference(model):
         stem.input_reference = ref
     else:
@@ -254,6 +327,17 @@ def adopt_input_reference(model: nn.Module, state: Mapping[str, torch.Tensor]) -
     ``model.load_state_dict(state)`` fits; a state without it leaves the model as it is."""
     if INPUT_REFERENCE_KEY in state and not has_input_reference(model):
         set_input_reference(model, torch.zeros(state[INPUT_REFERENCE_KEY].shape))
+    return model
+
+
+def adopt_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Makes ``model.load_state_dict(state)`` fit: the input reference when ``state`` holds one
+    (:func:`adopt_input_reference`), and, for a model whose arrays are sized by its fit (the
+    HOG-SVM baseline's ``adopt_shapes``), buffers of ``state``'s shapes."""
+    adopt_input_reference(model, state)
+    adopt = getattr(_inner(model), "adopt_shapes", None)
+    if adopt is not None:
+        adopt(state)
     return model
 
 
@@ -312,6 +396,11 @@ def check_pretrained_file(name: str, path: str | Path | None = None) -> Path:
         CheckpointError: the file is missing; the message says where to put it.
     """
     spec = get_spec(name)
+    if spec.kind == "baseline":
+        raise ConfigError(
+            f"{name!r} is a baseline: it has no pretrained weights (nothing can be downloaded "
+            "here; baselines always start from random initialisation). Drop --pretrained."
+        )
     path = Path(path) if path is not None else pretrained_file(name)
     if not path.is_file():
         raise CheckpointError(
@@ -371,7 +460,10 @@ def min_input_shape(name: str) -> tuple[int, int, int]:
     Raises:
         ConfigError: unknown name.
     """
-    stages = get_spec(name).strided_stages_dhw
+    spec = get_spec(name)
+    if spec.min_shape_dhw is not None:  # a baseline
+        return spec.min_shape_dhw
+    stages = spec.strided_stages_dhw
     return tuple(2 ** (s - 1) + 1 if s > 0 else 3 for s in stages)  # type: ignore[return-value]
 
 
@@ -394,6 +486,11 @@ def check_input_shape(
         raise ConfigError(f"Input shape must be three integers (D, H, W), got {shape_dhw!r}.")
     if any(s < m for s, m in zip(shape, minimum, strict=True)):
         stages = get_spec(name).strided_stages_dhw
+        if get_spec(name).min_shape_dhw is not None:
+            raise ConfigError(
+                f"Input shape (D, H, W) = {shape} is too small for {name!r}: it needs at least "
+                f"{minimum}. Use a larger --input-shape."
+            )
         raise ConfigError(
             f"Input shape (D, H, W) = {shape} is too small for {name!r}: it needs at least "
             f"{minimum} (it halves D {stages[0]} times and H, W {stages[1]} times). "
@@ -419,8 +516,9 @@ def count_gflops(model: nn.Module, shape_dhw: tuple[int, int, int]) -> float:
     arch = getattr(model, "arch", None)
     if arch is not None:
         shape_dhw = check_input_shape(arch, shape_dhw)
-    param = next(model.parameters())
-    x = torch.zeros((1, 1, *shape_dhw), dtype=param.dtype, device=param.device)
+    param = next(iter([*model.parameters(), *model.buffers()]), torch.zeros(()))
+    dtype = param.dtype if param.is_floating_point() else torch.float32
+    x = torch.zeros((1, 1, *shape_dhw), dtype=dtype, device=param.device)
     was_training = model.training
     model.eval()
     try:

@@ -112,6 +112,12 @@ class Runtime:
         """``torch.channels_last_3d`` when :attr:`channels_last`, else None (keep the layout)."""
         return torch.channels_last_3d if self.channels_last else None
 
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Moves ``model`` to the device, in :attr:`memory_format` when every convolution is 3D
+        (a 2D baseline's rank-4 weights have no ``channels_last_3d``: they keep their layout)."""
+        flat = any(p.ndim == 4 for p in model.parameters())
+        return model.to(self.device, memory_format=None if flat else self.memory_format)
+
     def describe(self) -> str:
         """Short human description, e.g. ``"cpu bf16 channels_last_3d x2"``."""
         amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from tumortrace.config import CLASSES
-from tumortrace.metrics import mean_std
-from tumortrace.networks import display_name
+from tumortrace.metrics import mean_std, tumour_roc
+from tumortrace.networks import display_name, get_network, in_display_order
 from tumortrace.numformat import MISSING, fmt, fmt_mean_std
 from tumortrace.viz import CLASS_NAMES
 
@@ -63,6 +63,72 @@ def summary_table(benches: Mapping[str, Mapping], classes: Sequence[str] = CLASS
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "metric (mean ± std over folds)"
     return df
+
+
+COMPARISON_METRICS: tuple[tuple[str, str | None, str], ...] = (
+    ("accuracy", None, "accuracy"),
+    ("balanced_accuracy", None, "balanced accuracy"),
+    ("macro_f1", None, "macro-F1"),
+    ("recall", "lgg", "LGG recall"),
+    ("auc_macro", None, "AUC (macro)"),
+)
+"""The comparison table's metric columns: (stored key, class or None, column label)."""
+
+
+def real_glioma_share(real_scans: Mapping | None, arch: str) -> float | None:
+    """The share of real gliomas ``arch`` called a tumour, from ``real_scans.json``; None when the
+    file or the method is not there."""
+    called = ((real_scans or {}).get("gliomas") or {}).get("called_tumour") or {}
+    entry = called.get(arch)
+    return entry.get("fraction") if isinstance(entry, Mapping) else None
+
+
+def train_seconds(bench: Mapping) -> float | None:
+    """The method's training seconds over all folds: the record's ``train_seconds``, else the sum
+    of its folds' (records written before the total existed)."""
+    total = bench.get("train_seconds")
+    if total is not None:
+        return float(total)
+    values = [v for v in fold_values(bench.get("folds", []), "train_seconds") if v is not None]
+    return float(sum(values)) if values else None
+
+
+def comparison_table(
+    benches: Mapping[str, Mapping], real_scans: Mapping | None = None
+) -> pd.DataFrame:
+    """One row per method (the three networks first, then the baselines): the test metrics (mean ±
+    std over folds), the share of real gliomas called a tumour (``real_scans.json``; "—" without
+    it), training seconds over all folds and millions of parameters (stored values for the
+    HOG-SVM)."""
+    rows = []
+    for arch in in_display_order(benches):
+        bench = benches[arch]
+        folds = bench.get("folds", [])
+        row = get_network(arch)
+        out = {"method": display_name(arch), "kind": row.kind if row is not None else "network"}
+        for key, cls, label in COMPARISON_METRICS:
+            mean, std, n = mean_std(fold_values(folds, key, cls))
+            out[label] = fmt_mean_std(mean, std, n=n)
+        out["real gliomas called tumour (%)"] = fmt(real_glioma_share(real_scans, arch), "percent")
+        out["training s"] = fmt(train_seconds(bench), "quantity")
+        params = bench.get("params")
+        out["parameters (M)"] = fmt(None if params is None else params / 1e6, "quantity")
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def pooled_tumour_rocs(
+    benches: Mapping[str, Mapping],
+) -> dict[str, tuple[list[float], list[float], float]]:
+    """``{arch: (fpr, tpr, auc)}``: tumour (LGG or HGG) against healthy on every fold's test cases
+    pooled (``folds[i]["cases"]``), in display order; methods without stored cases are left out."""
+    out = {}
+    for arch in in_display_order(benches):
+        cases = [c for f in benches[arch].get("folds", []) for c in f.get("cases") or []]
+        roc = tumour_roc([c["label"] for c in cases], [c["probs"] for c in cases])
+        if roc is not None:
+            out[arch] = roc
+    return out
 
 
 def per_fold_table(bench: Mapping, classes: Sequence[str] = CLASSES) -> pd.DataFrame:

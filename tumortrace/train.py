@@ -8,7 +8,14 @@ outputs (:func:`tumortrace.cv_output.write_outputs`):
 
 * ``<out>/<arch>.safetensors`` + ``<out>/<arch>.json`` (the model card);
 * ``<out>/benchmarks/<arch>.json`` (per-fold and mean ± std metrics);
-* ``<out>/benchmarks/<arch>.splits.json`` (the folds' subject ids).
+* ``<out>/benchmarks/<arch>.splits.json`` (the folds' subject ids; with ``cfg.splits``, a byte
+  for byte copy of that file, whose folds are used instead of new ones).
+
+Baselines (:mod:`tumortrace.baselines`) take the same path: the neural ones through
+:func:`tumortrace.loop.fit_fold` (``conv_ae`` after :func:`tumortrace.loop.pretrain_autoencoder`,
+its encoder then frozen), the HOG-SVM through :func:`tumortrace.classical.fit_hog_svm`
+(un-augmented inputs; the validation part picks its ``C`` and temperature); the same folds,
+metrics and outputs.
 
 Which model ships:
     By default, the fold model with the highest **validation** macro-F1 (ties: lower validation
@@ -50,7 +57,8 @@ import numpy as np
 import torch.distributed as dist
 from torch import nn
 
-from tumortrace import checkpoint, data, files, loop, metrics, models
+from tumortrace import checkpoint, classical, data, files, loop, metrics, models
+from tumortrace.baselines import ConvAutoencoder, HogSvm
 from tumortrace.cases import (
     class_weight,
     healthy_mean,
@@ -111,6 +119,11 @@ def validate_config(cfg: TrainConfig) -> None:
     models.check_input_shape(cfg.arch, tuple(cfg.preprocess.shape_dhw))
     if cfg.pretrained or cfg.pretrained_path is not None:
         models.check_pretrained_file(cfg.arch, cfg.pretrained_path)
+    if cfg.splits is not None and not Path(cfg.splits).is_file():
+        raise ConfigError(
+            f"--splits {cfg.splits} is not a file; expected an earlier run's "
+            "benchmarks/<arch>.splits.json."
+        )
 
 
 def check_writable(out: Path) -> None:
@@ -140,7 +153,7 @@ def _new_model(cfg: TrainConfig, state: loop.StateDict | None = None) -> nn.Modu
         pretrained_path=cfg.pretrained_path,
     )
     if state is not None:
-        models.adopt_input_reference(model, state)
+        models.adopt_state(model, state)
         model.load_state_dict(state)
     return model
 
@@ -175,18 +188,55 @@ class _Run:
         model = _new_model(self.cfg)
         if self.cfg.healthy_reference:
             models.set_input_reference(model, healthy_mean(self.cfg, train))
-        return loop.fit_fold(
-            self.cfg, model, part_dataset(self.cfg, train, augment=True), val_set,
+        if isinstance(model, HogSvm):
+            return _fit_classical(self.cfg, model, train, val, fold)
+        train_set = part_dataset(self.cfg, train, augment=True)
+        pre_seconds = 0.0
+        if isinstance(model, ConvAutoencoder):
+            if resumed is None:  # a resumed fold's snapshot already holds the trained encoder
+                _, pre_seconds = loop.pretrain_autoencoder(
+                    model, train_set, self.cfg, self.rt, fold=fold, progress=self.progress,
+                    epochs=kw.get("epochs"),
+                )  # fmt: skip
+            model.freeze_encoder()
+        fit = loop.fit_fold(
+            self.cfg, model, train_set, val_set,
             self.rt, class_weight(train, self.cfg.balanced), fold=fold, progress=self.progress,
             state=resumed, on_epoch=lambda s: self.save({"fold": fold, **s}), **kw,
         )  # fmt: skip
+        fit.train_seconds += pre_seconds
+        return fit
+
+
+def _stack(cfg: TrainConfig, cases: Sequence[Case]) -> tuple[Any, np.ndarray]:
+    """``(x (N, 1, D, H, W) float32, labels (N,))`` of ``cases``, un-augmented, from the cache."""
+    import torch
+
+    ds = part_dataset(cfg, cases, augment=False)
+    x = torch.stack([ds.load(i) for i in range(len(ds))])
+    return x, np.array([c.label_index for c in cases], dtype=np.int64)
+
+
+def _fit_classical(
+    cfg: TrainConfig, model: HogSvm, train: Sequence[Case], val: Sequence[Case] | None, fold: int
+) -> loop.FoldFit:
+    """Fits the HOG-SVM on ``train`` (``val`` picks C and the temperature; a refit, without
+    ``val``, uses ``train`` for both); the result in :class:`tumortrace.loop.FoldFit`'s form."""
+    train_x, train_y = _stack(cfg, train)
+    val_x, val_y = _stack(cfg, val) if val else (train_x, train_y)
+    info = classical.fit_hog_svm(model, train_x, train_y, val_x, val_y, seed=cfg.seed + fold)
+    return loop.FoldFit(
+        best_state=loop.cpu_state(model), best_epoch=0,
+        best_val_macro_f1=float(info["val_macro_f1"]), best_val_loss=float(info["val_loss"]),
+        curves=[], train_seconds=float(info["seconds"]),
+    )  # fmt: skip
 
 
 def _test(run: _Run, split: data.FoldSplit, fit: loop.FoldFit) -> FoldResult:
     """Scores the fold's test part once, with the validation-selected weights."""
     cfg, rt = run.cfg, run.rt
     model = _new_model(cfg, fit.best_state)
-    model.to(rt.device, memory_format=rt.memory_format)
+    rt.place(model)
     test_cases = subset(run.cases, split.test)
     test_set = part_dataset(cfg, test_cases, augment=False)
     loader = loop.make_loader(test_set, cfg, rt, train=False, seed=0)
@@ -264,12 +314,13 @@ def cross_validate(
     resumed = load_resume(cfg) if cfg.resume else {"completed": [], "ship": None, "current": None}
     cases = load_cases(cfg, rt, progress)
     warm_cache(cfg, cases, rt, progress)
-    splits = data.make_folds(
-        cases, k=cfg.folds, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-    )  # fmt: skip
+    splits = _splits(cfg, cases)
     if rt.is_main:
-        data.save_splits(splits, cfg.out / "benchmarks" / f"{cfg.arch}.splits.json")
+        target = cfg.out / "benchmarks" / f"{cfg.arch}.splits.json"
+        if cfg.splits is None:
+            data.save_splits(splits, target)
+        elif Path(cfg.splits).resolve() != target.resolve():
+            files.atomic_write_bytes(target, Path(cfg.splits).read_bytes())
     completed = [FoldResult.from_state(d) for d in resumed["completed"]]
     run = _Run(cfg, cases, rt, progress, completed, resumed["ship"], resumed.get("current"))
     for split in splits[len(completed) :]:
@@ -285,6 +336,28 @@ def cross_validate(
         resume_path(cfg).unlink(missing_ok=True)
     barrier(rt)
     return result
+
+
+def _splits(cfg: TrainConfig, cases: Sequence[Case]) -> list[data.FoldSplit]:
+    """The folds: ``cfg.splits`` when given (every subject must be a case, as many folds as
+    ``cfg.folds``), else new seeded, grouped, stratified folds.
+
+    Raises:
+        ManifestError: a malformed splits file or one naming subjects that are not cases.
+        ConfigError: the file holds another number of folds than ``--folds``.
+    """
+    if cfg.splits is None:
+        return data.make_folds(
+            cases, k=cfg.folds, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+        )  # fmt: skip
+    splits = data.load_splits(cfg.splits, cases)
+    if len(splits) != cfg.folds:
+        raise ConfigError(
+            f"--splits {cfg.splits} holds {len(splits)} folds but --folds is {cfg.folds}; "
+            f"pass --folds {len(splits)}."
+        )
+    return splits
 
 
 class Terminated(KeyboardInterrupt):
