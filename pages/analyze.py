@@ -31,6 +31,7 @@ from tumortrace.files import sha256_bytes, sha256_file
 from tumortrace.io import SUPPORTED, Volume, load_volume
 from tumortrace.isolate import load_upload_isolated
 from tumortrace.networks import display_name, in_display_order
+from tumortrace.tables import training_data_words
 
 if TYPE_CHECKING:  # torch-heavy modules load on first use: the page must render at once
     from tumortrace.standard import StandardSpace
@@ -38,9 +39,9 @@ if TYPE_CHECKING:  # torch-heavy modules load on first use: the page must render
 LOG = logging.getLogger("tumortrace.app")
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 SAMPLES: dict[str, str] = {
-    "Synthetic healthy brain": "healthy.nii.gz",
-    "Synthetic low-grade glioma (LGG)": "lgg.nii.gz",
-    "Synthetic high-grade glioma (HGG)": "hgg.nii.gz",
+    "Real brain (IXI049), healthy": "healthy.nii.gz",
+    "Same brain + synthetic low-grade glioma (LGG)": "lgg.nii.gz",
+    "Same brain + synthetic high-grade glioma (HGG)": "hgg.nii.gz",
 }
 MAX_CACHED = 4  # volumes / analyses per session (a 240x240x155 analysis holds ~110 MB of maps)
 UPLOAD_MIB = IOLimits().max_upload_bytes // 2**20
@@ -232,9 +233,10 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
                 "Sample volume",
                 list(SAMPLES),
                 index=None,
-                placeholder="Choose a synthetic sample…",
+                placeholder="Choose a sample…",
                 key="tt_sample",
-                help="Small synthetic T1 contrast-enhanced phantoms bundled with TumorTrace.",
+                help="One real IXI T1 scan (CC BY-SA 3.0) as it is and with synthetic lesions "
+                "inserted; see samples/README.md. No real tumour is in these files.",
             )
             if name is None:
                 return None
@@ -249,7 +251,7 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
             type=["nii", "nii.gz", "zip"],
             max_upload_size=UPLOAD_MIB,
             key="tt_upload",
-            help="T1 contrast-enhanced works best (what the networks were trained on). "
+            help="A 3D T1-weighted brain scan (what the networks were trained on). "
             "The file is read in a private temporary folder that is deleted straight away.",
         )
         if upload is None:
@@ -304,13 +306,15 @@ def _facts(volume: Volume) -> None:
 
 def _trained_on(cards: dict) -> str:
     """One line: what the loaded weights were trained on (from their cards)."""
-    sources = {str((getattr(c, "data", {}) or {}).get("source", "unknown")) for c in cards.values()}
+    datas = [getattr(c, "data", {}) or {} for c in cards.values()]
+    sources = {str(d.get("source", "unknown")) for d in datas}
     if sources and all(s.startswith("synthetic") for s in sources):
         return (
             "Weights trained on synthetic phantoms only: on real scans their output is not "
             "meaningful."
         )
-    return f"Weights trained on: {', '.join(sorted(sources))}. Research use only."
+    words = sorted({training_data_words(d) for d in datas})
+    return f"Weights trained on {'; '.join(words)}. Research use only, not for clinical use."
 
 
 def _input_checks(std: StandardSpace | None) -> None:

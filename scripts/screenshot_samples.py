@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 SAMPLES: dict[str, str] = {
-    "healthy": "Synthetic healthy brain",
-    "lgg": "Synthetic low-grade glioma (LGG)",
-    "hgg": "Synthetic high-grade glioma (HGG)",
+    "healthy": "Real brain (IXI049), healthy",
+    "lgg": "Same brain + synthetic low-grade glioma (LGG)",
+    "hgg": "Same brain + synthetic high-grade glioma (HGG)",
 }
 CHROMIUM = "/usr/bin/chromium"
 TIMING = "Time per network"

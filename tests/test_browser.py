@@ -319,7 +319,7 @@ def test_two_sessions_at_once(page, server):
 
     browser = page.context.browser
     pages = []
-    for sample in ("low-grade glioma", "Synthetic healthy"):
+    for sample in ("low-grade glioma", "Real brain"):
         other = browser.new_page(viewport=SIZES[0])
         other.set_default_timeout(240_000)
         other.goto(server.url)
