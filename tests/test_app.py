@@ -33,6 +33,8 @@ from tumortrace.io import load_volume
 from tumortrace.networks import in_display_order
 
 ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_RAS_SHAPE = (90, 120, 120)
+"""The bundled samples' canonical (RAS) grid: IXI stores 120x120x90 as PSR."""
 APP = str(ROOT / "app.py")
 TIMEOUT = 180  # first analysis loads three networks on a shared 2-core machine
 
@@ -59,7 +61,7 @@ def app(tiny_weights, monkeypatch) -> AppTest:
 
 @pytest.fixture(scope="session")
 def head_nifti_gz() -> bytes:
-    """A brain phantom with an HGG lesion (the bundled sample, 64x76x64 at 2.5 mm), as bytes.
+    """A real brain with a synthetic HGG lesion (the bundled sample, 2 mm, stored PSR), as bytes.
 
     A brain, so that brain extraction and registration pass their checks and the networks'
     verdict is shown (a non-brain gets "unreliable input": see the test below).
@@ -159,7 +161,7 @@ def test_upload_gives_three_predictions_with_overlays(app, head_nifti_gz, monkey
     assert len(overlays) == 3
     for args, kwargs, out in overlays:
         heat = kwargs["heat_xyz"]
-        assert heat.shape == (64, 76, 64)  # Grad-CAM on the uploaded volume's own grid
+        assert heat.shape == SAMPLE_RAS_SHAPE  # Grad-CAM on the uploaded volume's own grid
         assert heat.max() > 0
         plain = viz.render_slice(
             args[0], args[1], args[2], args[3], **(kwargs | {"heat_xyz": None})
@@ -167,7 +169,7 @@ def test_upload_gives_three_predictions_with_overlays(app, head_nifti_gz, monkey
         if viz.extract_slice(heat, args[1], args[2], kwargs["convention"]).max() >= 0.2:
             assert not np.array_equal(out, plain)  # the overlay is drawn on this slice
     facts = " ".join(m.value for m in app.markdown)
-    assert "64×76×64 voxels" in facts and "2.50×2.50×2.50 mm" in facts
+    assert "90×120×120 voxels" in facts and "2.00×2.00×2.00 mm" in facts
     assert not app.success  # a verdict is never shown as a success
     assert any("Ensemble verdict" in x.value for x in [*app.info, *app.warning])
     assert any(e.label.startswith("Input checks") for e in app.expander)
@@ -186,7 +188,7 @@ def test_slider_redraws_without_rerunning_networks(app, head_nifti_gz, monkeypat
     axial = next(s for s in app.slider if s.key.startswith("tt_slice_axial"))
     axial.set_value(4).run()
     no_exception(app)
-    assert "slice 4/64" in plane_captions(app)[0]
+    assert "slice 4/120" in plane_captions(app)[0]
     assert all("Grad-CAM for" in c for c in cam_captions(app))
     assert len(calls.calls) == 1  # the analysis came from the session cache
     settle(app.selectbox(key="tt_target").set_value("hgg").run())
@@ -329,7 +331,7 @@ def test_downloads_report_and_gradcam_nifti(app, head_nifti_gz, tiny_weights, mo
     assert [r["model"] for r in rows] == ["r2plus1d", "mc3", "r3d", "ensemble"]
     cam_name = next(n for n in deferred if n.startswith("my_scan_mc3_gradcam_"))
     cam = nib.Nifti1Image.from_bytes(gzip.decompress(deferred[cam_name]()))
-    assert cam.shape == (64, 76, 64)
+    assert cam.shape == nib.load(ROOT / "samples" / "hgg.nii.gz").shape  # the file's own grid
     values = np.asarray(cam.dataobj)
     assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0
 
@@ -392,7 +394,7 @@ def test_viewer_shows_the_brain_outline_and_the_network_input(app, head_nifti_gz
     show.set_value("Scan + brain outline").run()
     no_exception(app)
     outlined = [k for _, k, _ in render.calls if k.get("outline_xyz") is not None]
-    assert len(outlined) == 3 and outlined[0]["outline_xyz"].shape == (64, 76, 64)
+    assert len(outlined) == 3 and outlined[0]["outline_xyz"].shape == SAMPLE_RAS_SHAPE
     render.calls.clear()
     app.radio(key="tt_show").set_value("What the networks see").run()
     no_exception(app)
@@ -476,7 +478,7 @@ def test_the_scan_shows_at_once_and_a_queued_analysis_says_its_place(app, head_n
     assert [s.label for s in app.status] == [
         "Waiting for another analysis (position 1 in the queue)…"
     ]
-    assert len(plane_captions(app)) == 3 and "Axial · slice 33/64" in plane_captions(app)[0]
+    assert len(plane_captions(app)) == 3 and "Axial · slice 61/120" in plane_captions(app)[0]
     assert not prediction_lines(app) and not cam_captions(app)
     assert app.session_state["tt_pending"]
 

@@ -49,7 +49,7 @@ def test_benchmarks_page_says_what_the_data_were_and_formats_numbers_once(monkey
     assert any(re.fullmatch(data, m.value) for m in at.markdown)
     ours = [d.value for d in at.dataframe if "weights" not in d.value.columns]
     ours = [t for t in ours if "precision" not in t.columns]  # the papers' figures, as published
-    assert len(ours) >= 6  # summary, per class, held-out, three per-fold tables, cost, ...
+    assert len(ours) >= 6  # summary, per class, real scans, three per-fold tables, cost, ...
     summary = [str(v) for t in ours[:2] for v in t.to_numpy().ravel()]
     assert all(re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}|—", c) for c in summary)
     per_fold = next(d.value for d in at.dataframe if "fold 0" in d.value.columns)
@@ -59,9 +59,10 @@ def test_benchmarks_page_says_what_the_data_were_and_formats_numbers_once(monkey
     assert all(re.fullmatch(r"0\.\d{3}", s) for s in per_fold.loc["ece"])
     cost_table = next(d.value for d in at.dataframe if "GFLOPs / volume" in set(d.value.iloc[:, 0]))
     assert list(cost_table.columns) == ["metric", "R(2+1)D-18", "MC3-18", "R3D-18"]  # fits
-    held = next(d.value for d in at.dataframe if "held-out %" in d.value.columns)
-    assert len(held.columns) == 6  # long and narrow: fits the page
-    assert all(re.fullmatch(r"\d+\.\d", s) for s in held["held-out %"])  # 50.0, not 50
+    real = next(d.value for d in at.dataframe if "check" in d.value.columns)
+    assert list(real.columns) == ["check", "R(2+1)D-18", "MC3-18", "R3D-18", "ensemble"]
+    cells = [str(v) for v in real.drop(columns="check").to_numpy().ravel()]
+    assert all(re.fullmatch(r"\d+/\d+ \(\d+\.\d %\)", c) for c in cells)  # 12/13 (92.3 %)
     cost = next(c.value for c in at.caption if c.value.startswith("CPU seconds"))
     assert "precision: fp32" in cost and "fuse batchnorm: on" in cost and "{" not in cost
 
