@@ -95,6 +95,28 @@ def test_explain_path_subtracts_the_input_reference(arch_model) -> None:
     torch.testing.assert_close(cam_maps(feats, 2, "layercam"), cam_maps(plain, 2, "layercam"))
 
 
+def test_bf16_preparation_keeps_the_input_reference_in_fp32(arch_model) -> None:
+    """The input and the healthy reference are close, so the subtraction runs in fp32 and the
+    reference is not rounded to bf16 when the trunk is: what reaches the stem is the fp32
+    difference, rounded once."""
+    from tumortrace.models import set_input_reference
+
+    _, model = arch_model
+    ref = 1.0 + 0.001 * torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(6))
+    with_ref = set_input_reference(copy.deepcopy(model), ref)
+    fast = prepare_model(with_ref, InferenceSettings(precision="bf16"))
+    assert fast.stem.input_reference.dtype == torch.float32
+    torch.testing.assert_close(fast.stem.input_reference[0], ref)
+    seen = []
+    hook = fast.stem[0].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    x = ref[None] + 0.003
+    with torch.no_grad():
+        fast.stem(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d))
+    hook.remove()
+    want = (x.to(torch.bfloat16).float() - ref).to(torch.bfloat16)
+    torch.testing.assert_close(seen[0].float(), want.float())
+
+
 def test_prepared_fp32_model_gives_the_same_map(arch_model) -> None:
     """BatchNorm folding + channels_last_3d (the Predictor's preparation) change nothing in fp32."""
     _, model = arch_model

@@ -256,7 +256,10 @@ def prepare_model(model: nn.Module, settings: InferenceSettings) -> nn.Module:
     model.to(settings.resolved_device())
     if settings.channels_last:
         model.to(memory_format=torch.channels_last_3d)
+    reference = getattr(getattr(model, "stem", None), "input_reference", None)
     Trunk(model, "layer4").to(settings.compute_dtype())  # every stage; pooling and fc stay fp32
+    if reference is not None:  # the input reference stays fp32 (see models._subtract_reference)
+        model.stem.input_reference = reference.float()
     return model
 
 

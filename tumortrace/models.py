@@ -277,9 +277,11 @@ def create_model(
 def _subtract_reference(
     stem: nn.Module, args: tuple[torch.Tensor, ...]
 ) -> tuple[torch.Tensor, ...]:
-    """Forward pre-hook of the stem: ``x (N, 1, D, H, W) - input_reference (1, 1, D, H, W)``."""
+    """Forward pre-hook of the stem: ``x (N, 1, D, H, W) - input_reference (1, 1, D, H, W)``,
+    computed in fp32 (the two are close, so a bf16 subtraction would lose the difference), then
+    returned in ``x``'s dtype."""
     x = args[0]
-    return (x - stem.input_reference.to(dtype=x.dtype), *args[1:])
+    return ((x.float() - stem.input_reference.float()).to(dtype=x.dtype), *args[1:])
 
 
 def _inner(model: nn.Module) -> nn.Module:
