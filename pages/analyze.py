@@ -863,7 +863,7 @@ def _open_at_peak(sha: str, volume: Volume, analysis) -> None:
 app_state.require_app("pages/analyze.py")
 st.title("Analyze a brain MRI")
 st.caption(
-    "Classifies a 3D T1 contrast-enhanced volume as healthy, low-grade glioma (LGG) or "
+    "Classifies a 3D T1-weighted brain volume as healthy, low-grade glioma (LGG) or "
     "high-grade glioma (HGG) with three networks, and shows where each one looked. "
     "Research demo, not a medical device."
 )

@@ -83,7 +83,7 @@ def test_create_model_options():
 
 
 def test_unknown_architecture_lists_valid_ones():
-    with pytest.raises(ConfigError, match=r"'resnet50'.*\['mc3', 'r2plus1d', 'r3d'\]"):
+    with pytest.raises(ConfigError, match=r"'resnet50'.*'mc3', 'r2plus1d', 'r3d'"):
         create_model("resnet50")
 
 
