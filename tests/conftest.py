@@ -59,6 +59,18 @@ def tiny_nifti(tmp_path_factory) -> Path:
 REAL_SAMPLES = Path(__file__).resolve().parent / "data"
 
 
+def load_train_cli():
+    """The ``train.py`` script at the repository root, imported as a module (its parser)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "train_cli", Path(__file__).resolve().parents[1] / "train.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def real_samples_dir() -> Path:
     """tests/data: two real public scans shipped with the repository (provenance in its README)."""

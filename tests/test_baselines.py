@@ -4,14 +4,13 @@ reloading without pickle, and evaluate / predict on a baseline card."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_head_cohort
+from conftest import load_train_cli, write_head_cohort
 from sklearn.decomposition import PCA
 
 from tumortrace import classical, models
@@ -29,14 +28,7 @@ SHAPE = (4, 16, 16)  # GoogLeNet's pooling needs 16 x 16 slices
 BASELINES = ("hog_svm", "cnn_lstm", "conv_ae", "cnn3d_small", "resnet18_2d", "googlenet_2d")
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cli = _load_cli()
+cli = load_train_cli()
 
 
 def test_one_table_two_kinds():

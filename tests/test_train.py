@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import fields, replace
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_head_cohort
+from conftest import load_train_cli, write_head_cohort
 from torch.utils.data import Dataset
 
 from tumortrace import cases as tcases
@@ -28,14 +27,7 @@ SHAPE = (4, 12, 12)  # tiny on purpose: mc3 keeps D, so 4 slices are enough
 SPACING = (5.0, 4.0, 4.0)
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cli = _load_cli()
+cli = load_train_cli()
 
 
 @pytest.fixture(scope="module")
