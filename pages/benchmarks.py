@@ -100,12 +100,8 @@ def _heldout_section(benches: dict[str, dict], heldout: dict[str, dict]) -> None
 def _real_scans_section(doc: dict) -> None:
     """The real-scan check of the shipped weights (``real_scans.json``), each row labelled."""
     st.header("Real scans")
-    st.caption(
-        "Shipped weights on real scans, not cross-validation: "
-        + " ".join(
-            str((doc.get(k) or {}).get("what", "")) for k in ("gliomas", "cohort_test_parts")
-        )
-    )
+    what = tables.real_scans_what(doc)
+    st.caption(f"Shipped weights on real scans, not cross-validation: {what}")
     table = tables.real_scans_table(doc)
     st.dataframe(table, hide_index=True, height=_rows_height(len(table)), width="stretch")
 

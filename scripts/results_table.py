@@ -38,6 +38,7 @@ from tumortrace.tables import (  # noqa: E402
     comparison_table,
     data_description,
     real_scans_table,
+    real_scans_what,
 )
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -181,11 +182,8 @@ def _markdown(table) -> list[str]:
 
 def _real_scans(doc: dict[str, Any]) -> list[str]:
     """The real-scan check of the shipped weights (``real_scans.json``), labelled as such."""
-    what = " ".join(
-        str((doc.get(k) or {}).get("what", "")) for k in ("gliomas", "cohort_test_parts")
-    )
     head = "**Real scans** (measured here, `scripts/real_scan_check.py`; not cross-validation): "
-    return [head + what, "", *_markdown(real_scans_table(doc)), ""]
+    return [head + real_scans_what(doc), "", *_markdown(real_scans_table(doc)), ""]
 
 
 def _comparison(benches: dict[str, dict[str, Any]], real_scans: dict[str, Any] | None) -> list[str]:

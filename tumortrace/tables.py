@@ -322,6 +322,13 @@ REAL_SCAN_ROWS: tuple[tuple[str, str, str], ...] = (
 """The rows of :func:`real_scans_table`: (section, key in ``real_scans.json``, what it says)."""
 
 
+def real_scans_what(doc: Mapping) -> str:
+    """What each section of ``real_scans.json`` measures, in the document's own words, in the
+    order of :data:`REAL_SCAN_ROWS`."""
+    sections = dict.fromkeys(section for section, _, _ in REAL_SCAN_ROWS)
+    return " ".join(str((doc.get(k) or {}).get("what", "")) for k in sections)
+
+
 def real_scans_table(doc: Mapping) -> pd.DataFrame:
     """The real-scan check (``weights/benchmarks/real_scans.json``): one row per check, one column
     per network and the ensemble, each cell ``n/total (percent)``.
