@@ -11,7 +11,8 @@ from tumortrace.checkpoint import ModelCard, save_checkpoint
 from tumortrace.config import PreprocessConfig
 from tumortrace.manifest import read_manifest
 from tumortrace.models import create_model
-from tumortrace.real_check import ENSEMBLE, cohort_calls, glioma_calls
+from tumortrace.real_check import ENSEMBLE, cohort_calls, glioma_calls, real_scan_report
+from tumortrace.tables import real_glioma_share
 
 PRE = PreprocessConfig(spacing_mm=(4.0, 4.0, 4.0), shape_dhw=(8, 16, 16), space="native")
 
@@ -80,3 +81,29 @@ def test_glioma_calls_score_every_scan_with_every_network(tmp_path):
         assert out["called_tumour"][net] == {"n": called, "total": 2, "fraction": called / 2}
     ens = (np.array(out["probs"]["mc3"]) + np.array(out["probs"]["r3d"])) / 2
     np.testing.assert_allclose(out["probs"][ENSEMBLE], ens, atol=2e-4)
+
+
+def test_baselines_get_their_own_section_without_an_ensemble(tmp_path):
+    a = _bench([[_case("A", "healthy", H), _case("A+hgg", "hgg", G)]])
+    b = _bench([[_case("A", "healthy", G), _case("A+hgg", "hgg", G)]])
+    out = cohort_calls({"hog_svm": a, "cnn3d_small": b}, ensemble=False)
+    assert set(out["healthy_called_healthy"]) == {"hog_svm", "cnn3d_small"}
+    assert out["healthy_called_healthy"]["cnn3d_small"]["n"] == 0
+    manifest = write_head_cohort(tmp_path / "scans", per_class=1, labels=("hgg",))
+    torch.manual_seed(0)
+    card = save_checkpoint(
+        create_model("cnn3d_small"), ModelCard(arch="cnn3d_small", preprocess=PRE), tmp_path / "b"
+    )
+    gl = glioma_calls([card], read_manifest(manifest), progress=False, ensemble=False)
+    assert set(gl["called_tumour"]) == {"cnn3d_small"}
+    nets = glioma_calls([], [], progress=False, ensemble=False)
+    doc = real_scan_report(
+        nets, {}, {"baselines": "why"}, {"gliomas": gl, "cohort_test_parts": out}
+    )
+    assert (
+        doc["baselines"]["what"] == "why" and "cnn3d_small" not in doc["gliomas"]["called_tumour"]
+    )
+    share = gl["called_tumour"]["cnn3d_small"]["fraction"]
+    assert real_glioma_share(doc, "cnn3d_small") == share
+    assert real_glioma_share(doc, "googlenet_2d") is None
+    assert "baselines" not in real_scan_report(nets, {}, {})

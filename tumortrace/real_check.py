@@ -11,8 +11,9 @@ Two kinds of evidence, each labelled with what it is:
   lesion* (its ``group``'s healthy case, in the same test part) is called healthy.
 
 Each is reported per network and for the ensemble (the mean of the networks' probabilities, as the
-app's verdict). :func:`real_scan_report` puts them in one JSON
-(``weights/benchmarks/real_scans.json``, written by ``scripts/real_scan_check.py``).
+app's verdict). The baselines (:mod:`tumortrace.baselines`) get the same two checks in a section of
+their own, without an ensemble: the app never serves them. :func:`real_scan_report` puts them in
+one JSON (``weights/benchmarks/real_scans.json``, written by ``scripts/real_scan_check.py``).
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ class Share:
         return {"n": self.n, "total": self.total, "fraction": self.fraction}
 
 
-def _with_ensemble(probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The networks' ``(N, C)`` probabilities plus their mean under :data:`ENSEMBLE`."""
+def _with_ensemble(probs: Mapping[str, np.ndarray], ensemble: bool = True) -> dict[str, np.ndarray]:
+    """The methods' ``(N, C)`` probabilities, plus their mean under :data:`ENSEMBLE` when
+    ``ensemble``."""
     out = {k: np.asarray(v, dtype=np.float64) for k, v in probs.items()}
-    out[ENSEMBLE] = np.mean(np.stack(list(out.values())), axis=0)
+    if ensemble:
+        out[ENSEMBLE] = np.mean(np.stack(list(out.values())), axis=0)
     return out
 
 
@@ -69,18 +72,21 @@ def glioma_calls(
     scans: Sequence[Case],
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    ensemble: bool = True,
 ) -> dict[str, Any]:
     """Scores real tumour scans with each card's network; the share called LGG or HGG.
 
     Args:
-        cards: ``<arch>.json`` cards (weights verified on load).
+        cards: ``<arch>.json`` cards (weights verified on load), networks or baselines.
         scans: the tumour scans (their ``label`` is not used: any grade).
         cache_dir: the tensor / standard-space cache (:class:`tumortrace.data.VolumeDataset`).
         progress: a progress bar per network.
+        ensemble: add the cards' mean probabilities as :data:`ENSEMBLE` (the networks; not the
+            baselines, which the app never combines).
 
     Returns:
         ``{"scans": [subject ids], "probs": {net: (N, C) list}, "called_tumour": {net: Share
-        dict}}``, networks in the cards' order, then the ensemble.
+        dict}}``, networks in the cards' order, then the ensemble (with ``ensemble``).
     """
     dev = resolve_device("cpu")
     probs: dict[str, np.ndarray] = {}
@@ -92,7 +98,7 @@ def glioma_calls(
             logits = model(ds.load(i)[None].to(dev)).float()
             rows.append(torch.softmax(logits, dim=1)[0].double().cpu().numpy())
         probs[card.arch] = np.stack(rows)
-    probs = _with_ensemble(probs)
+    probs = _with_ensemble(probs, ensemble)
     called = {
         k: Share(int(np.isin(p.argmax(1), TUMOUR).sum()), len(p)).to_dict()
         for k, p in probs.items()
@@ -121,17 +127,20 @@ def _group_of(subject_id: str, groups: Mapping[str, str] | None) -> str:
 
 
 def cohort_calls(
-    benches: Mapping[str, Mapping[str, Any]], groups: Mapping[str, str] | None = None
+    benches: Mapping[str, Mapping[str, Any]],
+    groups: Mapping[str, str] | None = None,
+    ensemble: bool = True,
 ) -> dict[str, Any]:
     """Healthy brains called healthy, and lesion cases whose own brain without the lesion is.
 
     Args:
         benches: ``{arch: benchmark JSON}`` with per-case test predictions, all on the same folds.
         groups: ``{subject_id: group}`` (default: the cohort's ``<base>+<label>`` naming).
+        ensemble: add the methods' mean as :data:`ENSEMBLE` (networks only, as for gliomas).
 
     Returns:
         ``{"healthy_called_healthy": {net: Share}, "lesion_removed_called_healthy": {net: Share},
-        "lesion_called_tumour": {net: Share}}`` plus the ensemble.
+        "lesion_called_tumour": {net: Share}}``, plus the ensemble with ``ensemble``.
 
     Raises:
         ValueError: a benchmark without per-case predictions, or networks on different folds.
@@ -148,7 +157,7 @@ def cohort_calls(
             raise ValueError(f"{arch}: its test parts differ from the other networks' folds.")
     labels = [per_arch[next(iter(per_arch))][k]["label"] for k in keys]
     probs = _with_ensemble(
-        {a: np.array([rows[k]["probs"] for k in keys]) for a, rows in per_arch.items()}
+        {a: np.array([rows[k]["probs"] for k in keys]) for a, rows in per_arch.items()}, ensemble
     )
     index = {k: i for i, k in enumerate(keys)}
     healthy = [i for i, lab in enumerate(labels) if lab == "healthy"]
@@ -179,11 +188,25 @@ def cohort_calls(
 
 
 def real_scan_report(
-    gliomas: Mapping[str, Any], cohort: Mapping[str, Any], notes: Mapping[str, str]
+    gliomas: Mapping[str, Any],
+    cohort: Mapping[str, Any],
+    notes: Mapping[str, str],
+    baselines: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The ``real_scans.json`` document: both checks, each with what it measures."""
-    return {
+    """The ``real_scans.json`` document: both checks, each with what it measures.
+
+    ``baselines`` (``{"gliomas": ..., "cohort_test_parts": ...}``, the same two checks for the
+    baselines, without an ensemble) becomes a ``"baselines"`` section of its own, so the networks'
+    tables and their ensemble are unchanged by it.
+    """
+    doc: dict[str, Any] = {
         "version": 1,
         "gliomas": {**gliomas, "what": notes.get("gliomas", "")},
         "cohort_test_parts": {**cohort, "what": notes.get("cohort", "")},
     }
+    if baselines:
+        doc["baselines"] = {
+            **{k: dict(v) for k, v in baselines.items()},
+            "what": notes.get("baselines", ""),
+        }
+    return doc

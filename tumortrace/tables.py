@@ -76,11 +76,15 @@ COMPARISON_METRICS: tuple[tuple[str, str | None, str], ...] = (
 
 
 def real_glioma_share(real_scans: Mapping | None, arch: str) -> float | None:
-    """The share of real gliomas ``arch`` called a tumour, from ``real_scans.json``; None when the
-    file or the method is not there."""
-    called = ((real_scans or {}).get("gliomas") or {}).get("called_tumour") or {}
-    entry = called.get(arch)
-    return entry.get("fraction") if isinstance(entry, Mapping) else None
+    """The share of real gliomas ``arch`` called a tumour, from ``real_scans.json`` (the networks'
+    section, else the baselines'); None when the file or the method is not there."""
+    doc = real_scans or {}
+    for section in (doc, doc.get("baselines") or {}):
+        called = (section.get("gliomas") or {}).get("called_tumour") or {}
+        entry = called.get(arch)
+        if isinstance(entry, Mapping):
+            return entry.get("fraction")
+    return None
 
 
 def train_seconds(bench: Mapping) -> float | None:
