@@ -69,7 +69,7 @@ LAYOUT_CSS = """<style>
 @st.cache_resource(show_spinner=False)
 def _clean_once() -> int:
     """Removes extracted series left in ``tumortrace-*`` temp folders by killed loads (once)."""
-    from tumortrace.io import clean_stale_tempdirs
+    from tumortrace.tempdirs import clean_stale_tempdirs
 
     return len(clean_stale_tempdirs())
 

@@ -17,7 +17,8 @@ from tumortrace.__main__ import main
 from tumortrace.checkpoint import ModelCard, save_checkpoint
 from tumortrace.config import PreprocessConfig
 from tumortrace.errors import TumorTraceError
-from tumortrace.io import load_volume, printable
+from tumortrace.guards import printable
+from tumortrace.io import load_volume
 from tumortrace.models import create_model
 from tumortrace.preprocess import preprocess
 

@@ -25,14 +25,10 @@ from _dicom import write_dicom_series, zip_folder
 
 from tumortrace.config import IOLimits, PreprocessConfig
 from tumortrace.errors import InvalidVolumeError, UnsafeArchiveError
-from tumortrace.io import (
-    clean_stale_tempdirs,
-    load_upload,
-    load_volume,
-    printable,
-    volume_from_array,
-)
+from tumortrace.guards import printable
+from tumortrace.io import load_upload, load_volume, volume_from_array
 from tumortrace.preprocess import check_resampling, preprocess
+from tumortrace.tempdirs import clean_stale_tempdirs
 
 SHAPE = (24, 28, 20)
 

@@ -35,8 +35,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     """CSV (or one JSON document) on stdout; one stderr line per bad input; exit 1 if any failed."""
     from tumortrace.batch import format_rows, predict_paths
+    from tumortrace.guards import printable
     from tumortrace.infer import InferenceSettings, Predictor
-    from tumortrace.io import printable
 
     archs = None if args.arch == "all" else [args.arch]
     settings = InferenceSettings(input_checks=not args.skip_checks)
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
-        from tumortrace.io import clean_stale_tempdirs
+        from tumortrace.tempdirs import clean_stale_tempdirs
 
         clean_stale_tempdirs()  # extracted series left by a killed run
         return int(args.func(args) or 0)

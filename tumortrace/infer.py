@@ -46,7 +46,8 @@ from tumortrace.explain import (
     make_explanation,
     save_cam_nifti,
 )
-from tumortrace.io import Volume, printable
+from tumortrace.guards import printable
+from tumortrace.io import Volume
 from tumortrace.models import is_baseline, list_methods
 from tumortrace.preprocess import GridMap, Preprocessed
 from tumortrace.runtime import fast_dtype, resolve_device

@@ -42,7 +42,7 @@ def _child(conn: Connection, data: bytes, filename: str, limits: IOLimits) -> No
 
 
 def _shown(filename: str) -> str:
-    from tumortrace.io import printable
+    from tumortrace.guards import printable
 
     return "upload:" + printable(str(filename).replace("\\", "/").split("/")[-1])[:200]
 
