@@ -59,8 +59,8 @@ def _member_parts(info: zipfile.ZipInfo, source: str) -> tuple[str, ...]:
         method = _ZIP_METHOD_NAMES.get(info.compress_type, "unknown")
         raise InvalidVolumeError(
             f"{source}: member {shown!r} uses zip compression method {info.compress_type} "
-            f"({method}), which is not supported; expected stored or deflate. Re-create the zip "
-            "with a standard tool."
+            f"({method}), which is not supported; expected {', '.join(_ZIP_METHODS.values())}. "
+            "Re-create the zip with a standard tool."
         )
     if "\x00" in name:
         raise UnsafeArchiveError(f"{source}: member {shown!r} has a NUL byte in its name.")
