@@ -20,7 +20,7 @@ from tumortrace.files import (
     sha256_file,
 )
 from tumortrace.manifest import Case, write_manifest
-from tumortrace.synthetic import write_cohort
+from tumortrace.phantom_cohort import write_cohort
 
 
 @pytest.fixture

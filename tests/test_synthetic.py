@@ -14,11 +14,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from tumortrace import synthetic
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError
+from tumortrace.head_template import padded_template
 from tumortrace.manifest import read_manifest
-from tumortrace.synthetic import SIZES, Phantom, make_phantom, subject_seed, write_cohort
+from tumortrace.phantom_cohort import write_cohort
+from tumortrace.synthetic import SIZES, Phantom, make_phantom, subject_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,7 @@ def test_healthy_has_no_lesion(trio):
 
 @pytest.mark.parametrize("label", ["lgg", "hgg"])
 def test_lesion_is_inside_the_brain(label):
-    tpl = synthetic.padded_template()
+    tpl = padded_template()
     for seed in range(4):
         ph, twin = make_phantom(label, seed), make_phantom("healthy", seed)
         assert ph.lesion.sum() > 0

@@ -19,7 +19,7 @@ from tumortrace.errors import TumorTraceError
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from tumortrace.config import CLASSES
-    from tumortrace.synthetic import write_cohort
+    from tumortrace.phantom_cohort import write_cohort
 
     cases = write_cohort(
         Path(args.out),

@@ -45,7 +45,7 @@ def load_cases(cfg: TrainConfig, rt: Runtime | None = None, progress: bool = Tru
     """
     rt = rt or CPU_FP32
     if cfg.manifest is None and cfg.brats is None and cfg.ixi is None:
-        from tumortrace.synthetic import write_cohort  # heavy; only for the default cohort
+        from tumortrace.phantom_cohort import write_cohort  # heavy; only for the default cohort
 
         folder = synthetic_dir(cfg)
         wanted = dict(cfg.synthetic.counts)

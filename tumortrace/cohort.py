@@ -4,13 +4,13 @@ Every base scan (e.g. a real IXI T1) goes through the standard-space pipeline on
 (:func:`tumortrace.standard.standardise_cached`: brain mask and registration to MNI152). Then:
 
 * **healthy** is the scan as it is (its own file, untouched);
-* **LGG** / **HGG** is the same scan with a lesion from :mod:`tumortrace.synthetic`'s lesion models
-  (:func:`tumortrace.synthetic.draw_lesion`, :func:`tumortrace.synthetic.render_lesion`), drawn in
+* **LGG** / **HGG** is the same scan with a lesion from :mod:`tumortrace.lesion`'s lesion models
+  (:func:`tumortrace.lesion.draw_lesion`, :func:`tumortrace.lesion.render_lesion`), drawn in
   MNI space and mapped onto the scan's own voxel grid through its registration:
 
   1. the lesion's centre is a deep white-matter point of the template, so it lands in the subject's
      deep white matter;
-  2. the mass effect (:func:`tumortrace.synthetic.mass_effect`) displaces the subject's *own*
+  2. the mass effect (:func:`tumortrace.lesion.mass_effect`) displaces the subject's *own*
      tissue radially away from the lesion;
   3. intensities are relative to the subject's own tissue: the lesion model is written in units of
      white matter (WM = 1), so the subject's WM level (median under the registered template's WM
@@ -43,17 +43,12 @@ from tqdm.auto import tqdm
 
 from tumortrace.errors import ConfigError, InvalidVolumeError, ManifestError
 from tumortrace.files import atomic_path, atomic_write_json, jsonable, sha256_file
+from tumortrace.head_template import padded_template
 from tumortrace.io import Volume, load_volume
+from tumortrace.lesion import LesionParams, draw_lesion, mass_effect, render_lesion
 from tumortrace.manifest import Case, write_manifest
 from tumortrace.standard import StandardSpace, save_cached, standardise_cached
-from tumortrace.synthetic import (
-    LesionParams,
-    draw_lesion,
-    mass_effect,
-    padded_template,
-    render_lesion,
-    subject_seed,
-)
+from tumortrace.synthetic import subject_seed
 from tumortrace.template import load_template
 
 __all__ = [
@@ -165,7 +160,7 @@ def tissue_levels(volume: Volume, std: StandardSpace) -> TissueLevels:
 
 def _lesion_region(volume: Volume, std: StandardSpace, les: LesionParams) -> tuple[slice, ...]:
     """Native voxel box holding the lesion, its oedema and the reach of its mass effect (where the
-    displacement of :func:`tumortrace.synthetic.mass_effect` exceeds about 0.25 mm)."""
+    displacement of :func:`tumortrace.lesion.mass_effect` exceeds about 0.25 mm)."""
     size = les.radius_mm + les.oedema_mm
     reach = max(1.45 * size + 4.0, 2.3 * (1.2 * size + 5.0))
     centre = _apply(std.registration.template_to_native, np.asarray(les.centre_mni))

@@ -3,8 +3,8 @@
 The ICBM 2009a nonlinear symmetric template ships inside the nilearn wheel as 1 mm, brain-only
 (skull-stripped) T1, grey-matter and white-matter probability maps, all ``(197, 233, 189)`` in RAS
 with the same affine, so it works offline. This module is the one place that finds and reads those
-files; :mod:`tumortrace.synthetic` builds its phantoms from them, and the standard-space pipeline
-(:mod:`tumortrace.standard`) registers every scan to them.
+files; :mod:`tumortrace.head_template` pads them into the phantoms' head, and the standard-space
+pipeline (:mod:`tumortrace.standard`) registers every scan to them.
 
 Axis convention: arrays here are canonical RAS ``(X, Y, Z)`` like :class:`tumortrace.io.Volume`.
 """
