@@ -1,8 +1,8 @@
 """Server time of one viewer slider step at BraTS size (240x240x155); target <= 150 ms.
 
 A slider step reruns only the Analyze page's viewer fragment. Its work is what this script times,
-through the very routines the page calls (:func:`tumortrace.viz.draw_planes` and
-:func:`tumortrace.viz.draw_overlays`, default settings): three planes (window, orientation labels,
+through the very routines the page calls (:func:`tumortrace.draw.draw_planes` and
+:func:`tumortrace.draw.draw_overlays`, default settings): three planes (window, orientation labels,
 crosshair, PNG) plus the Grad-CAM overlay of the three networks on one plane. ``--all-planes``
 also times the heavier variant with an overlay for every plane and network (3 + 9 images).
 ``--apptest WEIGHTS`` additionally times a whole-page rerun through ``AppTest`` (an upper bound:
@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tumortrace import viz  # noqa: E402
+from tumortrace import draw, viz  # noqa: E402
 from tumortrace.io import Volume, load_volume, volume_from_array  # noqa: E402
 from tumortrace.networks import network_names  # noqa: E402
 
@@ -62,10 +62,10 @@ def viewer_step(vol, presets, cams, point, cam_planes) -> int:
     """What the fragment draws for one slider position (the page's own calls, with its default
     settings); returns the PNG bytes produced."""
     window = presets["brain"]
-    images = list(viz.draw_planes(vol.data, point, window, spacing_xyz=vol.spacing).values())
+    images = list(draw.draw_planes(vol.data, point, window, spacing_xyz=vol.spacing).values())
     for plane in cam_planes:
         index = point[viz.plane_layout(plane).fixed_axis]
-        images += viz.draw_overlays(
+        images += draw.draw_overlays(
             vol.data, plane, index, window, cams, spacing_xyz=vol.spacing
         ).values()
     return sum(len(png) for png in images)

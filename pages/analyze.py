@@ -24,7 +24,7 @@ import streamlit as st
 
 import app_state
 import plane_view
-from tumortrace import figures, viz
+from tumortrace import draw, figures, viz
 from tumortrace.config import CLASSES, IOLimits
 from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
@@ -674,7 +674,7 @@ def _planes(sha: str, volume: Volume, start, display: Display, shared, std) -> l
         if key in st.session_state:  # sliders count from 1, like captions
             point[viz.plane_layout(plane).fixed_axis] = int(st.session_state[key]) - 1
     shown, shown_point, spacing, window, to_scan = _shown(volume, sha, point, display, shared, std)
-    images = viz.draw_planes(
+    images = draw.draw_planes(
         shown, shown_point, window, spacing_xyz=spacing, convention=display.convention,
         crosshair=display.crosshair,
         outline_xyz=std.brain if display.mode == "Scan + brain outline" else None,
@@ -766,12 +766,12 @@ def _gradcam_row(
         + (" Green outline: the true lesion." if lesion is not None else "")
     )
     peaks = {a: viz.peak_voxel(analysis.explanations[a].cam_volume) for a in archs}
-    images = viz.draw_overlays(
+    images = draw.draw_overlays(
         volume.data, cam.plane, point[axis], display.window,
         {a: analysis.explanations[a].cam_volume for a in archs},
         spacing_xyz=volume.spacing, convention=display.convention, opacity=cam.opacity,
         threshold=cam.threshold, cmap=cam.cmap, lesion_xyz=lesion,
-        markers={a: [viz.Marker(p, "peak", (80, 220, 255))] for a, p in peaks.items() if p},
+        markers={a: [draw.Marker(p, "peak", (80, 220, 255))] for a, p in peaks.items() if p},
     )  # fmt: skip
     n_slices = viz.slice_count(volume.data.shape, cam.plane)
     for col, arch in zip(st.columns(len(archs)), archs, strict=True):
@@ -809,7 +809,7 @@ def _gradcam_row(
                 icon=":material/download:",
             )
     st.image(
-        viz.colorbar_legend(cam.cmap, cam.threshold),
+        draw.colorbar_legend(cam.cmap, cam.threshold),
         caption="Share of each network's own maximum: 0 = no evidence for the class explained, "
         "1 = that network's strongest evidence. Grey: below 'Hide heat below', not drawn.",
         width=360,

@@ -26,7 +26,7 @@ from conftest import make_head
 from streamlit.testing.v1 import AppTest
 
 import app_state
-from tumortrace import viz
+from tumortrace import draw, viz
 from tumortrace.config import IOLimits
 from tumortrace.infer import Predictor
 from tumortrace.io import load_volume
@@ -150,8 +150,8 @@ def test_analyze_page_renders_empty(app, tiny_weights):
 
 
 def test_upload_gives_three_predictions_with_overlays(app, head_nifti_gz, monkeypatch):
-    render = Recorder(viz.render_slice)
-    monkeypatch.setattr(viz, "render_slice", render)
+    render = Recorder(draw.render_slice)
+    monkeypatch.setattr(draw, "render_slice", render)
     upload(app, "head.nii.gz", head_nifti_gz)
     no_exception(app)
     assert not app.error, [e.value for e in app.error]
@@ -163,7 +163,7 @@ def test_upload_gives_three_predictions_with_overlays(app, head_nifti_gz, monkey
         heat = kwargs["heat_xyz"]
         assert heat.shape == SAMPLE_RAS_SHAPE  # Grad-CAM on the uploaded volume's own grid
         assert heat.max() > 0
-        plain = viz.render_slice(
+        plain = draw.render_slice(
             args[0], args[1], args[2], args[3], **(kwargs | {"heat_xyz": None})
         )
         if viz.extract_slice(heat, args[1], args[2], kwargs["convention"]).max() >= 0.2:
@@ -386,8 +386,8 @@ def test_non_brain_upload_is_unreliable_input_not_a_verdict(app, blob_nifti_gz):
 
 
 def test_viewer_shows_the_brain_outline_and_the_network_input(app, head_nifti_gz, monkeypatch):
-    render = Recorder(viz.render_slice)
-    monkeypatch.setattr(viz, "render_slice", render)
+    render = Recorder(draw.render_slice)
+    monkeypatch.setattr(draw, "render_slice", render)
     upload(app, "head.nii.gz", head_nifti_gz)
     show = app.radio(key="tt_show")
     assert show.options == ["Scan", "Scan + brain outline", "What the networks see"]

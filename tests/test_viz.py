@@ -1,4 +1,4 @@
-"""tumortrace.viz: display orientation, windowing, overlays, markers and the colour bar."""
+"""tumortrace.viz and tumortrace.draw: orientation, windowing, overlays, markers, colour bar."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tumortrace import viz
+from tumortrace import draw, viz
 from tumortrace.errors import ConfigError, InvalidVolumeError
 from tumortrace.metrics import mean_std
 
@@ -163,26 +163,26 @@ def test_render_slice_labels_overlay_and_png():
     heat = np.zeros_like(vol)
     heat[10:30, 10:30, 10:30] = 1.0
     window = viz.window_presets(vol)["auto"]
-    plain = viz.render_slice(vol, "axial", 18, window, spacing_xyz=(1, 1, 2), labels=False)
+    plain = draw.render_slice(vol, "axial", 18, window, spacing_xyz=(1, 1, 2), labels=False)
     assert plain.shape[2] == 3
     assert (plain[..., 0] == plain[..., 1]).all()  # grey only
-    labelled = viz.render_slice(vol, "axial", 18, window, spacing_xyz=(1, 1, 2))
+    labelled = draw.render_slice(vol, "axial", 18, window, spacing_xyz=(1, 1, 2))
     yellow = (labelled[..., 0] > 200) & (labelled[..., 1] > 200) & (labelled[..., 2] < 120)
     assert yellow.any()  # the orientation letters
-    over = viz.render_slice(
+    over = draw.render_slice(
         vol, "axial", 18, window, heat_xyz=heat, opacity=0.8, threshold=0.5, labels=False
     )
     colour = np.abs(over[..., 0].astype(int) - over[..., 2].astype(int)) > 60
     assert colour.any()
-    png = viz.encode_png(over)
+    png = draw.encode_png(over)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), over)
     with pytest.raises(ConfigError, match="differs from the volume"):
-        viz.render_slice(vol, "axial", 0, window, heat_xyz=heat[:-1])
+        draw.render_slice(vol, "axial", 0, window, heat_xyz=heat[:-1])
 
 
 def test_render_slice_crosshair_marks_the_point():
     vol = np.zeros((32, 32, 32), np.float32)
-    img = viz.render_slice(
+    img = draw.render_slice(
         vol, "axial", 5, viz.Window(0.5, 1.0), labels=False, crosshair_xyz=(8, 20, 5)
     )
     scale = img.shape[0] / 32  # enlarged to 256 pixels
@@ -222,15 +222,15 @@ def test_peak_voxel() -> None:
 def _render(**kwargs) -> np.ndarray:
     vol = np.zeros((20, 20, 20), dtype=np.float32)
     vol[0, 0, 0] = 1.0
-    return viz.render_slice(
+    return draw.render_slice(
         vol, "axial", 10, viz.Window(0.5, 1.0), labels=False, min_long_side=200, **kwargs
     )
 
 
 def test_marker_ring_drawn_at_the_peak_solid_on_its_slice_dashed_off_it() -> None:
     red = (255, 0, 0)
-    on = _render(markers=[viz.Marker((5, 14, 10), "", red)])
-    off = _render(markers=[viz.Marker((5, 14, 3), "", red)])
+    on = _render(markers=[draw.Marker((5, 14, 10), "", red)])
+    off = _render(markers=[draw.Marker((5, 14, 3), "", red)])
     plain = _render()
     # axial radiological: x = 5 -> column 19 - 5 = 14, y = 14 -> row 19 - 14 = 5; 10 px per voxel
     row, col = 55, 145
@@ -248,19 +248,19 @@ def test_lesion_outline_follows_the_mask_boundary() -> None:
     mask = np.zeros((20, 20, 20), dtype=bool)
     mask[4:10, 8:16, 9:12] = True  # on axial slice 10
     img = _render(lesion_xyz=mask)
-    edge = np.all(img == viz.LESION_COLOR, axis=2)
+    edge = np.all(img == draw.LESION_COLOR, axis=2)
     assert edge.any()
     # rows 19-15..19-8 = 4..11 -> pixels 40..119; cols 19-9..19-4 = 10..15 -> pixels 100..159
     ys, xs = np.nonzero(edge)
     assert ys.min() == 40 and ys.max() == 119 and xs.min() == 100 and xs.max() == 159
     assert not edge[80, 130]  # the interior stays untouched
-    assert not np.all(_render(lesion_xyz=np.zeros_like(mask)) == viz.LESION_COLOR, axis=2).any()
+    assert not np.all(_render(lesion_xyz=np.zeros_like(mask)) == draw.LESION_COLOR, axis=2).any()
     with pytest.raises(ConfigError, match="Lesion mask shape"):
         _render(lesion_xyz=mask[:5])
 
 
 def test_colorbar_legend_greys_out_the_hidden_range() -> None:
-    img = viz.colorbar_legend("inferno", threshold=0.5, width=214)
+    img = draw.colorbar_legend("inferno", threshold=0.5, width=214)
     assert img.dtype == np.uint8 and img.shape[1] == 214 and img.shape[2] == 3
     left, right = img[5, 20], img[5, 190]
     assert left[0] == left[1] == left[2]  # grey: below the threshold, not drawn
