@@ -154,21 +154,22 @@ class HogSvm(nn.Module):
 # --------------------------------------------------------------------------- neural baselines
 
 
-def _conv2d_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2, ceil_mode=True),
-    )
+_LAYERS = {
+    2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d),
+    3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d),
+}
+"""The convolution, normalisation and pooling layers of 2D and 3D blocks."""
 
 
-def _conv3d_block(cin: int, cout: int) -> nn.Sequential:
+def _conv_block(cin: int, cout: int, dims: int) -> nn.Sequential:
+    """3-wide convolution (no bias), batch norm, ReLU and 2x max pooling in ``dims`` (2 or 3)
+    dimensions: ``(N, cin, *S) -> (N, cout, *ceil(S / 2))``."""
+    conv, norm, pool = _LAYERS[dims]
     return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm3d(cout),
+        conv(cin, cout, 3, padding=1, bias=False),
+        norm(cout),
         nn.ReLU(inplace=True),
-        nn.MaxPool3d(2, ceil_mode=True),
+        pool(2, ceil_mode=True),
     )
 
 
@@ -183,9 +184,9 @@ class CnnLstm(nn.Module):
         super().__init__()
         self.stem = nn.Identity()
         self.encoder = nn.Sequential(
-            _conv2d_block(1, 16),
-            _conv2d_block(16, 32),
-            _conv2d_block(32, 64),
+            _conv_block(1, 16, 2),
+            _conv_block(16, 32, 2),
+            _conv_block(32, 64, 2),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
@@ -267,10 +268,10 @@ class Cnn3dSmall(nn.Module):
         super().__init__()
         self.stem = nn.Identity()
         self.features = nn.Sequential(
-            _conv3d_block(1, 16),
-            _conv3d_block(16, 32),
-            _conv3d_block(32, 64),
-            _conv3d_block(64, 128),
+            _conv_block(1, 16, 3),
+            _conv_block(16, 32, 3),
+            _conv_block(32, 64, 3),
+            _conv_block(64, 128, 3),
             nn.AdaptiveAvgPool3d(1),
             nn.Flatten(),
         )

@@ -95,6 +95,32 @@ def confusion_figure(
     return fig
 
 
+def _roc_frame(
+    fig: go.Figure, title: str, height: int, axes: tuple[str, str], legend: dict
+) -> go.Figure:
+    """The frame every ROC figure shares: the dotted chance diagonal, unit axes titled ``axes``
+    (x, y), the title (none when empty), ``height`` pixels and the ``legend`` placement."""
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"color": "grey", "dash": "dot", "width": 1},
+            name="chance",
+            hoverinfo="skip",
+        )
+    )
+    fig.update_layout(
+        title=title or None,
+        height=height,
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        xaxis={"title": axes[0], "range": [0, 1]},
+        yaxis={"title": axes[1], "range": [0, 1.02]},
+        legend=legend,
+    )
+    return fig
+
+
 def roc_figure(
     rocs: Sequence[Mapping[str, Mapping[str, Sequence[float]]]],
     classes: Sequence[str] = CLASSES,
@@ -128,25 +154,13 @@ def roc_figure(
                     hovertemplate=f"{cls} fold {k}: FPR %{{x:.2f}}, TPR %{{y:.2f}}<extra></extra>",
                 )
             )
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1],
-            y=[0, 1],
-            mode="lines",
-            line={"color": "grey", "dash": "dash", "width": 1},
-            name="chance",
-            hoverinfo="skip",
-        )
-    )
-    fig.update_layout(
-        title=title or None,
+    return _roc_frame(
+        fig,
+        title,
         height=320,
-        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-        xaxis={"title": "false positive rate", "range": [0, 1]},
-        yaxis={"title": "true positive rate", "range": [0, 1.02]},
+        axes=("false positive rate", "true positive rate"),
         legend={"orientation": "h", "y": -0.25},
     )
-    return fig
 
 
 METHOD_COLORS: tuple[str, ...] = (
@@ -186,21 +200,16 @@ def comparison_roc_figure(
                 hovertemplate=f"{method}: FPR %{{x:.2f}}, TPR %{{y:.2f}}<extra></extra>",
             )
         )
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1], y=[0, 1], mode="lines", name="chance", hoverinfo="skip",
-            line={"color": "grey", "dash": "dot", "width": 1},
-        )
-    )  # fmt: skip
-    fig.update_layout(
-        title=title or None,
+    return _roc_frame(
+        fig,
+        title,
         height=420,
-        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-        xaxis={"title": "false positive rate (healthy called tumour)", "range": [0, 1]},
-        yaxis={"title": "true positive rate (tumour called tumour)", "range": [0, 1.02]},
+        axes=(
+            "false positive rate (healthy called tumour)",
+            "true positive rate (tumour called tumour)",
+        ),
         legend={"orientation": "v", "x": 1.02, "y": 1},
     )
-    return fig
 
 
 FOLD_COLORS: tuple[str, ...] = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f")
