@@ -352,6 +352,12 @@ def test_benchmarks_and_about_pages(page):
     expect(page.locator("[data-testid='stDataFrame']").first).to_be_visible(timeout=60_000)
     page.wait_for_load_state("networkidle")
     _shot(page, "benchmarks.png")
+    # The comparison of the networks with the six baselines: its table and ROC, in the viewport.
+    comparison = page.get_by_role("heading", name="Networks and baselines")
+    expect(comparison).to_be_visible(timeout=60_000)
+    comparison.scroll_into_view_if_needed()
+    expect(page.locator(".js-plotly-plot").filter(has_text="pooled")).to_be_visible(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "comparison.png"))
     page.get_by_role("link", name="About").click()
     expect(page.get_by_role("heading", name="Model cards")).to_be_visible(timeout=60_000)
     _shot(page, "about.png")
