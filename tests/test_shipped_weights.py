@@ -13,9 +13,11 @@ import pytest
 
 from tumortrace.checkpoint import load_checkpoint, read_card
 from tumortrace.config import CLASSES
+from tumortrace.cv_output import COMMIT_LIMIT_BYTES
 from tumortrace.infer import Predictor
 from tumortrace.io import load_volume
 from tumortrace.models import list_models
+from tumortrace.networks import baseline_names
 from tumortrace.provenance import verify, weights_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +77,31 @@ def test_the_three_networks_had_one_budget():
     assert "--epochs" in cards[0].command and "--augment" in cards[0].command
     splits = {(WEIGHTS / "benchmarks" / f"{a}.splits.json").read_bytes() for a in list_models()}
     assert len(splits) == 1
+
+
+@pytest.mark.parametrize("method", baseline_names())
+def test_every_baseline_ran_on_the_networks_folds(method):
+    """Each of the seed papers' baselines has a shipped benchmark whose splits file is the
+    networks' byte for byte, and whose per-case test predictions are exactly each fold's test part;
+    its card says whether its weights are committed (and they verify when they are)."""
+    bench_dir = WEIGHTS / "benchmarks"
+    networks = (bench_dir / f"{list_models()[0]}.splits.json").read_bytes()
+    assert (bench_dir / f"{method}.splits.json").read_bytes() == networks
+    folds = json.loads(networks)["folds"]
+    bench = json.loads((bench_dir / f"{method}.json").read_text(encoding="utf-8"))
+    assert bench["arch"] == method and bench["kind"] == "baseline"
+    assert len(bench["folds"]) == len(folds)
+    for fold, split in zip(bench["folds"], folds, strict=True):
+        assert sorted(c["subject_id"] for c in fold["cases"]) == sorted(split["test"])
+    assert bench["params"] > 0 and bench["train_seconds"] > 0
+    card_path = WEIGHTS / "baselines" / f"{method}.json"
+    card = read_card(card_path)
+    weights = weights_path(card_path, card.weights_file)
+    if weights.is_file():
+        assert weights.stat().st_size < COMMIT_LIMIT_BYTES and "not committed" not in card.notes
+        assert verify(bench, card_path).verified, f"{method}: the benchmark's seal does not verify"
+    else:
+        assert "not committed" in card.notes, f"{method}: weights missing, card does not say so"
 
 
 @pytest.mark.parametrize("arch", list_models())
