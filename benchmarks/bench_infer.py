@@ -132,7 +132,10 @@ def _build(args: argparse.Namespace, arch: str) -> tuple[torch.nn.Module, ModelC
         model, card = load_checkpoint(Path(args.weights) / f"{arch}.json")
     else:
         torch.manual_seed(args.seed)  # the same weights every time it is built
-        model, card = create_model(arch).eval(), ModelCard(arch=arch)
+        # The head-crop input: the standard space would need a brain that deepbet finds and
+        # registration aligns, and the network timings exclude preprocessing anyway.
+        native = PreprocessConfig(space="native")
+        model, card = create_model(arch).eval(), ModelCard(arch=arch, preprocess=native)
     config = dataclasses.replace(card.preprocess, shape_dhw=shape)
     return model, dataclasses.replace(card, preprocess=config)
 
