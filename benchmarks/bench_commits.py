@@ -12,12 +12,16 @@ Usage::
 
     .venv/bin/python benchmarks/bench_commits.py --base b657aa2 --rounds 5 -- \\
         --weights weights --shape 32 40 32 --repeats 7 --warmup 2
+    # a base older than the cards and the layer-3 default map: random init, the old map pinned
+    .venv/bin/python benchmarks/bench_commits.py --base 36e6a56 --new-args "--cam-method \
+        gradcam-l4" -- --shape 32 40 32 --repeats 7 --warmup 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -48,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="HEAD~1", help="the commit to compare with (default HEAD~1)")
     ap.add_argument("--rounds", type=int, default=5, help="pairs of runs, interleaved")
+    ap.add_argument(
+        "--new-args",
+        default="",
+        help="extra bench_infer.py args for the working tree only, e.g. '--cam-method gradcam-l4' "
+        "to pin a setting whose default changed on purpose to the base's behaviour",
+    )
     ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then bench_infer.py args")
     args = ap.parse_args(argv)
     bench_args = _weights_args([a for a in args.bench_args if a != "--"])
@@ -62,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for r in range(args.rounds):
                 for name, checkout in (("old", old), ("new", ROOT)):
-                    report = _run(checkout, bench_args, Path(tmp) / f"{name}.json")
+                    extra = shlex.split(args.new_args) if name == "new" else []
+                    report = _run(checkout, [*bench_args, *extra], Path(tmp) / f"{name}.json")
                     rows[name].append(report["fast"])
                 print(
                     f"round {r + 1}: old {rows['old'][-1]['total']:.4f} s, "
@@ -73,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False
             )
-    print(f"\nbase {args.base}, {args.rounds} interleaved rounds, medians (seconds, 'ours'):")
+    pinned = f"; new side also {args.new_args}" if args.new_args else ""
+    print(f"\nbase {args.base}, {args.rounds} interleaved rounds{pinned}, medians (s, 'ours'):")
     print("| network | old | new | new / old | spread of old (min-max) |")
     print("|---|---|---|---|---|")
     for key in rows["old"][0]:

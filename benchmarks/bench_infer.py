@@ -42,7 +42,12 @@ if str(ROOT) not in sys.path:
 
 from tumortrace.checkpoint import ModelCard, load_checkpoint  # noqa: E402
 from tumortrace.config import PreprocessConfig  # noqa: E402
-from tumortrace.explain import cam_to_volume, gradcam_captum  # noqa: E402
+from tumortrace.explain import (  # noqa: E402
+    CAM_METHODS,
+    DEFAULT_CAM_METHOD,
+    cam_to_volume,
+    gradcam_captum,
+)
 from tumortrace.files import atomic_write_json  # noqa: E402
 from tumortrace.infer import InferenceSettings, Predictor  # noqa: E402
 from tumortrace.io import Volume, volume_from_array  # noqa: E402
@@ -121,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(ROOT / "weights" / "benchmarks" / "inference.json"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile the trunks (ours)")
+    parser.add_argument(
+        "--cam-method",
+        default=DEFAULT_CAM_METHOD,
+        choices=sorted(CAM_METHODS),
+        help="the map computed with the probabilities (ours; default: the app's)",
+    )
     return parser
 
 
@@ -144,7 +155,9 @@ def _time_ours(args: argparse.Namespace, volume) -> dict:
     """``Predictor.analyze`` runs: per-network seconds, whole analyses, settings, peak RSS."""
     archs = list(args.archs)
     built = {a: _build(args, a) for a in archs}
-    settings = InferenceSettings(precision=args.precision, compile=args.compile)
+    settings = InferenceSettings(
+        precision=args.precision, compile=args.compile, cam_method=args.cam_method
+    )
     start = time.perf_counter()
     predictor = Predictor(
         {a: m for a, (m, _) in built.items()}, {a: c for a, (_, c) in built.items()}, settings
