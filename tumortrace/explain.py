@@ -1,7 +1,8 @@
 """Class-activation maps for the video ResNets, on the model grid and on the volume grid.
 
-Every production method (:data:`CAM_METHODS`) costs one forward and one backward pass per network
-and reads activations ``A`` of one or two residual stages and the gradient ``g = d logit_t / d A``:
+Every production method (:data:`CAM_METHODS`, named in :mod:`tumortrace.explanation`) costs one
+forward and one backward pass per network and reads activations ``A`` of one or two residual stages
+and the gradient ``g = d logit_t / d A``:
 
 * ``gradcam`` (Selvaraju et al., 2017): ``relu(sum_k mean_{d,h,w}(g_k) * A_k)``; the reference is
   Captum's ``LayerGradCam(..., relu_attributions=True)`` (:func:`gradcam_captum`);
@@ -12,22 +13,28 @@ and reads activations ``A`` of one or two residual stages and the gradient ``g =
 
 Maps of several stages (e.g. ``layercam-l34``, layer 3 and layer 4) are each upsampled
 (trilinear) to the model grid, scaled to a maximum of 1 and averaged. The map is then restricted to
-a brain mask on the model grid (:func:`brain_mask_on_model_grid`) and scaled to [0, 1].
+a brain mask on the model grid (:func:`brain_mask_on_model_grid`) and scaled to [0, 1];
+:func:`make_explanation` turns it into an :class:`~tumortrace.explanation.Explanation`.
 
-Fast path (:func:`forward_features` + :func:`cam_maps`): the trunk (stem .. the first stage read)
-runs once under ``torch.inference_mode``, in the trunk's own dtype (bf16 weights where the
-Predictor stores them); the rest of the network runs with autograd from a leaf copy of the trunk's
-output and gives the logits; one ``torch.autograd.grad`` call returns the gradients of every stage
-read. Nothing before the first stage read changes those gradients, so that is the whole backward.
+Fast path (:func:`forward_features` + :func:`cam_maps`): the trunk (stem .. the first stage read,
+:class:`~tumortrace.stages.Trunk`) runs once under ``torch.inference_mode``, in the trunk's own
+dtype (bf16 weights where the Predictor stores them); the rest of the network runs with autograd
+from a leaf copy of the trunk's output and gives the logits; one ``torch.autograd.grad`` call
+returns the gradients of every stage read. Nothing before the first stage read changes those
+gradients, so that is the whole backward.
 
-Slow references, for the benchmark only (:mod:`tumortrace.explain_eval`): Captum's
-``GuidedGradCam`` (:func:`guided_gradcam_captum`, a full backward to the input through guided
-ReLUs) and ``Occlusion`` (:func:`occlusion_captum`, one forward per occluded window).
+Slow references, for the benchmark only (:mod:`tumortrace.explain_eval`), live in
+:mod:`tumortrace.captum_reference`: Captum's ``GuidedGradCam`` (:func:`guided_gradcam_captum`, a
+full backward to the input through guided ReLUs) and ``Occlusion`` (:func:`occlusion_captum`, one
+forward per occluded window).
 
 Nothing here registers hooks on a model except the Captum references (temporary, removed by
 Captum even on error), so the fast path may run concurrently on a shared, read-only model.
 torchvision's blocks use in-place ReLU; autograd's version counters guard the stages that the
 fast path differentiates through.
+
+The names of :mod:`tumortrace.explanation`, :mod:`tumortrace.stages` and
+:mod:`tumortrace.captum_reference` that callers import from here are re-exported.
 
 Axes: model tensors are ``(N, 1, D, H, W)`` with D = z, H = y, W = x (see
 :func:`tumortrace.preprocess.to_model_axes`); maps on the volume grid are ``(X, Y, Z)``.
@@ -35,113 +42,41 @@ Axes: model tensors are ``(N, 1, D, H, W)`` with D = z, H = y, W = x (see
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import GuidedGradCam, LayerGradCam, Occlusion
 from torch import nn
 
+from tumortrace.captum_reference import gradcam_captum as gradcam_captum
+from tumortrace.captum_reference import guided_gradcam_captum as guided_gradcam_captum
+from tumortrace.captum_reference import occlusion_captum as occlusion_captum
+from tumortrace.captum_reference import reference_copy as reference_copy
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError
-from tumortrace.io import Volume, save_nifti
-from tumortrace.preprocess import GridMap, foreground_mask, from_model_axes, model_to_volume
-
-DEFAULT_CAM_LAYER = "layer4"
-"""The last residual stage of every network (:func:`tumortrace.models.cam_layer`)."""
-
-_CAM_LAYERS = ("layer1", "layer2", "layer3", "layer4")
-
-Rule = Literal["gradcam", "layercam", "gradxact"]
-
-
-@dataclass(frozen=True)
-class CamMethod:
-    """One way to turn a forward and a backward pass into a map.
-
-    Attributes:
-        name: registry key in :data:`CAM_METHODS`.
-        rule: ``"gradcam"``, ``"layercam"`` or ``"gradxact"`` (module docstring).
-        layers: the residual stages read, in forward order (their maps are averaged).
-        description: one line for tables and the app.
-    """
-
-    name: str
-    rule: Rule
-    layers: tuple[str, ...]
-    description: str
-
-
-def _method(name: str, rule: Rule, layers: tuple[str, ...], description: str) -> CamMethod:
-    return CamMethod(name=name, rule=rule, layers=layers, description=description)
-
-
-CAM_METHODS: dict[str, CamMethod] = {
-    m.name: m
-    for m in (
-        _method("gradcam-l4", "gradcam", ("layer4",), "Grad-CAM on layer 4 (default until 0.2)"),
-        _method("gradcam-l3", "gradcam", ("layer3",), "Grad-CAM on layer 3"),
-        _method("gradcam-l34", "gradcam", ("layer3", "layer4"), "Grad-CAM, layers 3 + 4 fused"),
-        _method("layercam-l4", "layercam", ("layer4",), "LayerCAM on layer 4"),
-        _method("layercam-l3", "layercam", ("layer3",), "LayerCAM on layer 3"),
-        _method("layercam-l34", "layercam", ("layer3", "layer4"), "LayerCAM, layers 3 + 4 fused"),
-        _method("gradxact-l3", "gradxact", ("layer3",), "gradient x activation on layer 3"),
-        _method(
-            "gradxact-l34", "gradxact", ("layer3", "layer4"), "gradient x activation, layers 3 + 4"
-        ),
-    )
-}
-"""Fast-path methods (one forward + one backward per network), by name."""
-
-LEGACY_CAM_METHOD = "gradcam-l4"
-"""The map the app showed before issue 16 (Grad-CAM on the last stage)."""
-
-DEFAULT_CAM_METHOD = "gradcam-l3"
-"""The method the Predictor uses unless told otherwise (chosen with ``explain-eval``)."""
-
-
-def get_cam_method(name: str) -> CamMethod:
-    """The :class:`CamMethod` called ``name``.
-
-    Raises:
-        ConfigError: unknown name (lists the known ones).
-    """
-    try:
-        return CAM_METHODS[name]
-    except KeyError:
-        raise ConfigError(
-            f"Unknown explanation method {name!r}; expected one of {list(CAM_METHODS)} "
-            f"(default {DEFAULT_CAM_METHOD!r})."
-        ) from None
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """One network's map for one volume.
-
-    Attributes:
-        arch: network name (``list_models()`` entry).
-        target: the class explained, one of ``CLASSES`` (the network's prediction unless the user
-            chose another).
-        cam_model: ``(D, H, W)`` float32 in [0, 1] on the model grid (1 = strongest evidence); 0
-            outside the brain mask.
-        cam_volume: ``(X, Y, Z)`` float32 in [0, 1] on ``Volume.data``'s canonical grid; 0 outside
-            the model's field of view and outside the brain mask.
-        grid: how the model grid maps onto the volume grid (the preprocessing used for ``arch``).
-        method: the :data:`CAM_METHODS` name that made the map.
-    """
-
-    arch: str
-    target: str
-    cam_model: np.ndarray
-    cam_volume: np.ndarray
-    grid: GridMap
-    method: str = LEGACY_CAM_METHOD
+from tumortrace.explanation import CAM_METHODS as CAM_METHODS
+from tumortrace.explanation import DEFAULT_CAM_METHOD as DEFAULT_CAM_METHOD
+from tumortrace.explanation import (
+    LEGACY_CAM_METHOD,
+    CamMethod,
+    Explanation,
+    Rule,
+    cam_to_volume,
+    get_cam_method,
+)
+from tumortrace.explanation import save_cam_nifti as save_cam_nifti
+from tumortrace.preprocess import GridMap, foreground_mask, from_model_axes
+from tumortrace.stages import (
+    CAM_LAYERS,
+    DEFAULT_CAM_LAYER,
+    check_cam_layer,
+    run_children,
+    trunk_dtype,
+)
+from tumortrace.stages import Trunk as Trunk
+from tumortrace.stages import logits_of as logits_of
 
 
 @dataclass(frozen=True)
@@ -156,62 +91,6 @@ class Features:
 
     activations: dict[str, torch.Tensor]
     logits: torch.Tensor
-
-
-def check_cam_layer(model: nn.Module, layer: str = DEFAULT_CAM_LAYER) -> list[str]:
-    """Validates that ``model`` is a torchvision ``VideoResNet`` and ``layer`` one of its stages.
-
-    Returns:
-        The model's child names in forward order (``stem, layer1 .. layer4, avgpool, fc``).
-
-    Raises:
-        ConfigError: unknown layer name (lists the valid ones) or a model of another structure.
-    """
-    names = [name for name, _ in model.named_children()]
-    if names[:1] != ["stem"] or names[-2:] != ["avgpool", "fc"]:
-        raise ConfigError(
-            f"Grad-CAM expects a network from tumortrace.models.create_model (children stem, "
-            f"layer1..layer4, avgpool, fc); got {type(model).__name__} with children {names}."
-        )
-    if layer not in _CAM_LAYERS or layer not in names:
-        raise ConfigError(
-            f"Unknown Grad-CAM layer {layer!r}; expected one of {list(_CAM_LAYERS)} "
-            f"(default {DEFAULT_CAM_LAYER!r}, the last residual stage)."
-        )
-    return names
-
-
-def _run_children(model: nn.Module, x: torch.Tensor, names: list[str]) -> torch.Tensor:
-    """Applies the named children in order, exactly as ``VideoResNet.forward`` does."""
-    for name in names:
-        if name == "fc":
-            x = x.flatten(1)
-        x = getattr(model, name)(x)
-    return x
-
-
-class Trunk(nn.Module):
-    """The part of a network up to and including a stage, as one module (e.g. to compile).
-
-    Holds references to the network's own children (no copy). ``forward``:
-    ``(N, 1, D, H, W) -> (N, C, d, h, w)``.
-    """
-
-    def __init__(self, model: nn.Module, layer: str = DEFAULT_CAM_LAYER) -> None:
-        super().__init__()
-        names = check_cam_layer(model, layer)
-        self.names = names[: names.index(layer) + 1]
-        self.body = nn.ModuleDict({n: getattr(model, n) for n in self.names})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.names:
-            x = self.body[name](x)
-        return x
-
-
-def trunk_dtype(model: nn.Module) -> torch.dtype:
-    """Floating dtype of the network's first (stem) parameters: the dtype its input must have."""
-    return next(model.stem.parameters()).dtype
 
 
 def _check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
@@ -259,13 +138,13 @@ def forward_features(
     cut = names.index(layers[0]) + 1
     x = x.to(dtype=trunk_dtype(model))
     with torch.inference_mode():
-        trunk_out = trunk(x) if trunk is not None else _run_children(model, x, names[:cut])
+        trunk_out = trunk(x) if trunk is not None else run_children(model, x, names[:cut])
     # A normal (non-inference) leaf: autograd can differentiate the rest w.r.t. it. It stays in the
     # dtype of the stages that follow it (float32 when only the pooling and fc follow).
     rest = names[cut:]
     stage_dtype = (
         next(getattr(model, rest[0]).parameters()).dtype
-        if rest[0] in _CAM_LAYERS
+        if rest[0] in CAM_LAYERS
         else (torch.float32)
     )
     leaf = trunk_out.to(dtype=stage_dtype, memory_format=torch.contiguous_format, copy=True)
@@ -459,113 +338,6 @@ def explain_batch(
     return feats, target, fuse_maps(maps, tuple(x.shape[-3:]))
 
 
-def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(N, K)`` float32 logits without autograd, for a model whose stages may be bf16.
-
-    The input is cast to the stem's dtype and the stages' output to float32 before the pooling
-    (how the Predictor's prepared models run).
-    """
-    names = check_cam_layer(model)
-    with torch.inference_mode():
-        h = _run_children(model, x.to(trunk_dtype(model)), names[: names.index("avgpool")])
-        return _run_children(model, h.float(), names[names.index("avgpool") :]).float()
-
-
-def reference_copy(model: nn.Module) -> nn.Module:
-    """A float32 copy with out-of-place ReLUs, for Captum's hooks (the original is untouched)."""
-    ref = copy.deepcopy(model).float().eval()  # keeps channels_last_3d weights (faster on CPU)
-    for m in ref.modules():
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
-    return ref
-
-
-def gradcam_captum(
-    model: nn.Module, x: torch.Tensor, target: int, layer: str = DEFAULT_CAM_LAYER
-) -> torch.Tensor:
-    """Reference Grad-CAM: Captum ``LayerGradCam`` on ``layer`` with ``relu_attributions=True``.
-
-    Runs its own float32 forward and backward. Captum registers temporary hooks on ``layer`` (and
-    removes them even on error), so do not call this on a model that another thread is using; the
-    fast path (:func:`forward_features`) has no such restriction.
-
-    Args:
-        model: a ``VideoResNet`` in eval mode.
-        x: ``(1, 1, D, H, W)`` float32.
-        target: class index.
-        layer: the CAM layer name.
-
-    Returns:
-        ``(d, h, w)`` float32, >= 0, not normalised.
-    """
-    check_cam_layer(model, layer)
-    explainer = LayerGradCam(model, getattr(model, layer))
-    with torch.enable_grad():
-        attr = explainer.attribute(x, target=target, relu_attributions=True)
-    return attr.detach()[0, 0].float()
-
-
-def guided_gradcam_captum(
-    model: nn.Module, x: torch.Tensor, target: int, layer: str = DEFAULT_CAM_LAYER
-) -> torch.Tensor:
-    """Reference Guided Grad-CAM: Captum ``GuidedGradCam`` (guided backprop x upsampled Grad-CAM).
-
-    A full backward to the input through guided ReLUs. Captum hooks every ReLU of ``model``
-    (temporarily), which needs float32 weights and out-of-place ReLUs: pass a
-    :func:`reference_copy`, never a model other threads use. The positive part is kept.
-
-    Args:
-        model: a float32 ``VideoResNet`` in eval mode with out-of-place ReLUs.
-        x: ``(1, 1, D, H, W)`` input.
-        target: class index.
-        layer: the stage whose Grad-CAM gates the guided gradients.
-
-    Returns:
-        ``(D, H, W)`` float32 >= 0 on the model grid, not normalised.
-    """
-    check_cam_layer(model, layer)
-    explainer = GuidedGradCam(model, getattr(model, layer))
-    xin = x.detach().float().clone().requires_grad_(True)
-    with torch.enable_grad():
-        attr = explainer.attribute(xin, target=target, interpolate_mode="trilinear")
-    return attr.detach()[0, 0].float().clamp_min(0)
-
-
-def occlusion_captum(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: int,
-    window_dhw: tuple[int, int, int] = (4, 8, 8),
-    per_eval: int = 16,
-) -> torch.Tensor:
-    """Reference occlusion map: Captum ``Occlusion``, the drop in the target logit per window.
-
-    Windows of ``window_dhw`` voxels (stride = window) are set to 0, the mean brain intensity of a
-    z-scored input; one forward per window, ``per_eval`` windows per batch.
-
-    Args:
-        model: a ``VideoResNet`` in eval mode, e.g. a Predictor's prepared one (read only).
-        x: ``(1, 1, D, H, W)`` input.
-        target: class index.
-        window_dhw: occluded block size in model voxels.
-        per_eval: occluded copies per forward batch.
-
-    Returns:
-        ``(D, H, W)`` float32 >= 0 on the model grid, not normalised.
-    """
-    explainer = Occlusion(lambda inp: logits_of(model, inp))
-    with torch.inference_mode():
-        attr = explainer.attribute(
-            x.detach().float(),
-            sliding_window_shapes=(1, *window_dhw),
-            strides=(1, *window_dhw),
-            baselines=0.0,
-            target=target,
-            perturbations_per_eval=per_eval,
-        )
-    return attr.detach()[0, 0].float().clamp_min(0)
-
-
 def upsample_cam(cam: torch.Tensor, shape_dhw: tuple[int, int, int]) -> np.ndarray:
     """Trilinear upsampling to the model grid, then scaling to [0, 1] by the maximum.
 
@@ -586,16 +358,6 @@ def upsample_cam(cam: torch.Tensor, shape_dhw: tuple[int, int, int]) -> np.ndarr
     if peak > 0:
         up /= peak
     return up.cpu().numpy().astype(np.float32, copy=False)
-
-
-def cam_to_volume(cam_model: np.ndarray, grid: GridMap) -> np.ndarray:
-    """Maps a ``(D, H, W)`` model-grid map onto ``Volume.data``'s ``(X, Y, Z)`` grid.
-
-    Uses the inverse of preprocessing (:func:`tumortrace.preprocess.model_to_volume`, trilinear);
-    voxels outside the model's field of view are 0. Values stay in [0, 1].
-    """
-    out = model_to_volume(cam_model, grid, order=1)
-    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def make_explanation(
@@ -629,29 +391,3 @@ def make_explanation(
         grid=grid,
         method=method,
     )
-
-
-def save_cam_nifti(expl: Explanation, volume: Volume, path: str | Path) -> Path:
-    """Writes ``expl.cam_volume`` as NIfTI on the source file's stored grid and original affine.
-
-    The map is moved from the canonical grid back to the array layout the file stored
-    (:meth:`Volume.to_original`), so it overlays the source file voxel for voxel in any viewer.
-
-    Args:
-        expl: an explanation of ``volume``.
-        volume: the volume it explains.
-        path: output ``.nii`` or ``.nii.gz`` path (written atomically).
-
-    Returns:
-        The written path.
-
-    Raises:
-        ConfigError: the map's shape does not match ``volume``.
-    """
-    if expl.cam_volume.shape != volume.data.shape:
-        raise ConfigError(
-            f"Grad-CAM map of shape {expl.cam_volume.shape} does not match the volume "
-            f"{volume.source!r} of shape {volume.data.shape}; explain this volume first."
-        )
-    stored = volume.to_original(expl.cam_volume).astype(np.float32, copy=False)
-    return save_nifti(stored, volume.original_affine, path)

@@ -33,20 +33,15 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from tumortrace.captum_reference import guided_gradcam_captum, occlusion_captum, reference_copy
 from tumortrace.config import CLASSES
 from tumortrace.errors import ManifestError, TumorTraceError
-from tumortrace.explain import (
+from tumortrace.explain import cam_maps, explain_batch, fuse_maps, make_explanation
+from tumortrace.explanation import (
     CAM_METHODS,
     DEFAULT_CAM_METHOD,
     LEGACY_CAM_METHOD,
-    cam_maps,
-    explain_batch,
-    fuse_maps,
     get_cam_method,
-    guided_gradcam_captum,
-    make_explanation,
-    occlusion_captum,
-    reference_copy,
 )
 from tumortrace.infer import InferenceSettings, Predictor
 from tumortrace.io import Volume, load_volume
