@@ -331,6 +331,44 @@ def _validate(
     return EpochRecord(epoch, train_loss, ev.loss, m.accuracy, m.macro_f1)
 
 
+def _run_epoch(
+    cfg: TrainConfig,
+    net: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    criterion: nn.Module,
+    opt: Optimisation,
+    rt: Runtime,
+    class_weight: torch.Tensor,
+    *,
+    fold: int,
+    epoch: int,
+    epochs: int,
+    progress: bool,
+) -> tuple[EpochRecord, float]:
+    """One epoch of :func:`fit_fold`: seeded training steps, the scheduler's step, validation.
+
+    Returns:
+        The epoch's curve point and its wall time in seconds (training and validation).
+    """
+    seed_everything(epoch_seed(cfg.seed, fold, epoch, rt.rank))
+    train_loader.sampler.set_epoch(epoch)
+    bar = tqdm(
+        total=min(len(train_loader), cfg.max_steps_per_epoch or len(train_loader)),
+        desc=f"fold {fold} epoch {epoch}/{epochs}", unit="batch",
+        disable=not (progress and rt.is_main), dynamic_ncols=True,
+    )  # fmt: skip
+    start = time.perf_counter()
+    train_loss = train_one_epoch(
+        net, train_loader, criterion, opt.optimizer, opt.scaler, rt,
+        max_steps=cfg.max_steps_per_epoch, bar=bar,
+    )  # fmt: skip
+    if opt.scheduler is not None:
+        opt.scheduler.step()
+    record = _validate(net, val_loader, rt, class_weight, epoch, train_loss, bar)
+    return record, time.perf_counter() - start
+
+
 def fit_fold(
     cfg: TrainConfig,
     model: nn.Module,
@@ -384,22 +422,11 @@ def fit_fold(
         on_epoch(snapshot())
     while not p.done and p.epoch < epochs:
         epoch = p.epoch + 1
-        seed_everything(epoch_seed(cfg.seed, fold, epoch, rt.rank))
-        train_loader.sampler.set_epoch(epoch)
-        bar = tqdm(
-            total=min(len(train_loader), cfg.max_steps_per_epoch or len(train_loader)),
-            desc=f"fold {fold} epoch {epoch}/{epochs}", unit="batch",
-            disable=not (progress and rt.is_main), dynamic_ncols=True,
+        record, seconds = _run_epoch(
+            cfg, net, train_loader, val_loader, criterion, opt, rt, class_weight,
+            fold=fold, epoch=epoch, epochs=epochs, progress=progress,
         )  # fmt: skip
-        start = time.perf_counter()
-        train_loss = train_one_epoch(
-            net, train_loader, criterion, opt.optimizer, opt.scaler, rt,
-            max_steps=cfg.max_steps_per_epoch, bar=bar,
-        )  # fmt: skip
-        if opt.scheduler is not None:
-            opt.scheduler.step()
-        record = _validate(net, val_loader, rt, class_weight, epoch, train_loss, bar)
-        p.seconds += time.perf_counter() - start
+        p.seconds += seconds
         p.update(record, lambda: cpu_state(model), cfg.patience)
         if on_epoch is not None:
             on_epoch(snapshot())
