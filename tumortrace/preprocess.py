@@ -282,8 +282,15 @@ def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
             :func:`check_resampling`.
     """
     check_resampling(volume, config)
+    subject = _resample(volume, config)
+    subject = _crop_to_head(subject, config)
+    subject = _normalise_intensity(subject, config, volume.source)
+    return _model_input(subject, volume)
+
+
+def _resample(volume: Volume, config: PreprocessConfig) -> tio.Subject:
+    """The volume anti-aliased and resampled to ``config.spacing_mm`` (canonical orientation)."""
     target_spacing_xyz = tuple(float(s) for s in config.spacing_mm[::-1])
-    target_xyz = tuple(int(s) for s in config.shape_dhw[::-1])
     image = tio.ScalarImage(
         tensor=torch.from_numpy(np.ascontiguousarray(volume.data, dtype=np.float32)[None]),
         affine=np.asarray(volume.affine, dtype=np.float64),
@@ -299,8 +306,13 @@ def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
         ],
         copy=False,
     )
-    subject = geometry(tio.Subject(image=image))
+    return geometry(tio.Subject(image=image))
 
+
+def _crop_to_head(subject: tio.Subject, config: PreprocessConfig) -> tio.Subject:
+    """Adds the foreground mask (:data:`_MASK`) and pads / crops both to ``config.shape_dhw``
+    around the head (:func:`crop_centre`); the image is padded with the background's median."""
+    target_xyz = tuple(int(s) for s in config.shape_dhw[::-1])
     data = subject.image.data[0].numpy()
     mask = foreground_mask(data)
     outside = data[~mask]
@@ -312,7 +324,7 @@ def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
         _MASK,
     )
     pad, crop = _bounds(crop_centre(mask, target_xyz), data.shape, target_xyz)
-    subject = tio.Compose(
+    return tio.Compose(
         [
             tio.Pad(pad, padding_mode=background, include=["image"], copy=False),
             tio.Pad(pad, padding_mode=0, include=[_MASK], copy=False),
@@ -321,10 +333,15 @@ def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
         copy=False,
     )(subject)
 
+
+def _normalise_intensity(
+    subject: tio.Subject, config: PreprocessConfig, source: str
+) -> tio.Subject:
+    """Percentile clip and z-score inside the mask (``"zscore"``), else rescale to [0, 1]."""
     fg = subject.image.data[0][subject[_MASK].data[0] > 0]
     if fg.numel() < 2:
         fg = subject.image.data.ravel()
-    lo, hi = clip_range(fg.numpy(), config.percentiles, volume.source)
+    lo, hi = clip_range(fg.numpy(), config.percentiles, source)
     if config.intensity == "zscore":
         intensity = tio.Compose(
             [
@@ -341,8 +358,11 @@ def preprocess(volume: Volume, config: PreprocessConfig) -> Preprocessed:
             include=["image"],
             copy=False,
         )
-    subject = intensity(subject)
+    return intensity(subject)
 
+
+def _model_input(subject: tio.Subject, volume: Volume) -> Preprocessed:
+    """The ``(1, D, H, W)`` float32 model tensor and the map of its grid onto ``volume``'s."""
     out = subject.image
     tensor = to_model_axes(out.data.to(torch.float32)).contiguous()
     if not torch.isfinite(tensor).all():  # pragma: no cover - guarded by the checks above
