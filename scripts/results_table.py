@@ -87,88 +87,97 @@ def render(
     """The README results section (Markdown, without the markers). The networks' table lists the
     three networks; when baselines are stored, a comparison table follows with every method (the
     Benchmarks page's rows, :func:`tumortrace.tables.comparison_table`)."""
-    lines: list[str] = []
-    every_method = benches
-    benches = {a: b for a, b in benches.items() if not is_baseline(a)}
-    if not benches:
-        lines += ["No trained weights are stored in `weights/benchmarks/` yet.", ""]
-    else:
-        first = next(iter(benches.values()))
-        lines += [
-            "**Measured here**: one `python train.py --arch NAME ...` per network (each card "
-            f"holds its exact command), {len(first['folds'])}-fold cross-validation grouped by "
-            f"subject (by base brain where the manifest has groups) on "
-            f"**{data_description(first)}**, training runtime `{first.get('runtime', 'cpu')}`. "
-            "Test-part figures, mean ± std over the folds (percent for accuracies and recall); "
-            "epochs run per fold.",
-            "",
-            "| network | accuracy | balanced acc. | macro-F1 | LGG recall | LGG F1 | HGG F1 "
-            "| healthy F1 | AUC (macro) | epochs | train min | shipped |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for arch, b in benches.items():
-            s = b.get("summary", {})
-            minutes = sum(f.get("train_seconds", 0.0) for f in b["folds"]) / 60
-            lines.append(
-                f"| {display_name(arch)} | {_pct(s.get('accuracy'))} "
-                f"| {_pct(s.get('balanced_accuracy'))} | {_f(s.get('macro_f1'))} "
-                f"| {_pct(s.get('lgg_recall'))} | {_f(s.get('lgg_f1'))} | {_f(s.get('hgg_f1'))} "
-                f"| {_f(s.get('healthy_f1'))} | {_f(s.get('auc_macro'))} | {_epochs(b)} "
-                f"| {fmt(minutes, 'quantity')} | {b.get('shipped', '?')} |"
-            )
-        lines.append("")
-    if len(every_method) > len(benches):
-        lines += _comparison(every_method, real_scans)
+    networks = {a: b for a, b in benches.items() if not is_baseline(a)}
+    lines = _networks(networks)
+    if len(benches) > len(networks):
+        lines += _comparison(benches, real_scans)
     if real_scans:
         lines += _real_scans(real_scans)
     if heldout:
-        any_report = next(iter(heldout.values()))
-        support = [sum(row) for row in any_report.get("confusion", [])]
-        cohort = ", ".join(f"{n} {c}" for c, n in zip(CLASSES, support, strict=False))
-        train_counts = (next(iter(benches.values()), {}).get("data") or {}).get("counts") or {}
-        lgg_share = {
-            "held-out": support[CLASSES.index("lgg")] / sum(support) if sum(support) else None,
-            "training": train_counts.get("lgg", 0) / sum(train_counts.values())
-            if train_counts
-            else None,
-        }
-        shares = " and ".join(
-            f"{100 * v:.0f}% of the {k} cohort" for k, v in lgg_share.items() if v is not None
-        )
-        lines += [
-            "**Generalisation** (measured here): the shipped weights scored with "
-            "`python -m tumortrace evaluate` on a new synthetic cohort made with another seed "
-            f"(`{any_report.get('manifest', '?')}`: {cohort}; `scripts/heldout.sh`), against "
-            f"their cross-fold means. LGG is {shares}, so plain accuracy moves with LGG recall "
-            "even without any overfitting. Two like-for-like comparisons: *at training mix* is "
-            "the held-out per-class recalls weighted by the training cohort's class shares "
-            "(`accuracy_at_training_mix` in the report: the accuracy this cohort would give at "
-            "the folds' class balance), and balanced accuracy (mean recall) does not depend on "
-            "the class balance. Differences in percentage points (held-out minus cross-fold).",
-            "",
-            "| network | accuracy held-out | cross-fold | difference | at training mix "
-            "| difference | balanced acc. held-out | cross-fold | difference "
-            "| LGG recall held-out | cross-fold |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for arch, report in heldout.items():
-            m = heldout_metrics(report)
-            s = (benches.get(arch) or {}).get("summary") or {}
-            acc, bal = m.get("accuracy"), m.get("balanced_accuracy")
-            mix = report.get("accuracy_at_training_mix")
-            cv_acc, cv_bal = (s.get(k, {}).get("mean") for k in ("accuracy", "balanced_accuracy"))
-            lgg = (m.get("per_class", {}).get("lgg") or {}).get("recall")
-            lines.append(
-                f"| {display_name(arch)} | {fmt(acc, 'percent')} | {_pct(s.get('accuracy'))} "
-                f"| {_diff(acc, cv_acc)} | {fmt(mix, 'percent')} | {_diff(mix, cv_acc)} "
-                f"| {fmt(bal, 'percent')} "
-                f"| {_pct(s.get('balanced_accuracy'))} | {_diff(bal, cv_bal)} "
-                f"| {fmt(lgg, 'percent')} | {_pct(s.get('lgg_recall'))} |"
-            )
-        lines.append("")
+        lines += _heldout(heldout, networks)
     if published:
         lines += _published(published)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _networks(benches: dict[str, dict[str, Any]]) -> list[str]:
+    """The networks' cross-validation table (or a line saying none is stored yet)."""
+    if not benches:
+        return ["No trained weights are stored in `weights/benchmarks/` yet.", ""]
+    first = next(iter(benches.values()))
+    lines = [
+        "**Measured here**: one `python train.py --arch NAME ...` per network (each card "
+        f"holds its exact command), {len(first['folds'])}-fold cross-validation grouped by "
+        f"subject (by base brain where the manifest has groups) on "
+        f"**{data_description(first)}**, training runtime `{first.get('runtime', 'cpu')}`. "
+        "Test-part figures, mean ± std over the folds (percent for accuracies and recall); "
+        "epochs run per fold.",
+        "",
+        "| network | accuracy | balanced acc. | macro-F1 | LGG recall | LGG F1 | HGG F1 "
+        "| healthy F1 | AUC (macro) | epochs | train min | shipped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arch, b in benches.items():
+        s = b.get("summary", {})
+        minutes = sum(f.get("train_seconds", 0.0) for f in b["folds"]) / 60
+        lines.append(
+            f"| {display_name(arch)} | {_pct(s.get('accuracy'))} "
+            f"| {_pct(s.get('balanced_accuracy'))} | {_f(s.get('macro_f1'))} "
+            f"| {_pct(s.get('lgg_recall'))} | {_f(s.get('lgg_f1'))} | {_f(s.get('hgg_f1'))} "
+            f"| {_f(s.get('healthy_f1'))} | {_f(s.get('auc_macro'))} | {_epochs(b)} "
+            f"| {fmt(minutes, 'quantity')} | {b.get('shipped', '?')} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _heldout(heldout: dict[str, dict[str, Any]], benches: dict[str, dict[str, Any]]) -> list[str]:
+    """The held-out cohort against the networks' cross-fold means (percentage points)."""
+    any_report = next(iter(heldout.values()))
+    support = [sum(row) for row in any_report.get("confusion", [])]
+    cohort = ", ".join(f"{n} {c}" for c, n in zip(CLASSES, support, strict=False))
+    train_counts = (next(iter(benches.values()), {}).get("data") or {}).get("counts") or {}
+    lgg_share = {
+        "held-out": support[CLASSES.index("lgg")] / sum(support) if sum(support) else None,
+        "training": train_counts.get("lgg", 0) / sum(train_counts.values())
+        if train_counts
+        else None,
+    }
+    shares = " and ".join(
+        f"{100 * v:.0f}% of the {k} cohort" for k, v in lgg_share.items() if v is not None
+    )
+    lines = [
+        "**Generalisation** (measured here): the shipped weights scored with "
+        "`python -m tumortrace evaluate` on a new synthetic cohort made with another seed "
+        f"(`{any_report.get('manifest', '?')}`: {cohort}; `scripts/heldout.sh`), against "
+        f"their cross-fold means. LGG is {shares}, so plain accuracy moves with LGG recall "
+        "even without any overfitting. Two like-for-like comparisons: *at training mix* is "
+        "the held-out per-class recalls weighted by the training cohort's class shares "
+        "(`accuracy_at_training_mix` in the report: the accuracy this cohort would give at "
+        "the folds' class balance), and balanced accuracy (mean recall) does not depend on "
+        "the class balance. Differences in percentage points (held-out minus cross-fold).",
+        "",
+        "| network | accuracy held-out | cross-fold | difference | at training mix "
+        "| difference | balanced acc. held-out | cross-fold | difference "
+        "| LGG recall held-out | cross-fold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arch, report in heldout.items():
+        m = heldout_metrics(report)
+        s = (benches.get(arch) or {}).get("summary") or {}
+        acc, bal = m.get("accuracy"), m.get("balanced_accuracy")
+        mix = report.get("accuracy_at_training_mix")
+        cv_acc, cv_bal = (s.get(k, {}).get("mean") for k in ("accuracy", "balanced_accuracy"))
+        lgg = (m.get("per_class", {}).get("lgg") or {}).get("recall")
+        lines.append(
+            f"| {display_name(arch)} | {fmt(acc, 'percent')} | {_pct(s.get('accuracy'))} "
+            f"| {_diff(acc, cv_acc)} | {fmt(mix, 'percent')} | {_diff(mix, cv_acc)} "
+            f"| {fmt(bal, 'percent')} "
+            f"| {_pct(s.get('balanced_accuracy'))} | {_diff(bal, cv_bal)} "
+            f"| {fmt(lgg, 'percent')} | {_pct(s.get('lgg_recall'))} |"
+        )
+    lines.append("")
+    return lines
 
 
 def _markdown(table) -> list[str]:
