@@ -32,12 +32,20 @@ from the flag of the same name."""
 
 def build_parser() -> argparse.ArgumentParser:
     """The training CLI; every default is read from :class:`TrainConfig`."""
-    d, pre = DEFAULTS, DEFAULTS.preprocess
     p = argparse.ArgumentParser(
         prog="python train.py",
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _training_flags(p, DEFAULTS)
+    _input_flags(p, DEFAULTS.preprocess)
+    _run_flags(p, DEFAULTS)
+    _data_flags(p, DEFAULTS)
+    return p
+
+
+def _training_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The network, the optimiser, the schedule and the training data's treatment."""
     # Not `choices=`: the package validates the name so its error lists the valid ones.
     p.add_argument(
         "--arch", default=d.arch, help=f"network or baseline: one of {', '.join(list_methods())}"
@@ -68,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--healthy-reference", action="store_true",
         help="the network subtracts the mean input of each fold's healthy training cases",
     )  # fmt: skip
+
+
+def _input_flags(p: argparse.ArgumentParser, pre: PreprocessConfig) -> None:
+    """The model grid and the preprocessing pipeline."""
     p.add_argument(
         "--input-shape", type=int, nargs=3, metavar=("D", "H", "W"), default=list(pre.shape_dhw),
         help="model grid (D=axial slices, H, W)",
@@ -86,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="mni: the standard-space pipeline (brain extraction, registration to MNI152, the "
         "brain in a template box); native: the legacy head crop (the old demo weights)",
     )  # fmt: skip
+
+
+def _run_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Device, workers, seed, output folder, resuming, what is shipped, the folds reused."""
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=d.device)
     p.add_argument("--workers", type=int, default=d.workers, help="data-loading processes")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -102,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse these folds (an earlier run's benchmarks/<arch>.splits.json, copied byte for "
         "byte) instead of making new ones; --folds must match",
     )  # fmt: skip
+
+
+def _data_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Where the cases come from (default: the embedded synthetic cohort)."""
     g = p.add_argument_group("data (default: the embedded synthetic cohort)")
     g.add_argument(
         "--manifest", type=Path, default=None,
@@ -111,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--brats-grades", type=Path, default=None, help="CSV of BraTS 2021+ grades")
     g.add_argument("--ixi", type=Path, default=None, help="IXI T1 folder (healthy)")
     g.add_argument("--data-dir", type=Path, default=d.data_dir, help="cohort and cache folder")
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
