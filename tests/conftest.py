@@ -59,16 +59,21 @@ def tiny_nifti(tmp_path_factory) -> Path:
 REAL_SAMPLES = Path(__file__).resolve().parent / "data"
 
 
-def load_train_cli():
-    """The ``train.py`` script at the repository root, imported as a module (its parser)."""
+def load_script(relative: str):
+    """A script of the repository (``train.py``, ``scripts/*.py``, ``benchmarks/*.py``: not in a
+    package), imported as a module under its file name."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "train_cli", Path(__file__).resolve().parents[1] / "train.py"
-    )
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_train_cli():
+    """The ``train.py`` script at the repository root, imported as a module (its parser)."""
+    return load_script("train.py")
 
 
 @pytest.fixture(scope="session")

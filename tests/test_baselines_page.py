@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from app_fixtures import make_benchmark_files, make_tiny_weights
+from conftest import load_script
 from streamlit.testing.v1 import AppTest
 
 from tumortrace import tables
@@ -92,11 +92,7 @@ def test_benchmarks_page_shows_the_comparison_and_one_roc_figure(weights, monkey
 
 
 def test_results_table_gains_the_comparison_rows(weights):
-    spec = importlib.util.spec_from_file_location(
-        "results_table", ROOT / "scripts/results_table.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/results_table.py")
     benches = module.load_benchmarks(weights / "benchmarks")
     real = json.loads((weights / "benchmarks" / "real_scans.json").read_text())
     text = module.render(benches, {}, None, real)

@@ -3,26 +3,15 @@ uses to compare commits whose cards differ) and writes what the README's cost ro
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench_infer():
-    spec = importlib.util.spec_from_file_location(
-        "bench_infer", ROOT / "benchmarks" / "bench_infer.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_random_init_run_writes_both_paths(tmp_path):
     out = tmp_path / "inference.json"
     argv = ["--archs", "mc3", "--shape", "16", "24", "16", "--repeats", "1", "--warmup", "0"]
-    assert _bench_infer().main([*argv, "--out", str(out)]) == 0
+    assert load_script("benchmarks/bench_infer.py").main([*argv, "--out", str(out)]) == 0
     result = json.loads(out.read_text(encoding="utf-8"))
     assert result["weights"] == "random-init (create_model)"
     for path in ("naive", "fast"):

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from tumortrace.metrics import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "results_table", ROOT / "scripts" / "results_table.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rt = _load_script()
+rt = load_script("scripts/results_table.py")
 
 
 def _fold(k: int, acc: float, lgg_recall: float) -> dict:
