@@ -396,7 +396,7 @@ def check_contrast(ratio: float) -> QCCheck:
             "WM/GM",
             "warning",
             f"This does not look like a T1 scan (white/grey matter ratio {ratio:.2f}; T1 is above "
-            f"{QC_THRESHOLDS['wm_gm_ratio']:.2f}): the networks are trained on T1 post-contrast "
+            f"{QC_THRESHOLDS['wm_gm_ratio']:.2f}): the networks are trained on T1-weighted "
             "scans.",
         )
     return QCCheck(
