@@ -6,36 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from app_fixtures import make_benchmark_files, make_tiny_weights
+from app_fixtures import add_case_predictions, make_benchmark_files, make_tiny_weights
 from conftest import load_script
 from streamlit.testing.v1 import AppTest
 
 from tumortrace import tables
 from tumortrace.benchmark_files import read_benchmarks
-from tumortrace.config import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 METHODS = ("mc3", "r3d", "hog_svm", "cnn3d_small")
-
-
-def _add_cases(bench_dir: Path, arch: str, seed: int) -> None:
-    """Per-case test predictions in every fold (what the pooled ROC reads); params, seconds."""
-    path = bench_dir / f"{arch}.json"
-    record = json.loads(path.read_text(encoding="utf-8"))
-    rng = np.random.default_rng(seed)
-    for fold in record["folds"]:
-        cases = []
-        for i in range(12):
-            label = CLASSES[i % 3]
-            p = rng.dirichlet([1, 1, 1]) + (0.6 if label == "healthy" else 0) * np.eye(3)[0]
-            cases.append({"subject_id": f"s{i}", "label": label, "probs": (p / p.sum()).tolist()})
-        fold["cases"] = cases
-    if arch == "hog_svm":
-        record["params"], record["train_seconds"], record["kind"] = 11_928, 4.2, "baseline"
-    path.write_text(json.dumps(record), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +24,7 @@ def weights(tmp_path_factory) -> Path:
     folder = make_tiny_weights(tmp_path_factory.mktemp("weights"))
     bench_dir = make_benchmark_files(folder, archs=METHODS)
     for k, arch in enumerate(METHODS):
-        _add_cases(bench_dir, arch, k)
+        add_case_predictions(bench_dir, arch, k)
     real = {"gliomas": {"called_tumour": {"mc3": {"n": 9, "total": 12, "fraction": 0.75}}}}
     (bench_dir / "real_scans.json").write_text(json.dumps(real), encoding="utf-8")
     return folder

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from app_fixtures import make_benchmark_files, make_tiny_weights
+from app_fixtures import add_case_predictions, make_benchmark_files, make_tiny_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -80,7 +80,11 @@ def server(tmp_path_factory):
     """``streamlit run app.py`` on a free localhost port with tiny test weights."""
     _require_browser()
     weights = make_tiny_weights(tmp_path_factory.mktemp("browser-weights"))
-    make_benchmark_files(weights)
+    # the networks and two baselines, with per-case predictions: the comparison table and ROC
+    methods = ("mc3", "r3d", "hog_svm", "cnn3d_small")
+    bench_dir = make_benchmark_files(weights, archs=methods)
+    for k, arch in enumerate(methods):
+        add_case_predictions(bench_dir, arch, k)
     port = _free_port()
     env = os.environ | {"TUMORTRACE_WEIGHTS_DIR": str(weights)}
     log_path = tmp_path_factory.mktemp("browser-log") / "streamlit.log"
