@@ -21,7 +21,7 @@ from tumortrace.io import Volume
 from tumortrace.networks import in_display_order
 
 if TYPE_CHECKING:  # torch-heavy modules load on first use: the page must render at once
-    from tumortrace.explain import Explanation
+    from tumortrace.explanation import Explanation
     from tumortrace.infer import Analysis
 
 

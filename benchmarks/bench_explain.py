@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tumortrace.explain import DEFAULT_CAM_METHOD, LEGACY_CAM_METHOD  # noqa: E402
+from tumortrace.explanation import DEFAULT_CAM_METHOD, LEGACY_CAM_METHOD  # noqa: E402
 from tumortrace.infer import InferenceSettings, Predictor  # noqa: E402
 from tumortrace.io import load_volume  # noqa: E402
 

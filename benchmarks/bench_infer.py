@@ -40,14 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tumortrace.captum_reference import gradcam_captum  # noqa: E402
 from tumortrace.checkpoint import ModelCard, load_checkpoint  # noqa: E402
 from tumortrace.config import PreprocessConfig  # noqa: E402
-from tumortrace.explain import (  # noqa: E402
-    CAM_METHODS,
-    DEFAULT_CAM_METHOD,
-    cam_to_volume,
-    gradcam_captum,
-)
+from tumortrace.explanation import CAM_METHODS, DEFAULT_CAM_METHOD, cam_to_volume  # noqa: E402
 from tumortrace.files import atomic_write_json  # noqa: E402
 from tumortrace.infer import InferenceSettings, Predictor  # noqa: E402
 from tumortrace.io import Volume, volume_from_array  # noqa: E402

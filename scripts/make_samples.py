@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from tumortrace.cohort import LICENCE  # noqa: E402
 from tumortrace.config import CLASSES  # noqa: E402
-from tumortrace.data import load_splits  # noqa: E402
 from tumortrace.files import atomic_write_json, sha256_file  # noqa: E402
+from tumortrace.folds import load_splits  # noqa: E402
 from tumortrace.manifest import read_manifest  # noqa: E402
 
 RULE = (

@@ -20,9 +20,9 @@ from tumortrace.cohort import (
     insert_lesion,
     tissue_levels,
 )
-from tumortrace.data import make_folds
 from tumortrace.errors import ConfigError
 from tumortrace.files import sha256_file
+from tumortrace.folds import make_folds
 from tumortrace.io import load_volume
 from tumortrace.manifest import read_manifest
 from tumortrace.register import Registration

@@ -1,4 +1,4 @@
-"""Data layer: discovery, patient-level folds, splits JSON, class weights, the cached dataset."""
+"""Data layer: discovery, folds and splits JSON (tumortrace.folds), class weights, the dataset."""
 
 from __future__ import annotations
 
@@ -16,18 +16,15 @@ from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.data import (
     BalancedSampler,
     Case,
-    FoldSplit,
     VolumeDataset,
     class_weights,
     discover_brats,
     discover_ixi,
-    load_splits,
-    make_folds,
     read_manifest,
-    save_splits,
     write_manifest,
 )
 from tumortrace.errors import ConfigError, ManifestError
+from tumortrace.folds import FoldSplit, load_splits, make_folds, save_splits
 
 COUNTS = {"healthy": 13, "lgg": 7, "hgg": 12}
 

@@ -14,31 +14,29 @@ from conftest import make_head
 from scipy import ndimage
 from torch import nn
 
+from tumortrace.captum_reference import (
+    gradcam_captum,
+    guided_gradcam_captum,
+    occlusion_captum,
+    reference_copy,
+)
 from tumortrace.config import PreprocessConfig
 from tumortrace.errors import ConfigError
 from tumortrace.explain import (
-    Explanation,
     brain_mask_on_model_grid,
     cam_maps,
-    cam_to_volume,
-    check_cam_layer,
     finish_map,
     forward_features,
     fuse_maps,
-    get_cam_method,
-    gradcam_captum,
     gradcam_from_features,
-    guided_gradcam_captum,
-    logits_of,
-    occlusion_captum,
-    reference_copy,
-    save_cam_nifti,
     upsample_cam,
 )
+from tumortrace.explanation import Explanation, cam_to_volume, get_cam_method, save_cam_nifti
 from tumortrace.infer import InferenceSettings, Predictor, prepare_model
 from tumortrace.io import load_volume
 from tumortrace.models import create_model, list_models
 from tumortrace.preprocess import preprocess
+from tumortrace.stages import check_cam_layer, logits_of
 
 SHAPE = (16, 32, 32)
 

@@ -17,8 +17,9 @@ from tumortrace import loop, resume, runtime
 from tumortrace import train as tt
 from tumortrace.checkpoint import load_checkpoint
 from tumortrace.config import CLASSES, PreprocessConfig, SyntheticCohort, TrainConfig
-from tumortrace.data import class_weights, load_splits, make_folds
+from tumortrace.data import class_weights
 from tumortrace.errors import CheckpointError, ConfigError, ManifestError
+from tumortrace.folds import load_splits, make_folds
 from tumortrace.manifest import read_manifest, write_manifest
 from tumortrace.models import create_model
 

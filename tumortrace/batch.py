@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError, TumorTraceError
-from tumortrace.explain import save_cam_nifti
+from tumortrace.explanation import save_cam_nifti
 from tumortrace.infer import Analysis, Predictor, error_line
 from tumortrace.io import load_volume
 from tumortrace.qc import CHECK_NAMES

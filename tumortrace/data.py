@@ -1,9 +1,8 @@
-"""Cases, dataset discovery (BraTS, IXI), patient-level folds, class weights and a cached dataset.
+"""Cases, dataset discovery (BraTS, IXI), class weights, the balanced sampler, a cached dataset.
 
 The universal input is a manifest CSV (``subject_id,path,label,source``, see
 :mod:`tumortrace.manifest`, re-exported here). Discovery helpers turn a BraTS or IXI tree into
-:class:`Case` records; :func:`make_folds` splits groups of cases (base brains) into stratified,
-seeded folds (:mod:`tumortrace.folds`, re-exported here with the splits files); and
+:class:`Case` records (their patient-level folds and splits files: :mod:`tumortrace.folds`), and
 :class:`VolumeDataset` serves ``(tensor (1, D, H, W) float32, label)`` pairs, caching each
 preprocessed tensor on disk so only the first epoch pays for loading and resampling.
 """
@@ -26,21 +25,16 @@ from torch.utils.data import Dataset, Sampler
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.errors import ConfigError, ManifestError
 from tumortrace.files import atomic_path, sha256_bytes, sha256_file
-from tumortrace.folds import FoldSplit, load_splits, make_folds, save_splits
 from tumortrace.manifest import Case, read_manifest, validate_cases, write_manifest
 
 __all__ = [
     "BalancedSampler",
     "Case",
-    "FoldSplit",
     "VolumeDataset",
     "class_weights",
     "discover_brats",
     "discover_ixi",
-    "load_splits",
-    "make_folds",
     "read_manifest",
-    "save_splits",
     "write_manifest",
 ]
 

@@ -1,11 +1,12 @@
 """Class-activation maps for the video ResNets, on the model grid and on the volume grid.
 
-Every production method (:data:`CAM_METHODS`, named in :mod:`tumortrace.explanation`) costs one
+Every production method (:data:`tumortrace.explanation.CAM_METHODS`) costs one
 forward and one backward pass per network and reads activations ``A`` of one or two residual stages
 and the gradient ``g = d logit_t / d A``:
 
 * ``gradcam`` (Selvaraju et al., 2017): ``relu(sum_k mean_{d,h,w}(g_k) * A_k)``; the reference is
-  Captum's ``LayerGradCam(..., relu_attributions=True)`` (:func:`gradcam_captum`);
+  Captum's ``LayerGradCam(..., relu_attributions=True)``
+  (:func:`tumortrace.captum_reference.gradcam_captum`);
 * ``layercam`` (Jiang et al., 2021, LayerCAM): ``sum_k relu(g_k) * A_k``, a weight per location,
   so it keeps the detail of an earlier, finer stage;
 * ``gradxact`` (gradient x activation): ``relu(sum_k g_k * A_k)``; the reference is Captum's
@@ -24,17 +25,14 @@ returns the gradients of every stage read. Nothing before the first stage read c
 gradients, so that is the whole backward.
 
 Slow references, for the benchmark only (:mod:`tumortrace.explain_eval`), live in
-:mod:`tumortrace.captum_reference`: Captum's ``GuidedGradCam`` (:func:`guided_gradcam_captum`, a
-full backward to the input through guided ReLUs) and ``Occlusion`` (:func:`occlusion_captum`, one
-forward per occluded window).
+:mod:`tumortrace.captum_reference`: Captum's ``GuidedGradCam`` (``guided_gradcam_captum``, a full
+backward to the input through guided ReLUs) and ``Occlusion`` (``occlusion_captum``, one forward
+per occluded window).
 
 Nothing here registers hooks on a model except the Captum references (temporary, removed by
 Captum even on error), so the fast path may run concurrently on a shared, read-only model.
 torchvision's blocks use in-place ReLU; autograd's version counters guard the stages that the
 fast path differentiates through.
-
-The names of :mod:`tumortrace.explanation`, :mod:`tumortrace.stages` and
-:mod:`tumortrace.captum_reference` that callers import from here are re-exported.
 
 Axes: model tensors are ``(N, 1, D, H, W)`` with D = z, H = y, W = x (see
 :func:`tumortrace.preprocess.to_model_axes`); maps on the volume grid are ``(X, Y, Z)``.
@@ -50,14 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tumortrace.captum_reference import gradcam_captum as gradcam_captum
-from tumortrace.captum_reference import guided_gradcam_captum as guided_gradcam_captum
-from tumortrace.captum_reference import occlusion_captum as occlusion_captum
-from tumortrace.captum_reference import reference_copy as reference_copy
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError
-from tumortrace.explanation import CAM_METHODS as CAM_METHODS
-from tumortrace.explanation import DEFAULT_CAM_METHOD as DEFAULT_CAM_METHOD
 from tumortrace.explanation import (
     LEGACY_CAM_METHOD,
     CamMethod,
@@ -66,7 +58,6 @@ from tumortrace.explanation import (
     cam_to_volume,
     get_cam_method,
 )
-from tumortrace.explanation import save_cam_nifti as save_cam_nifti
 from tumortrace.preprocess import GridMap, foreground_mask, from_model_axes
 from tumortrace.stages import (
     CAM_LAYERS,
@@ -75,8 +66,6 @@ from tumortrace.stages import (
     run_children,
     trunk_dtype,
 )
-from tumortrace.stages import Trunk as Trunk
-from tumortrace.stages import logits_of as logits_of
 
 
 @dataclass(frozen=True)
@@ -124,8 +113,8 @@ def forward_features(
         x: ``(N, 1, D, H, W)`` float32 (any memory format; channels_last_3d is fastest on CPU when
             the model is in channels_last_3d too).
         layers: the stage (``"layer1"`` .. ``"layer4"``) or stages, in forward order, to read.
-        trunk: a callable equivalent to :class:`Trunk` ``(model, layers[0])`` (e.g. its compiled
-            version); default: the model's children, eagerly.
+        trunk: a callable equivalent to :class:`tumortrace.stages.Trunk` ``(model, layers[0])``
+            (e.g. its compiled version); default: the model's children, eagerly.
 
     Returns:
         :class:`Features` with ``activations {stage: (N, C, d, h, w)}`` and ``logits (N, K)``.
@@ -321,7 +310,7 @@ def explain_batch(
     Args:
         model: a prepared ``VideoResNet``.
         x: ``(N, 1, D, H, W)`` input.
-        method: a :data:`CAM_METHODS` name or :class:`CamMethod`.
+        method: a :data:`tumortrace.explanation.CAM_METHODS` name or :class:`CamMethod`.
         target: class index to explain; None explains the prediction (mean probabilities).
         trunk: compiled trunk up to ``method.layers[0]``, or None.
         retain_graph: keep the graph to explain another target with :func:`cam_maps`.

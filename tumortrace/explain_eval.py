@@ -2,8 +2,8 @@
 
 For every lesion case of a manifest (a ``mask`` column, or the ``<subject>_lesion.nii.gz`` that
 ``python -m tumortrace synth`` writes beside each volume), every network of a weights folder and
-every method (:data:`tumortrace.explain.CAM_METHODS`, plus the slow Captum references), the map of
-the predicted class and of the true class is scored on the volume's own grid:
+every method (:data:`tumortrace.explanation.CAM_METHODS`, plus the slow Captum references), the
+map of the predicted class and of the true class is scored on the volume's own grid:
 
 * **pointing game**: is the map's maximum inside the lesion (``hit``), or within 10 mm of it
   (``hit_near``)?

@@ -10,8 +10,8 @@ Speed on CPU (measured with ``benchmarks/bench_infer.py``; see :class:`Inference
 BatchNorm folded into the preceding convolutions, channels_last_3d tensors, bf16 trunk weights where
 the CPU supports bf16 natively (AMX / AVX-512 BF16), ``torch.inference_mode`` for the trunk, and
 optionally ``torch.compile`` (:attr:`InferenceSettings.compile`). The settings record and the
-preparation of each network (:func:`prepare_model`) live in :mod:`tumortrace.model_prep` and are
-re-exported here.
+preparation of each network (:func:`prepare_model`) live in :mod:`tumortrace.model_prep`
+(``InferenceSettings`` is imported here too, as :class:`Predictor`'s settings).
 
 Sharing: models are loaded once, prepared once in :class:`Predictor`'s constructor, and only read
 afterwards (no hooks, no flag changes, no caches), so one :class:`Predictor` can serve concurrent
@@ -41,8 +41,6 @@ from tumortrace.explanation import Explanation, get_cam_method, save_cam_nifti
 from tumortrace.guards import printable
 from tumortrace.io import Volume
 from tumortrace.model_prep import InferenceSettings, prepare_model
-from tumortrace.model_prep import Precision as Precision
-from tumortrace.model_prep import fuse_batchnorm as fuse_batchnorm
 from tumortrace.models import is_baseline, list_methods
 from tumortrace.preprocess import GridMap, Preprocessed
 from tumortrace.stages import Trunk
@@ -351,7 +349,7 @@ class Predictor:
             standard: the volume's :class:`StandardSpace` if already computed (e.g. cached by
                 the app while the scan is shown).
             progress: called with ``"<arch> (i/n)"`` before each network runs.
-            method: a :data:`tumortrace.explain.CAM_METHODS` name (default
+            method: a :data:`tumortrace.explanation.CAM_METHODS` name (default
                 ``settings.cam_method``).
             on_result: called with ``(arch, Prediction)`` as each network finishes (the app
                 fills in its columns one by one).

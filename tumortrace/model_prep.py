@@ -36,7 +36,8 @@ class InferenceSettings:
         channels_last: keep weights and inputs in ``channels_last_3d`` (oneDNN's native layout;
             about 2x faster than contiguous with bf16 on CPU).
         fuse_bn: fold eval-mode BatchNorm into the preceding convolutions (exact up to rounding).
-        cam_method: the map (:data:`tumortrace.explain.CAM_METHODS`), one forward + one backward.
+        cam_method: the map (:data:`tumortrace.explanation.CAM_METHODS`), one forward + one
+            backward.
         restrict_to_brain: zero the map outside the brain mask on the model grid.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         compile: ``torch.compile`` the trunk (inductor, weights frozen) when the Predictor is built,

@@ -57,7 +57,7 @@ import numpy as np
 import torch.distributed as dist
 from torch import nn
 
-from tumortrace import checkpoint, classical, data, files, loop, metrics, models
+from tumortrace import checkpoint, classical, files, folds, loop, metrics, models
 from tumortrace.baselines import ConvAutoencoder, HogSvm
 from tumortrace.cases import (
     class_weight,
@@ -232,7 +232,7 @@ def _fit_classical(
     )  # fmt: skip
 
 
-def _test(run: _Run, split: data.FoldSplit, fit: loop.FoldFit) -> FoldResult:
+def _test(run: _Run, split: folds.FoldSplit, fit: loop.FoldFit) -> FoldResult:
     """Scores the fold's test part once, with the validation-selected weights."""
     cfg, rt = run.cfg, run.rt
     model = _new_model(cfg, fit.best_state)
@@ -256,7 +256,7 @@ def _test(run: _Run, split: data.FoldSplit, fit: loop.FoldFit) -> FoldResult:
     )  # fmt: skip
 
 
-def _run_fold(run: _Run, split: data.FoldSplit) -> None:
+def _run_fold(run: _Run, split: folds.FoldSplit) -> None:
     """Trains, tests and records one fold; keeps its weights when it is the best so far."""
     loop.seed_everything(run.cfg.seed + split.fold)
     train = subset(run.cases, split.train)
@@ -318,7 +318,7 @@ def cross_validate(
     if rt.is_main:
         target = cfg.out / "benchmarks" / f"{cfg.arch}.splits.json"
         if cfg.splits is None:
-            data.save_splits(splits, target)
+            folds.save_splits(splits, target)
         elif Path(cfg.splits).resolve() != target.resolve():
             files.atomic_write_bytes(target, Path(cfg.splits).read_bytes())
     completed = [FoldResult.from_state(d) for d in resumed["completed"]]
@@ -338,7 +338,7 @@ def cross_validate(
     return result
 
 
-def _splits(cfg: TrainConfig, cases: Sequence[Case]) -> list[data.FoldSplit]:
+def _splits(cfg: TrainConfig, cases: Sequence[Case]) -> list[folds.FoldSplit]:
     """The folds: ``cfg.splits`` when given (every subject must be a case, as many folds as
     ``cfg.folds``), else new seeded, grouped, stratified folds.
 
@@ -347,11 +347,11 @@ def _splits(cfg: TrainConfig, cases: Sequence[Case]) -> list[data.FoldSplit]:
         ConfigError: the file holds another number of folds than ``--folds``.
     """
     if cfg.splits is None:
-        return data.make_folds(
+        return folds.make_folds(
             cases, k=cfg.folds, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
             seed=cfg.seed,
         )  # fmt: skip
-    splits = data.load_splits(cfg.splits, cases)
+    splits = folds.load_splits(cfg.splits, cases)
     if len(splits) != cfg.folds:
         raise ConfigError(
             f"--splits {cfg.splits} holds {len(splits)} folds but --folds is {cfg.folds}; "
