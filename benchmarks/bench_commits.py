@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then bench_infer.py args")
     args = ap.parse_args(argv)
     bench_args = _weights_args([a for a in args.bench_args if a != "--"])
+    new_args = shlex.split(args.new_args)
     rows: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="bench-commits-") as tmp:
         old = Path(tmp) / "old"
@@ -71,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             for r in range(args.rounds):
-                for name, checkout in (("old", old), ("new", ROOT)):
-                    extra = shlex.split(args.new_args) if name == "new" else []
+                for name, checkout, extra in (("old", old, []), ("new", ROOT, new_args)):
                     report = _run(checkout, [*bench_args, *extra], Path(tmp) / f"{name}.json")
                     rows[name].append(report["fast"])
                 print(
