@@ -1,13 +1,14 @@
 """The Analyze page's viewer: three planes with slice sliders, and each network's Grad-CAM.
 
-:func:`viewer` is a fragment: its widgets (display controls, the slice sliders, a click or the
-wheel on a plane, the Grad-CAM row's controls, "Go to peak") rerun it alone, never the networks
-(the analyses come from the session cache of :mod:`app_analysis`). Every slider position lives in
-``st.session_state`` under a key of the file (:func:`_go_to` and :func:`open_at_peak` move them).
+:func:`viewer` is a fragment: its widgets (display controls, the position the browser reports,
+the Grad-CAM row's controls, "Go to peak") rerun it alone, never the networks (the analyses come
+from the session cache of :mod:`app_analysis`). The three planes are drawn in the browser by
+:mod:`mpr_view` (sliders, wheel, drag and click redraw there at once); the position they cross at
+lives in ``st.session_state`` under a key of the file (:func:`_go_to` and :func:`open_at_peak`
+move it, the browser reports it back).
 
 Lives beside ``app.py`` (the package never imports streamlit); the page imports it as an ordinary
-module. The drawing itself is :mod:`tumortrace.viz`; the plane image that reports clicks is
-:mod:`plane_view`.
+module. The Grad-CAM row's drawing is :mod:`tumortrace.draw`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import streamlit as st
 
-import plane_view
+import mpr_view
 from app_analysis import (
     LOW_CONFIDENCE,
     analysis_job,
@@ -74,10 +75,28 @@ def _true_lesion(volume: Volume) -> np.ndarray | None:
     return cache[path]
 
 
+def _point_key(sha: str) -> str:
+    # keyed by file, so a new volume opens at its own centre of attention
+    return f"tt_point_{sha[:12]}"
+
+
+def _seq_key(sha: str) -> str:
+    return f"tt_seq_{sha[:12]}"
+
+
+def current_point(sha: str, volume: Volume) -> tuple[int, int, int]:
+    """The scan voxel the three planes cross at (the centre until anything moves them)."""
+    point = st.session_state.get(_point_key(sha))
+    if point is None:
+        return tuple(n // 2 for n in volume.data.shape)  # type: ignore[return-value]
+    return tuple(int(v) for v in point)  # type: ignore[return-value]
+
+
 def _go_to(sha: str, xyz: tuple[int, int, int]) -> None:
-    """Moves the three slice sliders to voxel ``xyz`` (a network's peak)."""
-    for plane in viz.PLANES:
-        st.session_state[_slider_key(plane, sha)] = int(xyz[viz.plane_layout(plane).fixed_axis]) + 1
+    """Moves the three planes to voxel ``xyz`` (a network's peak): the browser takes the new
+    position because the move's number (``seq``) changes."""
+    st.session_state[_point_key(sha)] = [int(v) for v in xyz]
+    st.session_state[_seq_key(sha)] = st.session_state.get(_seq_key(sha), 0) + 1
 
 
 class Display(NamedTuple):
@@ -159,11 +178,6 @@ def _display_controls(volume: Volume, presets: dict, shared, std: StandardSpace 
     return Display(window, convention, crosshair, mode, lesion)
 
 
-def _slider_key(plane: str, sha: str) -> str:
-    # keyed by file, so a new volume opens at its own centre of attention
-    return f"tt_slice_{plane}_{sha[:12]}"
-
-
 def _shown(volume: Volume, sha: str, point, display: Display, shared, std: StandardSpace | None):
     """``(volume (X, Y, Z), point, spacing, window, to_scan)`` of what the planes show: the scan,
     or the first network's input ("What the networks see") at the same world position;
@@ -188,67 +202,58 @@ def _shown(volume: Volume, sha: str, point, display: Display, shared, std: Stand
     return shown, shown_point, spacing, model_presets["brain"], to_scan
 
 
-def _view_key(plane: str) -> str:
-    return f"tt_view_{plane}"
+MPR_KEY = "tt_mpr"
 
 
-def _on_plane_click(sha: str, plane: str, shape, index: int, convention: str, to_scan) -> None:
-    """A click on one plane moves the other two (and the crosshair) to the voxel clicked."""
-    click = plane_view.event(_view_key(plane), "click")
-    if click is not None:
-        _go_to(sha, to_scan(viz.voxel_at(shape, plane, index, click["u"], click["v"], convention)))
+def _on_point(sha: str, shape_shown, to_scan) -> None:
+    """The browser moved the planes (slider, wheel, drag or click): the server follows, so the
+    Grad-CAM row shows the same slice."""
+    seq = st.session_state.get(_seq_key(sha), 0)
+    xyz = mpr_view.reported_point(MPR_KEY, shape_shown, seq)
+    if xyz is not None:
+        st.session_state[_point_key(sha)] = list(to_scan(xyz))
 
 
-def _on_plane_wheel(sha: str, plane: str, n: int) -> None:
-    """The mouse wheel over a plane steps its slice, one per notch."""
-    wheel = plane_view.event(_view_key(plane), "wheel")
-    key = _slider_key(plane, sha)
-    if wheel is not None and key in st.session_state:
-        st.session_state[key] = int(np.clip(st.session_state[key] + wheel["step"], 1, n))
+def _grey(sha: str, mode: str, shown: np.ndarray, window: viz.Window, display: Display, std):
+    """The component's body for what is shown, cached per file, mode, window and outlines (the
+    window and the deflate cost tens of ms on a big scan)."""
+    outline = std is not None and display.mode == "Scan + brain outline"
+    lesion = display.lesion is not None and mode == "scan"
+    key = (sha, mode, round(window.level, 6), round(window.width, 6), outline, lesion)
+    cache = lru("tt_mpr_bodies")
+    if key not in cache:
+        remember(
+            cache, key,
+            mpr_view.body(
+                viz.apply_window(shown, window),
+                brain_xyz=std.brain if outline else None,
+                lesion_xyz=display.lesion if lesion else None,
+            ),
+        )  # fmt: skip
+    return cache[key]
 
 
-def _planes(
-    sha: str, volume: Volume, start, display: Display, shared, std: StandardSpace | None
-) -> list[int]:
-    """The three planes with their slice sliders; returns the scan voxel they cross at.
+def _planes(sha: str, volume: Volume, display: Display, shared, std: StandardSpace | None):
+    """The three planes with their sliders, drawn in the browser; returns the scan voxel they
+    cross at (as last reported).
 
-    A click on a plane moves the other two there; the wheel over a plane steps its slice.
+    A click on a plane moves the other two there; the wheel or a drag over a plane steps its
+    slice; each redraws in the browser at once.
     """
-    point = list(start)
-    for plane in viz.PLANES:
-        key = _slider_key(plane, sha)
-        if key in st.session_state:  # sliders count from 1, like captions
-            point[viz.plane_layout(plane).fixed_axis] = int(st.session_state[key]) - 1
+    point = current_point(sha, volume)
     shown, shown_point, spacing, window, to_scan = _shown(volume, sha, point, display, shared, std)
-    images = draw.draw_planes(
-        shown, shown_point, window, spacing_xyz=spacing, convention=display.convention,
-        crosshair=display.crosshair,
-        outline_xyz=std.brain if display.mode == "Scan + brain outline" else None,
-        lesion_xyz=display.lesion if shown is volume.data else None,
+    mode = "scan" if shown is volume.data else "network"
+    b = _grey(sha, mode, shown, window, display, std)
+    mpr_view.mpr(
+        mpr_view.payload(
+            b, point_xyz=shown_point, seq=st.session_state.get(_seq_key(sha), 0),
+            grid=f"{sha[:12]}-{mode}", spacing_xyz=spacing, convention=display.convention,
+            crosshair=display.crosshair, suffix=" · network input" if mode == "network" else "",
+        ),
+        key=MPR_KEY,
+        on_point=partial(_on_point, sha, shown.shape, to_scan),
     )  # fmt: skip
-    what = " · network input" if shown is not volume.data else ""
-    for plane, col in zip(viz.PLANES, st.columns(3), strict=True):
-        axis = viz.plane_layout(plane).fixed_axis
-        n = viz.slice_count(volume.data.shape, plane)
-        mm = (point[axis] - (n - 1) / 2) * volume.spacing[axis]
-        caption = f"{plane.capitalize()} · slice {point[axis] + 1}/{n} ({mm:+.0f} mm from centre)"
-        with col:
-            plane_view.plane_image(
-                images[plane],
-                f"{caption}. Click to move the other planes here; the wheel steps the slice.",
-                key=_view_key(plane),
-                on_click=partial(
-                    _on_plane_click, sha, plane, shown.shape, shown_point[axis],
-                    display.convention, to_scan,
-                ),
-                on_wheel=partial(_on_plane_wheel, sha, plane, n),
-            )  # fmt: skip
-            st.caption(caption + what)
-            st.slider(
-                f"{plane.capitalize()} slice", 1, n, start[axis] + 1,
-                key=_slider_key(plane, sha), label_visibility="collapsed",
-            )  # fmt: skip
-    return point
+    return list(point)
 
 
 def _cam_controls() -> CamSettings:
@@ -376,7 +381,7 @@ def viewer(
     come from the session cache). Shown with ``base`` None while the networks run.
     """
     display = _display_controls(volume, presets, shared, std)
-    point = _planes(sha, volume, tuple(n // 2 for n in volume.data.shape), display, shared, std)
+    point = _planes(sha, volume, display, shared, std)
     if shared is None or base is None:
         return
     st.markdown("##### Grad-CAM: where each network looked")
@@ -398,9 +403,6 @@ def viewer(
 def open_at_peak(sha: str, volume: Volume, analysis) -> None:
     """Moves the sliders to where the viewer opens once the verdict is in (the ensemble's Grad-CAM
     peak for a confident tumour verdict), unless the user has moved them while waiting."""
-    centre = [n // 2 for n in volume.data.shape]
-    for plane in viz.PLANES:
-        value = st.session_state.get(_slider_key(plane, sha))
-        if value is not None and value != centre[viz.plane_layout(plane).fixed_axis] + 1:
-            return
+    if current_point(sha, volume) != tuple(n // 2 for n in volume.data.shape):
+        return
     _go_to(sha, _centre_of_attention(analysis, volume))

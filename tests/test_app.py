@@ -16,6 +16,7 @@ import json
 import threading
 import time
 import tomllib
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +27,7 @@ from conftest import make_head
 from streamlit.testing.v1 import AppTest
 
 import app_state
+import mpr_view
 from tumortrace import draw, viz
 from tumortrace.config import IOLimits
 from tumortrace.infer import Predictor
@@ -106,11 +108,21 @@ def cam_captions(at: AppTest) -> list[str]:
     return [c for img in at.image for c in img.captions if "Grad-CAM for" in c]
 
 
-def plane_captions(at: AppTest) -> list[str]:
-    """The captions under the viewer's three planes (axial, coronal, sagittal)."""
-    return [
-        c.value for c in at.caption if c.value.startswith(("Axial ·", "Coronal ·", "Sagittal ·"))
-    ]
+def viewer_header(at: AppTest) -> dict | None:
+    """The header of the viewer component's data (what the browser draws the planes from):
+    ``point`` (on the grid sent, ``step`` voxels a step), ``full_shape``, ``suffix``..."""
+    views = [e for e in at.get("bidi_component") if "tumortrace_mpr" in e.proto.component_name]
+    assert len(views) <= 1
+    return mpr_view.read_header(views[0].proto.bytes) if views else None
+
+
+def viewer_point(at: AppTest) -> dict[str, int] | None:
+    """1-based slice of each plane the viewer shows, as the browser's captions number them."""
+    header = viewer_header(at)
+    if header is None:
+        return None
+    xyz = [p * k for p, k in zip(header["point"], header["step"], strict=True)]
+    return {"sagittal": xyz[0] + 1, "coronal": xyz[1] + 1, "axial": xyz[2] + 1}
 
 
 def prediction_lines(at: AppTest) -> list[str]:
@@ -139,14 +151,14 @@ def test_analyze_page_renders_empty(app, tiny_weights):
     app.run()
     no_exception(app)
     assert any("Choose a bundled sample" in i.value for i in app.info)
-    sidebar = " ".join(m.value for m in [*app.sidebar.markdown, *app.sidebar.caption])
-    assert "R(2+1)D-18" in sidebar and "MC3-18" in sidebar and "R3D-18" in sidebar
-    assert "trained 2026-01-01" in sidebar
+    assert not app.sidebar.children  # no sidebar: at 800 px it squeezed the page to 470 px
+    banner = next(c.value for c in app.caption if "Networks:" in c.value)
+    assert "R(2+1)D-18" in banner and "MC3-18" in banner and "R3D-18" in banner
+    assert "trained 2026-01-01" in banner and "not a medical device" in banner
     # no server paths or hashes for a clinician
-    assert str(tiny_weights) not in sidebar and "/" not in sidebar and "`" not in sidebar
+    assert str(tiny_weights) not in banner and "/" not in banner and "`" not in banner
     # columns stack below about 1100 px (the browser test looks at the result)
     assert any("max-width: 1100px" in h.proto.body for h in app.get("html"))
-    assert any("not a medical device" in w.value for w in app.sidebar.warning)
 
 
 def test_upload_gives_three_predictions_with_overlays(app, head_nifti_gz, monkeypatch):
@@ -185,10 +197,14 @@ def test_slider_redraws_without_rerunning_networks(app, head_nifti_gz, monkeypat
     monkeypatch.setattr(Predictor, "analyze", lambda self, *a, **k: calls(self, *a, **k))
     upload(app, "head.nii.gz", head_nifti_gz)
     assert len(calls.calls) == 1
-    axial = next(s for s in app.slider if s.key.startswith("tt_slice_axial"))
-    axial.set_value(4).run()
+    # the browser reports a new position (a slider moved there): the server follows
+    sha = hashlib.sha256(head_nifti_gz).hexdigest()
+    now = viewer_point(app)
+    app.session_state[f"tt_point_{sha[:12]}"] = [now["sagittal"] - 1, now["coronal"] - 1, 3]
+    app.run()
     no_exception(app)
-    assert "slice 4/120" in plane_captions(app)[0]
+    assert viewer_point(app)["axial"] == 4
+    assert any("Axial slice 4 (follows the axial slider" in c.value for c in app.caption)
     assert all("Grad-CAM for" in c for c in cam_captions(app))
     assert len(calls.calls) == 1  # the analysis came from the session cache
     settle(app.selectbox(key="tt_target").set_value("hgg").run())
@@ -234,7 +250,7 @@ def test_missing_weights_keep_the_viewer(tmp_path, monkeypatch, head_nifti_gz):
     upload(at, "head.nii.gz", head_nifti_gz)
     no_exception(at)
     assert any("No trained weights" in w.value for w in at.warning)
-    assert len(plane_captions(at)) == 3 and not cam_captions(at)  # the three planes, no predictions
+    assert viewer_point(at) is not None and not cam_captions(at)  # the three planes, no predictions
 
 
 def test_benchmarks_page_renders_stored_files(app):
@@ -354,7 +370,7 @@ def test_confident_healthy_verdict_opens_the_viewer_at_the_centre(monkeypatch):
     no_exception(at)
     assert any("Ensemble verdict: Healthy" in x.value for x in [*at.info, *at.warning])
     shape = load_volume(ROOT / "samples" / "healthy.nii.gz").shape  # canonical RAS (stored PSR)
-    sliders = {s.key.split("_")[2]: s.value for s in at.slider if s.key.startswith("tt_slice_")}
+    sliders = viewer_point(at)
     # 1-based slider positions of the centre voxel (x, y, z = sagittal, coronal, axial)
     assert sliders == {
         "sagittal": shape[0] // 2 + 1,
@@ -385,22 +401,37 @@ def test_non_brain_upload_is_unreliable_input_not_a_verdict(app, blob_nifti_gz):
     assert any(e.label.startswith("Input checks: unreliable") for e in app.expander)
 
 
-def test_viewer_shows_the_brain_outline_and_the_network_input(app, head_nifti_gz, monkeypatch):
-    render = Recorder(draw.render_slice)
-    monkeypatch.setattr(draw, "render_slice", render)
+def viewer_volumes(at: AppTest) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``(X, Y, Z)`` grey volume and mask byte the viewer component sent to the browser."""
+    views = [e for e in at.get("bidi_component") if "tumortrace_mpr" in e.proto.component_name]
+    data = views[0].proto.bytes
+    header = mpr_view.read_header(data)
+    raw = zlib.decompress(data[4 + int.from_bytes(data[:4], "little") :])
+    n = int(np.prod(header["shape"]))
+    grey = np.frombuffer(raw[:n], np.uint8).reshape(header["shape"])
+    mask = np.frombuffer(raw[n:], np.uint8).reshape(header["shape"]) if len(raw) > n else None
+    return grey, mask
+
+
+def test_viewer_shows_the_brain_outline_and_the_network_input(app, head_nifti_gz):
     upload(app, "head.nii.gz", head_nifti_gz)
     show = app.radio(key="tt_show")
     assert show.options == ["Scan", "Scan + brain outline", "What the networks see"]
+    grey, mask = viewer_volumes(app)
+    assert grey.shape == SAMPLE_RAS_SHAPE and mask is None  # an upload: no true lesion
     show.set_value("Scan + brain outline").run()
     no_exception(app)
-    outlined = [k for _, k, _ in render.calls if k.get("outline_xyz") is not None]
-    assert len(outlined) == 3 and outlined[0]["outline_xyz"].shape == SAMPLE_RAS_SHAPE
-    render.calls.clear()
+    grey, mask = viewer_volumes(app)
+    brain = (mask & mpr_view.BRAIN_BIT) > 0
+    assert grey.shape == mask.shape == SAMPLE_RAS_SHAPE
+    assert 0.05 < brain.mean() < 0.6  # deepbet's brain, not an empty or full mask
+    assert grey[brain].mean() > grey[~brain].mean()  # the brain is brighter than what is around
     app.radio(key="tt_show").set_value("What the networks see").run()
     no_exception(app)
-    inputs = [a for a, k, _ in render.calls if k.get("heat_xyz") is None][:3]
-    assert all(a[0].shape == (32, 32, 16) for a in inputs)  # the card's 16x32x32 grid, as XYZ
-    assert "network input" in plane_captions(app)[0]
+    grey, mask = viewer_volumes(app)
+    assert grey.shape == (32, 32, 16) and mask is None  # the card's 16x32x32 grid, as XYZ
+    header = viewer_header(app)
+    assert header["suffix"] == " · network input" and header["full_shape"] == [32, 32, 16]
 
 
 def test_viewer_peaks_go_to_peak_colour_bar_and_true_lesion(app, tiny_weights):
@@ -428,8 +459,15 @@ def test_viewer_peaks_go_to_peak_colour_bar_and_true_lesion(app, tiny_weights):
     peak = viz.peak_voxel(analysis.explanations[arch].cam_volume)
     app.button(key=f"tt_peak_{arch}").click().run()
     no_exception(app)
-    for plane, axis in (("axial", 2), ("coronal", 1), ("sagittal", 0)):
-        assert app.slider(key=f"tt_slice_{plane}_{sha[:12]}").value == peak[axis] + 1
+    seq = viewer_header(app)["seq"]
+    assert viewer_point(app) == {
+        "axial": peak[2] + 1,
+        "coronal": peak[1] + 1,
+        "sagittal": peak[0] + 1,
+    }
+    assert app.session_state[f"tt_point_{sha[:12]}"] == list(peak)
+    app.button(key=f"tt_peak_{arch}").click().run()  # again: a new move, the browser follows
+    assert viewer_header(app)["seq"] == seq + 1
     app.toggle(key="tt_lesion").set_value(False).run()
     assert not any("lesion" in c for c in cam_captions(app))
 
@@ -478,7 +516,7 @@ def test_the_scan_shows_at_once_and_a_queued_analysis_says_its_place(app, head_n
     assert [s.label for s in app.status] == [
         "Waiting for another analysis (position 1 in the queue)…"
     ]
-    assert len(plane_captions(app)) == 3 and "Axial · slice 61/120" in plane_captions(app)[0]
+    assert viewer_point(app)["axial"] == 61 and viewer_header(app)["full_shape"][2] == 120
     assert not prediction_lines(app) and not cam_captions(app)
     assert app.session_state["tt_pending"]
 
@@ -535,6 +573,5 @@ def test_a_confident_tumour_verdict_opens_the_viewer_on_the_ensemble_peak(app, m
     monkeypatch.setattr(Predictor, "analyze", confident_hgg)
     pick_sample(app, "Same brain + synthetic high-grade glioma (HGG)")
     no_exception(app)
-    sliders = {s.key.split("_")[2]: s.value for s in app.slider if s.key.startswith("tt_slice_")}
-    assert sliders == {"sagittal": inside[0] + 1, "coronal": inside[1] + 1, "axial": inside[2] + 1}
-    assert f"Axial · slice {inside[2] + 1}/" in plane_captions(app)[0]
+    opened = viewer_point(app)
+    assert opened == {"sagittal": inside[0] + 1, "coronal": inside[1] + 1, "axial": inside[2] + 1}

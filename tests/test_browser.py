@@ -150,17 +150,6 @@ def _watch_requests(page, url: str) -> list[str]:
     return outside
 
 
-# Every <img> of the page, including those inside components' shadow roots.
-IMAGES_JS = """() => {
-  const out = [];
-  const walk = (root) => root.querySelectorAll('*').forEach((e) => {
-    if (e.tagName === 'IMG') out.push(e);
-    if (e.shadowRoot) walk(e.shadowRoot);
-  });
-  walk(document);
-  return out;
-}"""
-
 # Buttons, widget labels and any ellipsis-truncated text whose content is wider than its box.
 TRUNCATED_JS = """() => {
   const bad = [];
@@ -192,20 +181,30 @@ def _wait_idle(page) -> None:
     page.wait_for_load_state("networkidle")
 
 
+# The viewer's plane canvases (inside the component's shadow root), drawn at least once.
+CANVASES_JS = """() => {
+  const out = [];
+  const walk = (root) => root.querySelectorAll('*').forEach((e) => {
+    if (e.tagName === 'CANVAS' && e.dataset.plane && e.dataset.drawn) out.push(e);
+    if (e.shadowRoot) walk(e.shadowRoot);
+  });
+  walk(document);
+  return out;
+}"""
+
+
 def _axial_image_change_ms(page, key: str) -> float:
-    """Milliseconds from a key press on the axial slider to the axial image's new pixels."""
-    page.evaluate(
-        f"""() => {{
-      const img = ({IMAGES_JS})().find((i) => i.alt.startsWith('Axial'));
-      window.__ttChanged = null;
-      const seen = (m, obs) => {{ window.__ttChanged = performance.now(); obs.disconnect(); }};
-      new MutationObserver(seen).observe(img, {{attributes: true, attributeFilter: ['src']}});
-    }}"""
-    )
+    """Milliseconds from a key press on the axial slider to the axial plane's new pixels (the
+    canvas stamps ``data-drawn`` with the time it finished drawing)."""
+    canvas = page.locator("canvas[data-plane=axial]")
+    before = canvas.get_attribute("data-drawn")
     start = page.evaluate("performance.now()")
-    page.get_by_role("slider").first.press(key)
-    page.wait_for_function("() => window.__ttChanged !== null")
-    return page.evaluate("window.__ttChanged") - start
+    page.get_by_role("slider", name="Axial slice", exact=True).press(key)
+    page.wait_for_function(
+        f"() => ({CANVASES_JS})().find((c) => c.dataset.plane === 'axial').dataset.drawn"
+        f" !== '{before}'"
+    )
+    return float(canvas.get_attribute("data-drawn")) - start
 
 
 def _shots_at_every_size(page, name: str) -> dict[str, list[str]]:
@@ -255,7 +254,7 @@ def test_sample_scan_first_predictions_click_and_sizes(page, server):
     picked = time.monotonic()
     page.get_by_role("option", name=re.compile("high-grade glioma")).click()
     # the scan first: its three planes before any prediction
-    page.wait_for_function(f"() => ({IMAGES_JS})().filter((i) => i.alt && i.complete).length >= 3")
+    page.wait_for_function(f"() => ({CANVASES_JS})().length >= 3")
     scan_s = time.monotonic() - picked
     print(f"scan visible {scan_s:.2f} s after picking the sample")
     _shot(page, "analyze-scan-first.png")
@@ -269,19 +268,21 @@ def test_sample_scan_first_predictions_click_and_sizes(page, server):
     _wait_idle(page)
     _shot(page, "analyze-sample.png")
 
-    # the keyboard steps the axial slider; the image changes while the others stay
+    # the keyboard steps the axial slider; the browser redraws the plane, and the Grad-CAM row
+    # (drawn by the server) follows
     before = _slice(page, "Axial")
-    times = [_axial_image_change_ms(page, "ArrowRight") for _ in range(7)]
-    times.sort()
+    times = sorted(_axial_image_change_ms(page, "ArrowRight") for _ in range(7))
     print(f"slider key -> new axial image: median {times[3]:.0f} ms, all {times}")
     expect(page.get_by_text(re.compile(rf"^Axial · slice {before + 7}/"))).to_be_visible()
     expect(page.get_by_text(f"Axial slice {before + 7} (follows the axial slider")).to_be_visible()
-    assert times[3] < 2000
+    # drawn in the browser, no server round trip: a sanity bound that a page waiting for the
+    # server would break on a busy machine too (benchmarks/bench_viewer.py measures the median)
+    assert times[3] < 1000
 
     # a click on the axial plane moves the coronal and sagittal planes to the point clicked
     _wait_idle(page)
     coronal, sagittal = _slice(page, "Coronal"), _slice(page, "Sagittal")
-    axial_img = page.locator("img[alt^='Axial']").first
+    axial_img = page.locator("canvas[data-plane=axial]")
     box = axial_img.bounding_box()
     axial_img.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.35})
     expect(page.get_by_text(re.compile(rf"^Coronal · slice (?!{coronal}/)\d+/"))).to_be_visible()
@@ -289,13 +290,13 @@ def test_sample_scan_first_predictions_click_and_sizes(page, server):
     assert _slice(page, "Axial") == before + 7  # the plane clicked keeps its slice
     # the wheel over a plane steps its slice
     sagittal = _slice(page, "Sagittal")
-    page.locator("img[alt^='Sagittal']").first.hover()
+    page.locator("canvas[data-plane=sagittal]").hover()
     page.mouse.wheel(0, -120)
     expect(page.get_by_text(re.compile(rf"^Sagittal · slice {sagittal + 1}/"))).to_be_visible()
     # a drag up on a plane scrubs its slices, redrawing while the button is still down
     _wait_idle(page)
     coronal = _slice(page, "Coronal")
-    box = page.locator("img[alt^='Coronal']").first.bounding_box()
+    box = page.locator("canvas[data-plane=coronal]").bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.8
     page.mouse.move(x, y)
     page.mouse.down()
