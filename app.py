@@ -1,8 +1,9 @@
 """TumorTrace: the Streamlit entry point (``streamlit run app.py``).
 
-Frames every page: navigation (Analyze, Benchmarks, About) and the shared sidebar (which weights are
-loaded, the research-only notice). What the pages share (the weights folder, the model cards, the
-predictor loaded once per process with ``st.cache_resource``) lives in :mod:`app_state`.
+Frames every page: navigation (Analyze, Benchmarks, About) in a bar at the top, and one line above
+each page (the research-only notice, which weights are loaded). What the pages share (the weights
+folder, the model cards, the predictor loaded once per process with ``st.cache_resource``) lives
+in :mod:`app_state`.
 """
 
 from __future__ import annotations
@@ -22,26 +23,26 @@ NOTICE = (
 )
 
 
-def sidebar(folder: Path) -> None:
-    """Which networks are loaded and when they were trained, and the research-only notice, on
-    every page (no server paths or hashes: they mean nothing to a clinician; the About page and
-    the report hold the weights' identities)."""
-    with st.sidebar:
-        st.markdown("### Networks")
-        cards = app_state.read_cards(folder)
-        for arch in network_names():
-            name = display_name(arch)
-            card = cards.get(arch)
-            if card is None:
-                st.markdown(f":grey[○ {name}: no weights]")
-            elif "error" in card:
-                st.markdown(f":red[✕ {name}: its model card cannot be read]")
-            else:
-                st.markdown(f":green[● {name}] · trained {str(card.get('date', ''))[:10]}")
-        if not any("error" not in c for c in cards.values()):
-            st.info("No weights yet: the viewer works, predictions need trained weights.")
-        st.divider()
-        st.warning(NOTICE)
+def banner(folder: Path) -> None:
+    """One line on every page, above its title: the research-only notice, and which networks are
+    loaded and when they were trained (no server paths or hashes: they mean nothing to a
+    clinician; the About page and the report hold the weights' identities).
+
+    Not a sidebar: at 800 px Streamlit keeps a sidebar open beside a page squeezed to 470 px."""
+    cards = app_state.read_cards(folder)
+    states = []
+    for arch in network_names():
+        name = display_name(arch)
+        card = cards.get(arch)
+        if card is None:
+            states.append(f":grey[○ {name}: no weights]")
+        elif "error" in card:
+            states.append(f":red[✕ {name}: its model card cannot be read]")
+        else:
+            states.append(f":green[● {name}] trained {str(card.get('date', ''))[:10]}")
+    st.caption(f":orange[{NOTICE}]  \nNetworks: " + " · ".join(states))
+    if not any("error" not in c for c in cards.values()):
+        st.info("No weights yet: the viewer works, predictions need trained weights.")
 
 
 def _icon() -> Image.Image:
@@ -88,12 +89,12 @@ PAGES = {
     ),
     "pages/about.py": st.Page("pages/about.py", title="About", icon=":material/info:"),
 }
-page = st.navigation(list(PAGES.values()))
+page = st.navigation(list(PAGES.values()), position="top")
 # A page opened before this script ever ran (a link to /benchmarks as the first request after the
 # server starts runs pages/benchmarks.py on its own) sends the visitor here, naming itself: go on
 # to that page, now with the navigation and session state in place.
 wanted = PAGES.get(st.session_state.pop(app_state.PAGE_WANTED, None))
 if wanted is not None and wanted.url_path != page.url_path:
     st.switch_page(wanted)
-sidebar(app_state.weights_dir())
+banner(app_state.weights_dir())
 page.run()
