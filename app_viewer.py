@@ -43,24 +43,60 @@ if TYPE_CHECKING:  # torch-heavy modules load on first use: the page must render
 OWN_PREDICTION = "own"  # "Explain class": each network's own prediction
 
 
-def _centre_of_attention(analysis, volume: Volume) -> tuple[int, int, int]:
-    """The ensemble's Grad-CAM peak: the voxel of highest mean map (where the viewer opens), or
-    the centre.
+class Opening(NamedTuple):
+    """Where the viewer opens once the verdict is in, and why (shown under the planes)."""
 
-    The viewer opens on the peak only for a confident tumour verdict: the heat of a guess has no
-    focus, and evidence for "healthy" has no lesion to point at. The maps are already zero
-    outside the brain; no intensity mask on top (it hid the dark necrotic core of an HGG).
+    xyz: tuple[int, int, int]
+    reason: str
+
+
+def _peak_of(cams: list[np.ndarray]) -> tuple[int, int, int] | None:
+    mean = np.mean(cams, axis=0)
+    if not np.any(mean > 0):
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mean)), mean.shape))
+
+
+def _centre_of_attention(analysis, volume: Volume) -> Opening:
+    """Where the viewer opens: the strongest evidence of a tumour call, or the centre.
+
+    * A confident tumour verdict of the ensemble: the peak of the networks' mean map.
+    * Otherwise, when a network on its own calls LGG or HGG with at least
+      :data:`LOW_CONFIDENCE`: the peak of the most confident such network's map (what a reader
+      of a split verdict must check first).
+    * Otherwise the volume's centre: the heat of a guess has no focus, and evidence for
+      "healthy" has no lesion to point at.
+
+    The maps are already zero outside the brain; no intensity mask on top (it hid the dark
+    necrotic core of an HGG).
     """
     shape = volume.data.shape
+    centre = Opening(tuple(s // 2 for s in shape), "")  # type: ignore[arg-type]
     if analysis is None or not analysis.explanations:
-        return tuple(s // 2 for s in shape)
-    guess = float(np.max(analysis.ensemble_probs)) < LOW_CONFIDENCE
-    if guess or analysis.ensemble_label not in ("lgg", "hgg"):
-        return tuple(s // 2 for s in shape)
-    mean = np.mean([e.cam_volume for e in analysis.explanations.values()], axis=0)
-    if not np.any(mean > 0):
-        return tuple(s // 2 for s in shape)
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mean)), mean.shape))
+        return centre
+    expl = analysis.explanations
+    ensemble_p = float(np.max(analysis.ensemble_probs))
+    if ensemble_p >= LOW_CONFIDENCE and analysis.ensemble_label in ("lgg", "hgg"):
+        peak = _peak_of([e.cam_volume for e in expl.values()])
+        name = viz.CLASS_NAMES[analysis.ensemble_label]
+        return (
+            Opening(peak, f"the networks' mean Grad-CAM peak ({name} verdict)") if peak else centre
+        )
+    callers = [
+        (float(np.max(p.probs)), arch)
+        for arch, p in analysis.predictions.items()
+        if p.label in ("lgg", "hgg") and float(np.max(p.probs)) >= LOW_CONFIDENCE and arch in expl
+    ]
+    for prob, arch in sorted(callers, reverse=True):
+        peak = _peak_of([expl[arch].cam_volume])
+        if peak is not None:
+            label = viz.CLASS_NAMES[analysis.predictions[arch].label]
+            return Opening(
+                peak,
+                f"{display_name(arch)}'s Grad-CAM peak: it alone calls {label} "
+                f"({100 * prob:.0f} %), the ensemble does not",
+            )
+    return centre
 
 
 def _true_lesion(volume: Volume) -> np.ndarray | None:
@@ -82,6 +118,10 @@ def _point_key(sha: str) -> str:
 
 def _seq_key(sha: str) -> str:
     return f"tt_seq_{sha[:12]}"
+
+
+def _opening_key(sha: str) -> str:
+    return f"tt_opened_{sha[:12]}"
 
 
 def current_point(sha: str, volume: Volume) -> tuple[int, int, int]:
@@ -253,6 +293,9 @@ def _planes(sha: str, volume: Volume, display: Display, shared, std: StandardSpa
         key=MPR_KEY,
         on_point=partial(_on_point, sha, shown.shape, to_scan),
     )  # fmt: skip
+    reason = st.session_state.get(_opening_key(sha))
+    if reason:
+        st.caption(f"Opened on {reason}.")
     return list(point)
 
 
@@ -405,4 +448,6 @@ def open_at_peak(sha: str, volume: Volume, analysis) -> None:
     peak for a confident tumour verdict), unless the user has moved them while waiting."""
     if current_point(sha, volume) != tuple(n // 2 for n in volume.data.shape):
         return
-    _go_to(sha, _centre_of_attention(analysis, volume))
+    opening = _centre_of_attention(analysis, volume)
+    st.session_state[_opening_key(sha)] = opening.reason
+    _go_to(sha, opening.xyz)

@@ -6,8 +6,11 @@ command (``bash scripts/app.sh --server.port 8501 --server.headless true``), the
     .venv/bin/python scripts/screenshot_samples.py --url http://127.0.0.1:8501 --out test-artifacts
 
 For each sample it waits for the three predictions and their Grad-CAM panels, saves
-``<out>/sample-<class>.png`` and prints each network's prediction line. Exits 1 when a sample does
-not show three predictions with overlays, or the page shows an exception.
+``<out>/sample-<class>.png`` (the whole page, Grad-CAM row included) and prints each network's
+prediction line, the Grad-CAM captions (peak inside or outside the true lesion), where the viewer
+opened and whether that voxel lies in the sample's true lesion (``samples/<class>_lesion.nii.gz``).
+Exits 1 when a sample does not show three predictions with overlays, or the page shows an
+exception.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import argparse
 import re
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 SAMPLES: dict[str, str] = {
     "healthy": "Real brain (IXI049), healthy",
@@ -75,19 +81,45 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: FAILED ({err})", file=sys.stderr)
                 failures += 1
             page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(1500)  # the viewer has moved to where it opens
             shot = args.out / f"sample-{label}.png"
+            # Streamlit scrolls inside its own frame: a tall window shows the whole page
+            page.set_viewport_size({"width": 1600, "height": 4200})
+            page.wait_for_timeout(1500)
             page.screenshot(path=str(shot), full_page=True)
+            page.set_viewport_size({"width": 1600, "height": 2400})
             preds = [p.inner_text() for p in page.get_by_text(re.compile(r"^Prediction:")).all()]
             verdict = page.get_by_text(re.compile("Ensemble verdict")).first.inner_text()
             print(f"{label}: {shot}")
             print(f"  {verdict.strip()}")
             for line in preds:
                 print(f"  {line.strip()}")
+            for line in page.get_by_text(re.compile(r"· Grad-CAM for ")).all():
+                print(f"  {line.inner_text().strip()}")
+            print(f"  {_opened(page, label)}")
         if page.locator("[data-testid='stException']").count():
             print("the page shows an exception", file=sys.stderr)
             failures += 1
         browser.close()
     return 1 if failures else 0
+
+
+def _opened(page, label: str) -> str:
+    """Where the viewer's planes cross (its canvases' slice numbers), and whether that voxel is
+    in the sample's true lesion."""
+    from tumortrace.io import load_volume
+
+    said = page.get_by_text(re.compile(r"^Opened on "))
+    reason = said.first.inner_text().strip() if said.count() else "Opened at the centre."
+    xyz = tuple(
+        int(page.locator(f"canvas[data-plane={plane}]").get_attribute("data-slice")) - 1
+        for plane in ("sagittal", "coronal", "axial")
+    )
+    mask = ROOT / "samples" / f"{label}_lesion.nii.gz"
+    if not mask.is_file():
+        return f"{reason} Voxel {xyz}."
+    inside = bool(load_volume(mask).data[xyz] > 0.5)
+    return f"{reason} Voxel {xyz}: {'inside' if inside else 'outside'} the true lesion."
 
 
 def _timing_caption(page) -> str | None:

@@ -575,3 +575,37 @@ def test_a_confident_tumour_verdict_opens_the_viewer_on_the_ensemble_peak(app, m
     no_exception(app)
     opened = viewer_point(app)
     assert opened == {"sagittal": inside[0] + 1, "coronal": inside[1] + 1, "axial": inside[2] + 1}
+
+
+def test_a_split_verdict_opens_on_the_confident_tumour_callers_peak(app, monkeypatch):
+    """An uncertain ensemble (healthy 40 %) with one network calling LGG at 71 %: the viewer opens
+    on that network's peak and says so; the other networks' maps (peaking elsewhere) do not
+    move it. As the shipped weights do on the bundled HGG sample (R3D-18 alone calls LGG)."""
+    lesion = load_volume(ROOT / "samples" / "hgg_lesion.nii.gz").data > 0.5
+    inside = tuple(int(i) for i in np.argwhere(lesion)[0])
+    analyze = Predictor.analyze
+
+    def split(self, *args, **kwargs):
+        got = analyze(self, *args, **kwargs)
+        archs = list(got.explanations)
+        caller = archs[-1]
+        explanations, predictions = {}, {}
+        for arch, e in got.explanations.items():
+            heat = np.zeros(lesion.shape, np.float32)
+            heat[inside if arch == caller else (0, 0, 0)] = 1.0
+            explanations[arch] = dataclasses.replace(e, cam_volume=heat)
+            probs = np.array([0.2, 0.71, 0.09] if arch == caller else [0.55, 0.1, 0.35])
+            label = "lgg" if arch == caller else "healthy"
+            predictions[arch] = dataclasses.replace(got.predictions[arch], probs=probs, label=label)
+        return dataclasses.replace(
+            got, explanations=explanations, predictions=predictions,
+            ensemble_probs=np.array([0.4, 0.3, 0.3]), ensemble_label="healthy",
+        )  # fmt: skip
+
+    monkeypatch.setattr(Predictor, "analyze", split)
+    pick_sample(app, "Same brain + synthetic high-grade glioma (HGG)")
+    no_exception(app)
+    opened = viewer_point(app)
+    assert opened == {"sagittal": inside[0] + 1, "coronal": inside[1] + 1, "axial": inside[2] + 1}
+    said = [c.value for c in app.caption if c.value.startswith("Opened on ")]
+    assert len(said) == 1 and "alone calls LGG (71 %)" in said[0], said
