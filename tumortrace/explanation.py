@@ -66,7 +66,7 @@ CAM_METHODS: dict[str, CamMethod] = {
 LEGACY_CAM_METHOD = "gradcam-l4"
 """The map the app showed before issue 16 (Grad-CAM on the last stage)."""
 
-DEFAULT_CAM_METHOD = "gradcam-l3"
+DEFAULT_CAM_METHOD = "layercam-l34"
 """The method the Predictor uses unless told otherwise (chosen with ``explain-eval``)."""
 
 
