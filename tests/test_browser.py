@@ -73,6 +73,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> N
 class Server(NamedTuple):
     url: str
     log: Path
+    weights: Path
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
-        yield Server(url, log_path)
+        yield Server(url, log_path, weights)
     finally:
         proc.terminate()
         try:
@@ -317,20 +318,47 @@ def test_sample_scan_first_predictions_click_and_sizes(page, server):
     assert "notify" not in log and "Traceback" not in log and "Stack (most" not in log, log[-2000:]
 
 
+def _alone(weights: Path, sample: str) -> list[tuple[str, float]]:
+    """(class name, percent) per network, in the page's order, of ``samples/<sample>.nii.gz``
+    analysed alone in this process with the server's weights."""
+    from tumortrace.infer import Predictor
+    from tumortrace.io import load_volume
+    from tumortrace.networks import in_display_order
+    from tumortrace.viz import CLASS_NAMES
+
+    analysis = Predictor.from_dir(weights).analyze(
+        load_volume(ROOT / "samples" / f"{sample}.nii.gz")
+    )
+    out = []
+    for arch in in_display_order(analysis.predictions):
+        pred = analysis.predictions[arch]
+        out.append((CLASS_NAMES[pred.label], 100 * float(pred.probs.max())))
+    return out
+
+
+def _shown(page) -> list[tuple[str, float]]:
+    """(class name, percent) of each "Prediction:" line on the page."""
+    lines = [p.inner_text() for p in page.get_by_text(re.compile(r"^Prediction:")).all()]
+    found = [re.match(r"Prediction: (\w+) \(([\d.]+) %\)", line) for line in lines]
+    assert all(found), lines
+    return [(m.group(1), float(m.group(2))) for m in found]
+
+
 def test_two_sessions_at_once(page, server):
     """Two more sessions pick two other samples at once: the second says it waits, and both
-    finish with three predictions and their Grad-CAM."""
+    finish with three predictions and their Grad-CAM, the same as each sample analysed alone."""
     from playwright.sync_api import expect
 
     browser = page.context.browser
     pages = []
-    for sample in ("low-grade glioma", "Real brain"):
+    samples = {"lgg": "low-grade glioma", "healthy": "Real brain"}
+    for option in samples.values():
         other = browser.new_page(viewport=SIZES[0])
         other.set_default_timeout(240_000)
         other.goto(server.url)
         expect(other.get_by_role("heading", name="Analyze a brain MRI")).to_be_visible()
         other.get_by_role("combobox", name="Sample volume").click()
-        other.get_by_role("option", name=re.compile(sample)).click()
+        other.get_by_role("option", name=re.compile(option)).click()
         pages.append(other)
     waiting = re.compile(r"Waiting for another analysis \(position 1 in the queue\)")
     expect(pages[1].get_by_text(waiting)).to_be_visible()
@@ -340,6 +368,11 @@ def test_two_sessions_at_once(page, server):
         expect(other.get_by_text(re.compile(r"· Grad-CAM for "))).to_have_count(3)
         assert other.locator("[data-testid='stException']").count() == 0
     _shot(pages[1], "analyze-second-session.png")
+    for sample, other in zip(samples, pages, strict=True):
+        shown, alone = _shown(other), _alone(server.weights, sample)
+        assert [c for c, _ in shown] == [c for c, _ in alone], (sample, shown, alone)
+        # the page rounds to 0.1 %; registration threads vary the 5th decimal
+        assert all(abs(p - q) <= 0.15 for (_, p), (_, q) in zip(shown, alone, strict=True))
     for other in pages:
         other.close()
 
@@ -357,6 +390,8 @@ def test_benchmarks_and_about_pages(page):
     expect(page.locator("[data-testid='stDataFrame']").first).to_be_visible(timeout=60_000)
     page.wait_for_load_state("networkidle")
     _shot(page, "benchmarks.png")
+    truncated = _shots_at_every_size(page, "benchmarks")
+    assert truncated == {k: [] for k in truncated}, truncated
     # The comparison of the networks with the six baselines: its table and ROC, in the viewport.
     comparison = page.get_by_role("heading", name="Networks and baselines")
     expect(comparison).to_be_visible(timeout=60_000)
@@ -366,4 +401,6 @@ def test_benchmarks_and_about_pages(page):
     page.get_by_role("link", name="About").click()
     expect(page.get_by_role("heading", name="Model cards")).to_be_visible(timeout=60_000)
     _shot(page, "about.png")
+    truncated = _shots_at_every_size(page, "about")
+    assert truncated == {k: [] for k in truncated}, truncated
     assert page.locator("[data-testid='stException']").count() == 0
