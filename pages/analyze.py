@@ -40,6 +40,7 @@ from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
 from tumortrace.io import SUPPORTED, Volume, load_volume
 from tumortrace.isolate import load_upload_isolated
+from tumortrace.manifest import sibling_lesion_mask
 from tumortrace.networks import display_name, in_display_order
 from tumortrace.tables import training_data_words
 
@@ -82,8 +83,8 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
             path = SAMPLES_DIR / SAMPLES[name]
             sha = sha256_file(path)
             volume, presets = volume_entry(sha, lambda: load_volume(path))
-            lesion = path.with_name(path.name.replace(".nii.gz", "_lesion.nii.gz"))
-            st.session_state["tt_lesion_path"] = str(lesion) if lesion.is_file() else None
+            lesion = sibling_lesion_mask(path)
+            st.session_state["tt_lesion_path"] = str(lesion) if lesion else None
             return sha, volume, presets
         upload = st.file_uploader(
             "MRI volume: NIfTI (.nii, .nii.gz) or a zipped DICOM series (.zip)",

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from tumortrace.errors import ManifestError
-from tumortrace.manifest import Case, read_manifest, write_manifest
+from tumortrace.manifest import (
+    Case,
+    lesion_mask_path,
+    masked_volume,
+    read_manifest,
+    sibling_lesion_mask,
+    write_manifest,
+)
 
 
 def _cases(tmp_path: Path) -> list[Case]:
@@ -92,3 +99,21 @@ def test_empty_and_absent_manifest(tmp_path):
         read_manifest(_write(tmp_path, []))
     with pytest.raises(ManifestError, match="Manifest not found"):
         read_manifest(tmp_path / "absent.csv")
+
+
+def test_lesion_mask_naming_one_rule(tmp_path) -> None:
+    """``<stem>_lesion.nii.gz`` beside ``<stem>.nii.gz``: written, found and recognised by one
+    set of helpers."""
+    volume = tmp_path / "IXI1+hgg.nii.gz"
+    assert lesion_mask_path(volume) == tmp_path / "IXI1+hgg_lesion.nii.gz"
+    assert lesion_mask_path(tmp_path / "a.nii") == tmp_path / "a_lesion.nii.gz"
+    assert sibling_lesion_mask(volume) is None  # nothing on disk yet
+    volume.write_bytes(b"v")
+    lesion_mask_path(volume).write_bytes(b"m")
+    assert sibling_lesion_mask(volume) == lesion_mask_path(volume)
+    assert masked_volume(lesion_mask_path(volume)) == volume
+    assert masked_volume(volume) is None  # a volume is no mask
+    (tmp_path / "b_lesion.nii").write_bytes(b"m")  # no b.nii beside it: not a companion
+    assert masked_volume(tmp_path / "b_lesion.nii") is None
+    with pytest.raises(ManifestError, match="not a NIfTI file name"):
+        lesion_mask_path(tmp_path / "scan.zip")

@@ -70,6 +70,17 @@ def test_collect_inputs_expands_folders(cohort, tmp_path) -> None:
     assert collect_inputs([tmp_path / "missing.nii"]) == [tmp_path / "missing.nii"]
 
 
+def test_collect_inputs_skips_a_mask_given_beside_its_volume(cohort) -> None:
+    """A shell glob (``predict cohort/*``) names each volume and its lesion mask: the mask is
+    skipped when its volume is given too, and analysed when given alone."""
+    files = sorted(cohort.iterdir())
+    names = [p.name for p in collect_inputs(files)]
+    assert "c_lesion_lesion.nii" in [f.name for f in files]
+    assert "c_lesion_lesion.nii" not in names and "c_lesion.nii" in names
+    mask = cohort / "c_lesion_lesion.nii"
+    assert collect_inputs([mask]) == [mask]
+
+
 @pytest.mark.slow
 def test_folder_with_a_corrupt_file_gives_three_rows_one_error_and_exit_1(
     cohort, weights_dir, capsys

@@ -25,11 +25,11 @@ from tumortrace.errors import ConfigError, TumorTraceError
 from tumortrace.explanation import save_cam_nifti
 from tumortrace.infer import Analysis, Predictor, error_line
 from tumortrace.io import load_volume
+from tumortrace.manifest import masked_volume
 from tumortrace.qc import CHECK_NAMES
 from tumortrace.standard import standardise
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".zip")
-_SKIP_SUFFIXES = ("_lesion.nii.gz", "_lesion.nii")  # lesion masks written by `synth`
 
 
 @dataclass(frozen=True)
@@ -139,35 +139,30 @@ def _is_volume_file(p: Path) -> bool:
     return p.name.lower().endswith(_VOLUME_SUFFIXES)
 
 
-def _is_companion_mask(p: Path) -> bool:
-    """``<subject>_lesion.nii.gz`` beside ``<subject>.nii.gz``: a lesion mask from ``synth``."""
-    name = p.name
-    for suffix in _SKIP_SUFFIXES:
-        if name.lower().endswith(suffix):
-            subject = name[: -len(suffix)]
-            return any((p.parent / f"{subject}{ext}").is_file() for ext in (".nii.gz", ".nii"))
-    return False
-
-
 def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
     """Expands the CLI's inputs into the volumes to analyse, in a stable order.
 
     * a file is analysed as given (its format is checked when it is read);
     * a folder holding ``.nii``/``.nii.gz``/``.zip`` files contributes each of them and each
       non-empty sub-folder (read as a DICOM series); lesion masks ``<subject>_lesion.nii.gz``
-      beside ``<subject>.nii.gz`` (written by ``synth``) are skipped;
+      beside ``<subject>.nii.gz`` (:func:`tumortrace.manifest.masked_volume`) are skipped;
+    * a file given is analysed, except a lesion mask whose volume is given too (a shell glob such
+      as ``samples/*.nii.gz`` names both);
     * a folder holding neither is itself read as a DICOM series;
     * a path that does not exist is kept, so that it is reported as an error row.
     """
+    paths = [Path(raw) for raw in paths]
+    given = {p.resolve() for p in paths if p.is_file()}
     out: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
+    for p in paths:
         if not p.is_dir():
-            out.append(p)
+            mask_of = masked_volume(p) if p.is_file() else None
+            if mask_of is None or mask_of.resolve() not in given:
+                out.append(p)
             continue
         children = sorted(c for c in p.iterdir() if not c.name.startswith("."))
         volumes = [
-            c for c in children if c.is_file() and _is_volume_file(c) and not _is_companion_mask(c)
+            c for c in children if c.is_file() and _is_volume_file(c) and masked_volume(c) is None
         ]
         series = [c for c in children if c.is_dir() and any(c.iterdir())]
         if volumes or series:

@@ -46,7 +46,7 @@ from tumortrace.files import atomic_path, atomic_write_json, jsonable, sha256_fi
 from tumortrace.head_template import padded_template
 from tumortrace.io import Volume, load_volume
 from tumortrace.lesion import LesionParams, draw_lesion, mass_effect, render_lesion
-from tumortrace.manifest import Case, write_manifest
+from tumortrace.manifest import Case, lesion_mask_path, write_manifest
 from tumortrace.standard import StandardSpace, save_cached, standardise_cached
 from tumortrace.synthetic import subject_seed
 from tumortrace.template import load_template
@@ -349,7 +349,7 @@ def build_cohort(
                 seed = subject_seed(spec.seed, label, ids.index(base))
                 case = insert_lesion(volume, std, levels, label, seed)
                 _write_like(path, volume, case.data, vol_path)
-                _write_mask(volume, case.mask, out / "volumes" / f"{sid}_lesion.nii.gz")
+                _write_mask(volume, case.mask, lesion_mask_path(vol_path))
                 atomic_write_json(meta_path, {"subject_id": sid, "base": base, **case.meta})
             # The lesion case shares its base's grid and brain: its cache entry is the base's.
             save_cached(cache_dir, sha256_file(vol_path), std)

@@ -45,7 +45,7 @@ from tumortrace.explanation import (
 )
 from tumortrace.infer import InferenceSettings, Predictor
 from tumortrace.io import Volume, load_volume
-from tumortrace.manifest import read_manifest
+from tumortrace.manifest import read_manifest, sibling_lesion_mask
 from tumortrace.preprocess import Preprocessed, foreground_mask
 from tumortrace.standard import prepare, standardise
 
@@ -90,18 +90,6 @@ def _resolve(manifest: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else (manifest.parent / p).resolve()
 
 
-def _sibling_mask(volume: Path) -> Path | None:
-    """``<stem>_lesion.nii.gz`` (or ``.nii``) beside ``<stem>.nii.gz``: what ``synth`` writes."""
-    name = volume.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            for ext in (".nii.gz", ".nii"):
-                candidate = volume.with_name(name[: -len(suffix)] + "_lesion" + ext)
-                if candidate.is_file():
-                    return candidate
-    return None
-
-
 def read_lesion_cases(manifest: str | Path) -> tuple[list[LesionCase], int]:
     """The manifest's lesion cases (label LGG or HGG) with their masks.
 
@@ -131,7 +119,7 @@ def read_lesion_cases(manifest: str | Path) -> tuple[list[LesionCase], int]:
         mask = next(
             (m for c in MASK_COLUMNS if (m := _resolve(manifest, row.get(c))) is not None), None
         )
-        mask = mask or _sibling_mask(case.path)
+        mask = mask or sibling_lesion_mask(case.path)
         if mask is None:
             raise ManifestError(
                 f"Manifest {manifest}: {case.label} case {case.subject_id!r} has no lesion mask. "

@@ -26,6 +26,52 @@ COLUMNS: tuple[str, str, str, str] = ("subject_id", "path", "label", "source")
 GROUP_COLUMN = "group"
 """The optional column: the base brain of a case (empty: the case's own subject id)."""
 
+LESION_SUFFIX = "_lesion"
+"""A lesion mask beside its volume is ``<stem>_lesion.nii.gz`` (or ``.nii``) for ``<stem>.nii.gz``:
+what ``synth``, the real-brain cohort and the bundled samples write, and what ``explain-eval``,
+``predict`` and the app read."""
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _nifti_stem(path: Path) -> str | None:
+    name = path.name
+    return next((name[: -len(s)] for s in _NIFTI_SUFFIXES if name.lower().endswith(s)), None)
+
+
+def lesion_mask_path(volume: str | Path) -> Path:
+    """Where the lesion mask of NIfTI ``volume`` is written: ``<stem>_lesion.nii.gz`` beside it."""
+    volume = Path(volume)
+    stem = _nifti_stem(volume)
+    if stem is None:
+        raise ManifestError(f"{volume.name} is not a NIfTI file name (.nii or .nii.gz).")
+    return volume.with_name(f"{stem}{LESION_SUFFIX}.nii.gz")
+
+
+def sibling_lesion_mask(volume: str | Path) -> Path | None:
+    """The existing lesion mask beside NIfTI ``volume`` (``<stem>_lesion.nii.gz`` or ``.nii``), or
+    None."""
+    volume = Path(volume)
+    stem = _nifti_stem(volume)
+    if stem is None:
+        return None
+    for ext in _NIFTI_SUFFIXES:
+        candidate = volume.with_name(f"{stem}{LESION_SUFFIX}{ext}")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def masked_volume(path: str | Path) -> Path | None:
+    """The volume whose lesion mask ``path`` is (``<stem>.nii.gz`` or ``.nii`` beside a
+    ``<stem>_lesion.nii.gz``), when that volume exists; else None (``path`` is no companion
+    mask)."""
+    path = Path(path)
+    stem = _nifti_stem(path)
+    if stem is None or not stem.endswith(LESION_SUFFIX):
+        return None
+    base = stem[: -len(LESION_SUFFIX)]
+    return next((v for ext in _NIFTI_SUFFIXES if (v := path.with_name(base + ext)).is_file()), None)
+
 
 @dataclass(frozen=True)
 class Case:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from tumortrace.config import CLASSES
 from tumortrace.errors import ConfigError
 from tumortrace.files import atomic_path, atomic_write_bytes, atomic_write_json
-from tumortrace.manifest import Case, write_manifest
+from tumortrace.manifest import Case, lesion_mask_path, write_manifest
 from tumortrace.synthetic import Phantom, check_label, check_size, make_phantom, subject_seed
 
 
@@ -34,7 +34,7 @@ def _write_case(out: Path, sid: str, ph: Phantom) -> Path:
     """Writes one phantom's volume, lesion mask and sidecar JSON; returns the volume's path."""
     path = out / f"{sid}.nii.gz"
     atomic_write_bytes(path, _nifti_gz(ph.data, ph.affine, ph.meta["global"]["dtype"]))
-    atomic_write_bytes(out / f"{sid}_lesion.nii.gz", _nifti_gz(ph.lesion, ph.affine, "uint8"))
+    atomic_write_bytes(lesion_mask_path(path), _nifti_gz(ph.lesion, ph.affine, "uint8"))
     atomic_write_json(out / f"{sid}.json", dict(ph.meta, subject_id=sid), indent=1)
     return path
 
