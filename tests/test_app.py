@@ -609,3 +609,39 @@ def test_a_split_verdict_opens_on_the_confident_tumour_callers_peak(app, monkeyp
     assert opened == {"sagittal": inside[0] + 1, "coronal": inside[1] + 1, "axial": inside[2] + 1}
     said = [c.value for c in app.caption if c.value.startswith("Opened on ")]
     assert len(said) == 1 and "alone calls LGG (71 %)" in said[0], said
+
+
+def test_viewer_payload_subsamples_long_axes_and_maps_points_back(monkeypatch):
+    """A 700-voxel axis travels every 3rd voxel (at most 320); the header, the deflated body and
+    a reported point agree with that step, and a report from before the server's last move (an
+    older ``seq``) is ignored."""
+    grey = (np.arange(700 * 6 * 5) % 251).astype(np.uint8).reshape(700, 6, 5)
+    lesion = np.zeros(grey.shape, bool)
+    lesion[300:330, 2:4, 1:3] = True
+    body = mpr_view.body(grey, lesion_xyz=lesion)
+    assert body.step == (3, 1, 1) and body.full_shape == (700, 6, 5)
+    data = mpr_view.payload(
+        body, point_xyz=(400, 5, 4), seq=7, grid="g", spacing_xyz=(0.5, 1.0, 2.0),
+        convention="radiological", crosshair=True,
+    )  # fmt: skip
+    header = mpr_view.read_header(data)
+    assert header["shape"] == [234, 6, 5] and header["point"] == [133, 5, 4]
+    assert header["spacing"] == [1.5, 1.0, 2.0] and header["full_spacing"] == [0.5, 1.0, 2.0]
+    assert header["planes"]["axial"]["labels"] == {
+        "top": "A",
+        "bottom": "P",
+        "left": "R",
+        "right": "L",
+    }
+    raw = zlib.decompress(data[4 + int.from_bytes(data[:4], "little") :])
+    n = 234 * 6 * 5
+    sent = np.frombuffer(raw[:n], np.uint8).reshape(234, 6, 5)
+    np.testing.assert_array_equal(sent, grey[::3])
+    bits = np.frombuffer(raw[n:], np.uint8).reshape(234, 6, 5)
+    np.testing.assert_array_equal(bits == mpr_view.LESION_BIT, lesion[::3])
+    state = {"tt_mpr": {"point": {"xyz": [133, 5, 4], "seq": 7}}}
+    monkeypatch.setattr(mpr_view.st, "session_state", state)
+    assert mpr_view.reported_point("tt_mpr", (700, 6, 5), 7) == (399, 5, 4)
+    assert mpr_view.reported_point("tt_mpr", (700, 6, 5), 8) is None  # moved since: stale
+    state["tt_mpr"] = {"point": {"xyz": ["x", 1, 2], "seq": 7}}
+    assert mpr_view.reported_point("tt_mpr", (700, 6, 5), 7) is None  # not voxel indices
