@@ -91,12 +91,14 @@ export default function (component) {
   const { header, body } = parse(data);
   st.header = header;
   const ready = st.vid === header.vid ? Promise.resolve() : inflate(body).then((raw) => {
+    if (st.header !== header) return;  // a newer render arrived while this one inflated
     const n = header.shape[0] * header.shape[1] * header.shape[2];
     st.vol = raw.subarray(0, n);
     st.mask = raw.length >= 2 * n ? raw.subarray(n, 2 * n) : null;
     st.vid = header.vid;
   });
   ready.then(() => {
+    if (st.header !== header || st.vid !== header.vid) return;  // superseded by a newer render
     // the server moved the planes (go to peak, the verdict's peak) or shows another grid
     if (st.seq !== header.seq || st.grid !== header.grid || !st.point) {
       st.seq = header.seq;
