@@ -50,13 +50,6 @@ class Opening(NamedTuple):
     reason: str
 
 
-def _peak_of(cams: list[np.ndarray]) -> tuple[int, int, int] | None:
-    mean = np.mean(cams, axis=0)
-    if not np.any(mean > 0):
-        return None
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mean)), mean.shape))
-
-
 def _centre_of_attention(analysis, volume: Volume) -> Opening:
     """Where the viewer opens: the strongest evidence of a tumour call, or the centre.
 
@@ -77,7 +70,7 @@ def _centre_of_attention(analysis, volume: Volume) -> Opening:
     expl = analysis.explanations
     ensemble_p = float(np.max(analysis.ensemble_probs))
     if ensemble_p >= LOW_CONFIDENCE and analysis.ensemble_label in ("lgg", "hgg"):
-        peak = _peak_of([e.cam_volume for e in expl.values()])
+        peak = viz.peak_voxel(np.mean([e.cam_volume for e in expl.values()], axis=0))
         name = viz.CLASS_NAMES[analysis.ensemble_label]
         return (
             Opening(peak, f"the networks' mean Grad-CAM peak ({name} verdict)") if peak else centre
@@ -88,7 +81,7 @@ def _centre_of_attention(analysis, volume: Volume) -> Opening:
         if p.label in ("lgg", "hgg") and float(np.max(p.probs)) >= LOW_CONFIDENCE and arch in expl
     ]
     for prob, arch in sorted(callers, reverse=True):
-        peak = _peak_of([expl[arch].cam_volume])
+        peak = viz.peak_voxel(expl[arch].cam_volume)
         if peak is not None:
             label = viz.CLASS_NAMES[analysis.predictions[arch].label]
             return Opening(
