@@ -1,6 +1,7 @@
 """Viewer slider step in a real browser: key press to new pixels; target median <= 150 ms.
 
-Starts ``streamlit run app.py`` on 127.0.0.1 (a free port; nothing else is contacted), opens it in
+Starts ``streamlit run app.py`` on 127.0.0.1 (:func:`local_app.serve`: a free port, nothing else is
+contacted), opens it in
 headless Chromium (Debian's ``/usr/bin/chromium`` through Playwright), uploads a volume (default:
 a synthetic 240x240x155 HGG phantom, BraTS's size) and, once the verdict and maps are in, steps
 the axial slider with the arrow key ``--steps`` times. Each step is timed from the key press to
@@ -25,13 +26,11 @@ import argparse
 import gzip
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import local_app  # noqa: E402
 from tumortrace.io import Volume, load_volume, volume_from_array  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -78,24 +78,6 @@ IMG_WATCH = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"streamlit did not answer at {url}")
-
-
 def browser_step_ms(
     upload: Path, weights: Path, steps: int, app_dir: Path = ROOT, base: bool = False
 ) -> tuple[list[float], float]:
@@ -103,25 +85,14 @@ def browser_step_ms(
     for the app in ``app_dir`` (``base``: the old viewer of images redrawn by the server)."""
     from playwright.sync_api import expect, sync_playwright
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-        "--server.address", "127.0.0.1", "--server.headless", "true",
-    ]  # fmt: skip
-    env = os.environ | {"TUMORTRACE_WEIGHTS_DIR": str(weights)}
-    proc = subprocess.Popen(
-        cmd, cwd=app_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        _wait_healthy(url)
+    with local_app.serve(weights, app_dir=app_dir, timeout=120) as app:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
             )
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(600_000)
-            page.goto(url)
+            page.goto(app.url)
             page.get_by_text("Upload a file").click()
             t0 = time.monotonic()
             page.locator("input[type=file]").set_input_files(str(upload))
@@ -144,9 +115,6 @@ def browser_step_ms(
                 times.append(float(page.evaluate(f"({CANVAS_DRAWN})('axial')")) - start)
             browser.close()
         return times, scan_s
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _base_steps(page, steps: int) -> list[float]:

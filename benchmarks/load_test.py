@@ -13,25 +13,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import local_app  # noqa: E402
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tree_rss_mib(pid: int) -> float:
@@ -113,28 +109,14 @@ def main() -> int:
     if not CHROMIUM.is_file():
         print(f"error: {CHROMIUM} not found (apt-get install chromium)", file=sys.stderr)
         return 2
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = os.environ | {"TUMORTRACE_WEIGHTS_DIR": args.weights}
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-        "--server.address", "127.0.0.1", "--server.headless", "true",
-        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    stack = contextlib.ExitStack()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    print("error: the app server did not start", file=sys.stderr)
-                    return 2
-                time.sleep(0.5)
+        app = stack.enter_context(local_app.serve(args.weights))
+    except (RuntimeError, TimeoutError) as err:
+        print(f"error: the app server did not start: {err}", file=sys.stderr)
+        return 2
+    with stack:
+        url, server = app.url, app.proc
         before = _tree_rss_mib(server.pid)
         sampler = _Sampler(server.pid)
         sampler.start()
@@ -144,12 +126,6 @@ def main() -> int:
         sampler.stop.set()
         sampler.join()
         after = _tree_rss_mib(server.pid)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
     print(
         f"# {args.sessions} sessions against {url}, {os.cpu_count()} CPUs, weights {args.weights}"
     )
