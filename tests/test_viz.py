@@ -180,20 +180,6 @@ def test_render_slice_labels_overlay_and_png():
         draw.render_slice(vol, "axial", 0, window, heat_xyz=heat[:-1])
 
 
-def test_render_slice_crosshair_marks_the_point():
-    vol = np.zeros((32, 32, 32), np.float32)
-    img = draw.render_slice(
-        vol, "axial", 5, viz.Window(0.5, 1.0), labels=False, crosshair_xyz=(8, 20, 5)
-    )
-    scale = img.shape[0] / 32  # enlarged to 256 pixels
-    row, col = (
-        int((p + 0.5) * scale) for p in viz.display_position(vol.shape, "axial", (8, 20, 5))
-    )
-    assert img[row, :, 2].max() > 200  # horizontal dashed line at the coronal position
-    assert img[:, col, 2].max() > 200  # vertical one at the sagittal position
-    assert img[:8, col, 2].max() == 0  # stops short of the edge, where the letters go
-
-
 def test_mean_std_edge_cases():
     assert mean_std([0.5]) == (0.5, 0.0, 1)
     mean, std, n = mean_std([None, float("nan")])
@@ -265,19 +251,3 @@ def test_colorbar_legend_greys_out_the_hidden_range() -> None:
     left, right = img[5, 20], img[5, 190]
     assert left[0] == left[1] == left[2]  # grey: below the threshold, not drawn
     assert tuple(right) != (right[0],) * 3  # coloured
-
-
-@pytest.mark.parametrize("convention", viz.CONVENTIONS)
-@pytest.mark.parametrize("plane", viz.PLANES)
-def test_voxel_at_inverts_display_position(plane, convention):
-    """A click at a voxel's displayed centre gives that voxel back (the viewer's click)."""
-    shape = (7, 9, 5)
-    rng = np.random.default_rng(0)
-    layout = viz.plane_layout(plane, convention)
-    rows, cols = shape[layout.row_axis], shape[layout.col_axis]
-    for xyz in rng.integers(0, shape, size=(20, 3)):
-        r, c = viz.display_position(shape, plane, xyz, convention)
-        index = int(xyz[layout.fixed_axis])
-        got = viz.voxel_at(shape, plane, index, (c + 0.5) / cols, (r + 0.5) / rows, convention)
-        assert got == tuple(int(v) for v in xyz)
-    assert viz.voxel_at(shape, plane, 0, -0.5, 1.5, convention)  # outside clamps to the edge

@@ -1,6 +1,6 @@
-"""The viewer's images: a slice drawn with its overlay, outlines, crosshair, markers and
-orientation letters (PIL), PNG encoding, the Analyze page's three planes and Grad-CAM row, and the
-colour bar legend.
+"""The Grad-CAM row's images: a slice drawn with its overlay, the true lesion's outline, markers
+and orientation letters (PIL), PNG encoding, and the colour bar legend. (The viewer's three planes
+are drawn in the browser, by ``mpr_view.py``, from the same :func:`tumortrace.viz.plane_layout`.)
 
 The geometry, windows, colour maps and blending these images are made of are in
 :mod:`tumortrace.viz` (display conventions in its docstring). No streamlit and no model code live
@@ -19,7 +19,6 @@ from PIL import Image, ImageDraw, ImageFont
 from tumortrace.errors import ConfigError
 from tumortrace.viz import (
     DEFAULT_CMAP,
-    PLANES,
     Convention,
     EdgeLabels,
     Plane,
@@ -90,22 +89,6 @@ def _draw_labels(img: Image.Image, labels: EdgeLabels) -> None:
         )
 
 
-def _draw_crosshair(img: Image.Image, row: float, col: float) -> None:
-    """Thin dashed lines marking where the other two planes cut this one.
-
-    The lines stop short of the edges so they never run through the orientation letters.
-    """
-    draw = ImageDraw.Draw(img)
-    w, h = img.size
-    color = (0, 200, 255)
-    dash = max(4, min(w, h) // 40)
-    margin = 2 * max(12, min(w, h) // 16)  # twice the label font size
-    for x0 in range(margin, w - margin, 2 * dash):
-        draw.line([(x0, row), (min(w - margin, x0 + dash), row)], fill=color, width=1)
-    for y0 in range(margin, h - margin, 2 * dash):
-        draw.line([(col, y0), (col, min(h - margin, y0 + dash))], fill=color, width=1)
-
-
 def _draw_lesion_outline(
     img: Image.Image, mask_rc: np.ndarray, color: tuple[int, int, int]
 ) -> Image.Image:
@@ -165,9 +148,7 @@ def render_slice(
     threshold: float = 0.2,
     cmap: str = DEFAULT_CMAP,
     labels: bool = True,
-    crosshair_xyz: Sequence[int] | None = None,
     min_long_side: int = 256,
-    outline_xyz: np.ndarray | None = None,
     lesion_xyz: np.ndarray | None = None,
     markers: Sequence[Marker] = (),
 ) -> np.ndarray:
@@ -181,10 +162,7 @@ def render_slice(
         heat_xyz: optional (X, Y, Z) heat map in [0, 1] on the same grid (a Grad-CAM volume).
         opacity, threshold, cmap: overlay settings (see :func:`blend_overlay`).
         labels: draw the orientation letters at the edges.
-        crosshair_xyz: optional voxel (x, y, z) whose other-plane lines are drawn.
         min_long_side: enlarge small slices to at least this many pixels.
-        outline_xyz: optional (X, Y, Z) bool mask on the same grid (the brain mask) whose outline
-            is drawn in cyan, one display pixel wide.
         lesion_xyz: optional (X, Y, Z) bool mask (the true lesion) whose boundary on this slice is
             drawn in :data:`LESION_COLOR`.
         markers: points (e.g. each network's peak) drawn as rings at their in-plane position:
@@ -200,12 +178,8 @@ def render_slice(
     img = Image.fromarray(rgb)
     if out_rc != gray.shape:
         img = img.resize((out_rc[1], out_rc[0]), Image.Resampling.BILINEAR)
-    if outline_xyz is not None:
-        img = _draw_outline(img, extract_slice(outline_xyz, plane, index, convention), out_rc)
     if lesion_xyz is not None:
         img = _draw_true_lesion(img, cut, lesion_xyz)
-    if crosshair_xyz is not None:
-        _draw_crosshair(img, *_pixel_centre(cut, crosshair_xyz, gray.shape, out_rc))
     fixed = plane_layout(plane).fixed_axis
     for marker in markers:
         row, col = _pixel_centre(cut, marker.xyz, gray.shape, out_rc)
@@ -274,55 +248,11 @@ def _pixel_centre(
     return (r + 0.5) * out_rc[0] / shape_rc[0], (c + 0.5) * out_rc[1] / shape_rc[1]
 
 
-def _draw_outline(img: Image.Image, mask_rc: np.ndarray, out_rc: tuple[int, int]) -> Image.Image:
-    """``img`` with the boundary of a 2D bool mask (resized to ``out_rc``) in cyan."""
-    m = Image.fromarray(np.asarray(mask_rc, dtype=bool).astype(np.uint8) * 255)
-    m = np.asarray(m.resize((out_rc[1], out_rc[0]), Image.Resampling.NEAREST)) > 0
-    inner = m.copy()
-    inner[1:, :] &= m[:-1, :]
-    inner[:-1, :] &= m[1:, :]
-    inner[:, 1:] &= m[:, :-1]
-    inner[:, :-1] &= m[:, 1:]
-    rgb = np.array(img)
-    rgb[m & ~inner] = (0, 220, 255)
-    return Image.fromarray(rgb)
-
-
 def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
     """PNG bytes of a (rows, cols) or (rows, cols, 3) uint8 image (level 1: fast, lossless)."""
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
-
-
-def draw_planes(
-    volume_xyz: np.ndarray,
-    point_xyz: Sequence[int],
-    window: Window,
-    *,
-    spacing_xyz: Sequence[float] = (1.0, 1.0, 1.0),
-    convention: Convention = "radiological",
-    crosshair: bool = True,
-    outline_xyz: np.ndarray | None = None,
-    lesion_xyz: np.ndarray | None = None,
-) -> dict[Plane, bytes]:
-    """The viewer's three planes through voxel ``point_xyz``, as PNG bytes per plane.
-
-    What the Analyze page draws on every slider step, and what ``benchmarks/bench_viewer.py``
-    times. ``crosshair`` marks where the other two planes cut each one; ``outline_xyz`` is an
-    optional mask whose outline is drawn, ``lesion_xyz`` the true lesion (see
-    :func:`render_slice`).
-    """
-    out: dict[Plane, bytes] = {}
-    for plane in PLANES:
-        index = point_xyz[plane_layout(plane).fixed_axis]
-        img = render_slice(
-            volume_xyz, plane, index, window, spacing_xyz=spacing_xyz, convention=convention,
-            crosshair_xyz=point_xyz if crosshair else None, outline_xyz=outline_xyz,
-            lesion_xyz=lesion_xyz,
-        )  # fmt: skip
-        out[plane] = encode_png(img)
-    return out
 
 
 def draw_overlays(

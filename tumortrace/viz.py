@@ -241,28 +241,6 @@ def display_position(
     return r, c
 
 
-def voxel_at(
-    shape_xyz: Sequence[int],
-    plane: Plane,
-    index: int,
-    u: float,
-    v: float,
-    convention: Convention = "radiological",
-) -> tuple[int, int, int]:
-    """The voxel under a point of the displayed slice ``index`` of ``plane`` (the inverse of
-    :func:`display_position`): ``u``, ``v`` are shares (0-1) of the image's width and height from
-    its top-left corner, as a click reports them; outside points clamp to the edge."""
-    layout = plane_layout(plane, convention)
-    n_rows, n_cols = int(shape_xyz[layout.row_axis]), int(shape_xyz[layout.col_axis])
-    r = min(n_rows - 1, max(0, math.floor(v * n_rows)))
-    c = min(n_cols - 1, max(0, math.floor(u * n_cols)))
-    xyz = [0, 0, 0]
-    xyz[layout.fixed_axis] = int(index)
-    xyz[layout.row_axis] = n_rows - 1 - r if layout.row_flip else r
-    xyz[layout.col_axis] = n_cols - 1 - c if layout.col_flip else c
-    return xyz[0], xyz[1], xyz[2]
-
-
 def pixel_spacing(spacing_xyz: Sequence[float], plane: Plane) -> tuple[float, float]:
     """Millimetres per displayed (row, col) pixel for ``plane``."""
     layout = plane_layout(plane)
