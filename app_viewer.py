@@ -437,8 +437,9 @@ def viewer(
 
 
 def open_at_peak(sha: str, volume: Volume, analysis) -> None:
-    """Moves the sliders to where the viewer opens once the verdict is in (the ensemble's Grad-CAM
-    peak for a confident tumour verdict), unless the user has moved them while waiting."""
+    """Moves the planes to where the viewer opens once the verdict is in
+    (:func:`_centre_of_attention`) and remembers why, unless the user has moved them while
+    waiting."""
     if current_point(sha, volume) != tuple(n // 2 for n in volume.data.shape):
         return
     opening = _centre_of_attention(analysis, volume)
