@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # torch-heavy modules load on first use: the page must render
     from tumortrace.standard import StandardSpace
 
 MAX_CACHED = 4  # volumes / analyses per session (a 240x240x155 analysis holds ~110 MB of maps)
-LOW_CONFIDENCE = 0.6  # below this top probability a verdict is flagged as low confidence
 
 
 def tone(label: str) -> str:

@@ -21,7 +21,6 @@ import streamlit as st
 
 import mpr_view
 from app_analysis import (
-    LOW_CONFIDENCE,
     analysis_job,
     analysis_key,
     cached,
@@ -34,8 +33,10 @@ from app_analysis import (
 from app_report import cam_nifti_bytes, download_stem
 from tumortrace import draw, viz
 from tumortrace.config import CLASSES
+from tumortrace.focus import opening_voxel
 from tumortrace.io import Volume, load_volume
 from tumortrace.networks import display_name, in_display_order
+from tumortrace.numformat import fmt
 
 if TYPE_CHECKING:  # torch-heavy modules load on first use: the page must render at once
     from tumortrace.standard import StandardSpace
@@ -51,45 +52,26 @@ class Opening(NamedTuple):
 
 
 def _centre_of_attention(analysis, volume: Volume) -> Opening:
-    """Where the viewer opens: the strongest evidence of a tumour call, or the centre.
+    """Where the viewer opens (:func:`tumortrace.focus.opening_voxel`), and why.
 
-    * A confident tumour verdict of the ensemble: the peak of the networks' mean map.
-    * Otherwise, when a network on its own calls LGG or HGG with at least
-      :data:`LOW_CONFIDENCE`: the peak of the most confident such network's map (what a reader
-      of a split verdict must check first).
-    * Otherwise the volume's centre: the heat of a guess has no focus, and evidence for
-      "healthy" has no lesion to point at.
-
-    The maps are already zero outside the brain; no intensity mask on top (it hid the dark
-    necrotic core of an HGG).
+    * Unless the ensemble calls the scan healthy with confidence
+      (:data:`tumortrace.config.LOW_CONFIDENCE`): the analysis's focus (:mod:`tumortrace.focus`:
+      every network's LGG and HGG maps, weighted by its probabilities, pooled over about a
+      centimetre), also for an uncertain verdict, where it is what a reader must check first. It
+      lies inside the lesion more often than any one network's peak; "Go to peak" still shows
+      each network's own.
+    * A confident healthy verdict, or no evidence at all: the volume's centre (evidence for
+      "healthy" has no lesion to point at).
     """
-    shape = volume.data.shape
-    centre = Opening(tuple(s // 2 for s in shape), "")  # type: ignore[arg-type]
-    if analysis is None or not analysis.explanations:
-        return centre
-    expl = analysis.explanations
-    ensemble_p = float(np.max(analysis.ensemble_probs))
-    if ensemble_p >= LOW_CONFIDENCE and analysis.ensemble_label in ("lgg", "hgg"):
-        peak = viz.peak_voxel(np.mean([e.cam_volume for e in expl.values()], axis=0))
-        name = viz.CLASS_NAMES[analysis.ensemble_label]
-        return (
-            Opening(peak, f"the networks' mean Grad-CAM peak ({name} verdict)") if peak else centre
-        )
-    callers = [
-        (float(np.max(p.probs)), arch)
-        for arch, p in analysis.predictions.items()
-        if p.label in ("lgg", "hgg") and float(np.max(p.probs)) >= LOW_CONFIDENCE and arch in expl
-    ]
-    for prob, arch in sorted(callers, reverse=True):
-        peak = viz.peak_voxel(expl[arch].cam_volume)
-        if peak is not None:
-            label = viz.CLASS_NAMES[analysis.predictions[arch].label]
-            return Opening(
-                peak,
-                f"{display_name(arch)}'s Grad-CAM peak: it alone calls {label} "
-                f"({100 * prob:.0f} %), the ensemble does not",
-            )
-    return centre
+    focus = None if analysis is None else analysis.focus
+    xyz = opening_voxel(focus, volume.data.shape)  # type: ignore[arg-type]
+    if focus is None or not focus.opens:
+        return Opening(xyz, "")
+    return Opening(
+        xyz,
+        "where the networks' pooled evidence for a tumour concentrates "
+        f"(ensemble LGG or HGG: {fmt(focus.p_tumour, 'percent')} %)",
+    )
 
 
 def _true_lesion(volume: Volume) -> np.ndarray | None:

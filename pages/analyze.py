@@ -21,7 +21,6 @@ import streamlit as st
 
 import app_state
 from app_analysis import (
-    LOW_CONFIDENCE,
     analysis_job,
     analysis_key,
     cached,
@@ -35,7 +34,7 @@ from app_analysis import (
 from app_report import analysis_report, download_stem, report_csv
 from app_viewer import open_at_peak, viewer
 from tumortrace import figures, viz
-from tumortrace.config import IOLimits
+from tumortrace.config import LOW_CONFIDENCE, IOLimits
 from tumortrace.errors import TumorTraceError
 from tumortrace.files import sha256_bytes, sha256_file
 from tumortrace.io import SUPPORTED, Volume, load_volume

@@ -29,7 +29,7 @@ from streamlit.testing.v1 import AppTest
 import app_state
 import mpr_view
 from tumortrace import draw, viz
-from tumortrace.config import IOLimits
+from tumortrace.config import CLASSES, IOLimits
 from tumortrace.infer import Predictor
 from tumortrace.io import load_volume
 from tumortrace.networks import in_display_order
@@ -286,9 +286,13 @@ def test_benchmarks_page_renders_stored_files(app):
     assert rows.loc[("MC3-18", "gradcam-l4 (before)"), "max in lesion %"] == "25.0"
     assert rows.loc[("R3D-18", "layercam-l34 (default)"), "concentration ×"] == "4.00"
     assert any("fixture phantoms" in c.value for c in app.caption)
+    assert rows.loc[("all networks", "pooled evidence for a tumour"), "max in lesion"] == "2/4"
+    assert rows.loc[("all networks", "where the viewer opens"), "max in lesion %"] == "25.0"
     app.radio(key="bench_expl_target").set_value("predicted").run()
     no_exception(app)
-    assert any("max in lesion" in d.value.columns for d in app.dataframe)
+    expl = next(d.value for d in app.dataframe if "max in lesion" in d.value.columns)
+    rows = expl.set_index(["network", "method"])  # the pooled rows show for either target
+    assert rows.loc[("all networks", "where the viewer opens"), "max in lesion"] == "1/4"
 
 
 def test_benchmarks_page_without_files(tmp_path, monkeypatch):
@@ -360,23 +364,23 @@ def test_sample_picker_runs_the_networks(app):
     assert len(prediction_lines(app)) == 3 and len(cam_captions(app)) == 3
 
 
-def test_confident_healthy_verdict_opens_the_viewer_at_the_centre(monkeypatch):
-    """The shipped weights call the bundled healthy sample healthy (ensemble 53 %, measured when
-    they were shipped); a healthy verdict has no lesion to show, so the viewer opens at the
-    volume's centre."""
+def test_the_healthy_sample_opens_where_the_shipped_weights_point(monkeypatch):
+    """The shipped weights on the bundled healthy sample: the viewer opens where the same
+    analysis run here says (its focus unless the verdict is confidently healthy, else the
+    centre), and the caption agrees."""
     monkeypatch.setenv("TUMORTRACE_WEIGHTS_DIR", str(ROOT / "weights"))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     pick_sample(at, "Real brain (IXI049), healthy")
     no_exception(at)
     assert any("Ensemble verdict: Healthy" in x.value for x in [*at.info, *at.warning])
-    shape = load_volume(ROOT / "samples" / "healthy.nii.gz").shape  # canonical RAS (stored PSR)
-    sliders = viewer_point(at)
-    # 1-based slider positions of the centre voxel (x, y, z = sagittal, coronal, axial)
-    assert sliders == {
-        "sagittal": shape[0] // 2 + 1,
-        "coronal": shape[1] // 2 + 1,
-        "axial": shape[2] // 2 + 1,
-    }
+    volume = load_volume(ROOT / "samples" / "healthy.nii.gz")  # canonical RAS (stored PSR)
+    focus = Predictor.from_dir(ROOT / "weights").analyze(volume).focus
+    xyz = focus.xyz if focus.opens else tuple(n // 2 for n in volume.shape)
+    # 1-based slider positions (x, y, z = sagittal, coronal, axial)
+    planes = ("sagittal", "coronal", "axial")
+    assert viewer_point(at) == dict(zip(planes, [v + 1 for v in xyz], strict=True))
+    said = [c.value for c in at.caption if c.value.startswith("Opened on ")]
+    assert len(said) == int(focus.opens)
 
 
 def test_non_brain_upload_is_unreliable_input_not_a_verdict(app, blob_nifti_gz):
@@ -548,67 +552,59 @@ def test_explain_class_keeps_its_choice_across_a_sample_then_an_upload(app, head
     assert len(cam_captions(app)) == 3
 
 
-def test_a_confident_tumour_verdict_opens_the_viewer_on_the_ensemble_peak(app, monkeypatch):
-    """The HGG sample with a confident HGG ensemble whose maps all peak inside the true lesion:
-    the viewer opens on that voxel (the slider positions), not at the volume's centre. The
-    verdict and maps are set here, so the test holds whatever the shipped weights say."""
+def _with_focus(xyz, ensemble_probs):
+    """``Predictor.analyze`` whose analysis has its focus at voxel ``xyz`` and these ensemble
+    probabilities (the rest as the shipped weights say)."""
+    analyze = Predictor.analyze
+
+    def patched(self, *args, **kwargs):
+        got = analyze(self, *args, **kwargs)
+        probs = np.asarray(ensemble_probs, float)
+        return dataclasses.replace(
+            got,
+            focus=dataclasses.replace(got.focus, xyz=xyz, p_tumour=float(1.0 - probs[0])),
+            ensemble_probs=probs,
+            ensemble_label=CLASSES[int(np.argmax(probs))],
+        )
+
+    return patched
+
+
+def _lesion_middle() -> tuple[int, int, int]:
     lesion = load_volume(ROOT / "samples" / "hgg_lesion.nii.gz").data > 0.5
     voxels = np.argwhere(lesion)
     nearest = np.argmin(((voxels - np.median(voxels, axis=0)) ** 2).sum(axis=1))
-    inside = tuple(int(i) for i in voxels[nearest])  # the lesion voxel nearest its middle
-    heat = np.zeros(lesion.shape, np.float32)
-    heat[inside] = 1.0
-    analyze = Predictor.analyze
-
-    def confident_hgg(self, *args, **kwargs):
-        got = analyze(self, *args, **kwargs)
-        explanations = {
-            a: dataclasses.replace(e, cam_volume=heat) for a, e in got.explanations.items()
-        }
-        probs = np.array([0.05, 0.15, 0.8])
-        return dataclasses.replace(
-            got, explanations=explanations, ensemble_probs=probs, ensemble_label="hgg"
-        )
-
-    monkeypatch.setattr(Predictor, "analyze", confident_hgg)
-    pick_sample(app, "Same brain + synthetic high-grade glioma (HGG)")
-    no_exception(app)
-    opened = viewer_point(app)
-    assert opened == {"sagittal": inside[0] + 1, "coronal": inside[1] + 1, "axial": inside[2] + 1}
+    return tuple(int(i) for i in voxels[nearest])  # the lesion voxel nearest its middle
 
 
-def test_a_split_verdict_opens_on_the_confident_tumour_callers_peak(app, monkeypatch):
-    """An uncertain ensemble (healthy 40 %) with one network calling LGG at 71 %: the viewer opens
-    on that network's peak and says so; the other networks' maps (peaking elsewhere) do not
-    move it. As the shipped weights do on the bundled HGG sample (R3D-18 alone calls LGG)."""
-    lesion = load_volume(ROOT / "samples" / "hgg_lesion.nii.gz").data > 0.5
-    inside = tuple(int(i) for i in np.argwhere(lesion)[0])
-    analyze = Predictor.analyze
-
-    def split(self, *args, **kwargs):
-        got = analyze(self, *args, **kwargs)
-        archs = list(got.explanations)
-        caller = archs[-1]
-        explanations, predictions = {}, {}
-        for arch, e in got.explanations.items():
-            heat = np.zeros(lesion.shape, np.float32)
-            heat[inside if arch == caller else (0, 0, 0)] = 1.0
-            explanations[arch] = dataclasses.replace(e, cam_volume=heat)
-            probs = np.array([0.2, 0.71, 0.09] if arch == caller else [0.55, 0.1, 0.35])
-            label = "lgg" if arch == caller else "healthy"
-            predictions[arch] = dataclasses.replace(got.predictions[arch], probs=probs, label=label)
-        return dataclasses.replace(
-            got, explanations=explanations, predictions=predictions,
-            ensemble_probs=np.array([0.4, 0.3, 0.3]), ensemble_label="healthy",
-        )  # fmt: skip
-
-    monkeypatch.setattr(Predictor, "analyze", split)
+@pytest.mark.parametrize("probs", [(0.05, 0.15, 0.8), (0.41, 0.17, 0.42), (0.59, 0.2, 0.21)])
+def test_a_verdict_not_confidently_healthy_opens_the_viewer_on_the_focus(app, monkeypatch, probs):
+    """A confident HGG, a split and a low-confidence healthy ensemble (healthy 5, 41 and 59 %):
+    the viewer opens on the analysis's focus (the slider positions), not at the volume's centre,
+    and says why with the ensemble's tumour probability. The focus is set here, so the test holds
+    whatever the weights say."""
+    inside = _lesion_middle()
+    monkeypatch.setattr(Predictor, "analyze", _with_focus(inside, probs))
     pick_sample(app, "Same brain + synthetic high-grade glioma (HGG)")
     no_exception(app)
     opened = viewer_point(app)
     assert opened == {"sagittal": inside[0] + 1, "coronal": inside[1] + 1, "axial": inside[2] + 1}
     said = [c.value for c in app.caption if c.value.startswith("Opened on ")]
-    assert len(said) == 1 and "alone calls LGG (71 %)" in said[0], said
+    share = f"{100 * (probs[1] + probs[2]):.1f} %"
+    assert len(said) == 1 and "pooled evidence for a tumour" in said[0] and share in said[0], said
+
+
+@pytest.mark.parametrize("probs", [(0.8, 0.1, 0.1), (0.6, 0.2, 0.2)])
+def test_a_confident_healthy_verdict_opens_at_the_centre(app, monkeypatch, probs):
+    """Healthy at 80 and 60 % (the confidence line): the focus (set inside the lesion) is not
+    used; the planes stay at the volume's centre and no "Opened on" line is shown."""
+    monkeypatch.setattr(Predictor, "analyze", _with_focus(_lesion_middle(), probs))
+    pick_sample(app, "Same brain + synthetic high-grade glioma (HGG)")
+    no_exception(app)
+    shape = load_volume(ROOT / "samples" / "hgg.nii.gz").data.shape
+    centre = [n // 2 + 1 for n in shape]
+    assert viewer_point(app) == dict(zip(("sagittal", "coronal", "axial"), centre, strict=True))
+    assert not [c.value for c in app.caption if c.value.startswith("Opened on ")]
 
 
 def test_viewer_payload_subsamples_long_axes_and_maps_points_back(monkeypatch):

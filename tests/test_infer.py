@@ -92,6 +92,13 @@ def test_analysis_records_for_every_network(predictor, volume) -> None:
         assert expl.cam_volume.min() >= 0 and expl.cam_volume.max() <= 1
     assert analysis.grid is analysis.explanations[list_models()[0]].grid
     assert analysis.seconds >= sum(p.seconds for p in analysis.predictions.values())
+    focus = analysis.focus  # every network's LGG and HGG maps, pooled (tumortrace.focus)
+    assert focus is not None and focus.archs == tuple(list_models())
+    assert focus.evidence.shape == TINY.shape_dhw and focus.evidence.min() >= 0
+    assert focus.evidence.max() == pytest.approx(1.0)
+    tumour = np.mean([p.probs[1:].sum() for p in analysis.predictions.values()])
+    assert focus.p_tumour == pytest.approx(tumour)
+    assert focus.xyz is not None and focus.volume()[focus.xyz] == focus.volume().max()
 
 
 @pytest.mark.slow

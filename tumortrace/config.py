@@ -86,6 +86,10 @@ class PreprocessConfig:
         return cls(**kwargs)
 
 
+LOW_CONFIDENCE = 0.6
+"""Below this top probability a verdict is flagged as low confidence (the app's verdict lines);
+a healthy verdict at or above it is confident, and the viewer then opens at the centre."""
+
 MAX_MODEL_VOXELS = 2**21
 """Largest model grid a card may ask for (inference memory and time grow with it)."""
 

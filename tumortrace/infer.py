@@ -36,8 +36,16 @@ from torch import nn
 from tumortrace.checkpoint import ModelCard, load_checkpoint, read_card
 from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.errors import CheckpointError, ConfigError, TumorTraceError
-from tumortrace.explain import brain_mask_on_model_grid, explain_batch, make_explanation
+from tumortrace.explain import (
+    brain_mask_on_model_grid,
+    cam_maps,
+    explain_batch,
+    finish_map,
+    fuse_maps,
+    make_explanation,
+)
 from tumortrace.explanation import Explanation, get_cam_method, save_cam_nifti
+from tumortrace.focus import TUMOUR_CLASSES, Focus, find_focus
 from tumortrace.guards import printable
 from tumortrace.io import Volume
 from tumortrace.model_prep import InferenceSettings, prepare_model
@@ -87,6 +95,8 @@ class Analysis:
             own ``grid`` when cards use different preprocessing).
         seconds: wall time of the whole analysis, preprocessing included.
         standard: brain mask, registration and input checks (None when they were not run).
+        focus: where the networks' pooled evidence for a tumour concentrates
+            (:mod:`tumortrace.focus`: the viewer opens there), or None without networks.
     """
 
     predictions: dict[str, Prediction]
@@ -97,6 +107,7 @@ class Analysis:
     grid: GridMap
     seconds: float = 0.0
     standard: StandardSpace | None = None
+    focus: Focus | None = None
 
     @property
     def reliable(self) -> bool:
@@ -369,6 +380,7 @@ class Predictor:
         prepared: dict[PreprocessConfig, Preprocessed] = {}
         predictions: dict[str, Prediction] = {}
         explanations: dict[str, Explanation] = {}
+        class_maps: dict[str, dict[str, np.ndarray]] = {}
         needs_std = any(self.cards[a].preprocess.space == "mni" for a in archs)
         if standard is None and needs_std:
             standard = standardise(volume)
@@ -381,13 +393,14 @@ class Predictor:
             if is_baseline(arch):  # a comparison method: probabilities, no map
                 predictions[arch] = self._predict(arch, prepared[config])
             else:
-                predictions[arch], explanations[arch] = self._run(
+                predictions[arch], explanations[arch], class_maps[arch] = self._run(
                     arch, prepared[config], target_idx, method
                 )
             if on_result is not None:
                 on_result(arch, predictions[arch])
         probs = np.mean([p.probs for p in predictions.values()], axis=0)
         first = self.cards[archs[0]].preprocess
+        focus = self._focus(class_maps, predictions, prepared, archs)
         return Analysis(
             predictions=predictions,
             explanations=explanations,
@@ -397,6 +410,29 @@ class Predictor:
             grid=explanations[archs[0]].grid if archs[0] in explanations else prepared[first].grid,
             seconds=time.perf_counter() - start,
             standard=standard,
+            focus=focus,
+        )
+
+    def _focus(
+        self,
+        class_maps: Mapping[str, Mapping[str, np.ndarray]],
+        predictions: Mapping[str, Prediction],
+        prepared: Mapping[PreprocessConfig, Preprocessed],
+        archs: Sequence[str],
+    ) -> Focus | None:
+        """:func:`tumortrace.focus.find_focus` of the networks that share the first network's
+        model grid (the shipped cards all do; one with another preprocessing is left out)."""
+        nets = [a for a in archs if class_maps.get(a)]
+        if not nets:
+            return None
+        config = self.cards[nets[0]].preprocess
+        pooled = [a for a in nets if self.cards[a].preprocess == config]
+        prep = prepared[config]
+        return find_focus(
+            {a: class_maps[a] for a in pooled},
+            {a: predictions[a].probs for a in pooled},
+            prep.grid,
+            self.brain_mask(prep),
         )
 
     def _run(
@@ -405,33 +441,39 @@ class Predictor:
         prep: Preprocessed,
         target_idx: int | None,
         method: str,
-    ) -> tuple[Prediction, Explanation]:
-        """One forward + one backward of ``arch`` on ``prep.tensor``."""
+    ) -> tuple[Prediction, Explanation, dict[str, np.ndarray]]:
+        """One forward of ``arch`` on ``prep.tensor``, one backward for the map of the target
+        class and one for each other tumour class (the focus's ``(D, H, W)`` class maps; each reads
+        the stages after the first one the map reads only)."""
         start = time.perf_counter()
         x = prep.tensor.to(self._device, torch.float32)[None]  # (1, 1, D, H, W)
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         trunk = self._trunks[arch] if method == self.settings.cam_method else None
         feats, target, cams = explain_batch(
-            self._models[arch], x, method, target=target_idx, trunk=trunk
+            self._models[arch], x, method, target=target_idx, trunk=trunk, retain_graph=True
         )  # cams: (N, D, H, W) on the model grid
         probs = torch.softmax(feats.logits.detach().double(), dim=1)[0].cpu().numpy()
-        expl = make_explanation(
-            arch,
-            target,
-            cams[0],
-            prep.grid,
-            tuple(prep.tensor.shape[-3:]),
-            mask=self.brain_mask(prep),
-            method=method,
-        )
+        shape = tuple(prep.tensor.shape[-3:])
+        mask = self.brain_mask(prep)
+        expl = make_explanation(arch, target, cams[0], prep.grid, shape, mask=mask, method=method)
+        rule = get_cam_method(method).rule
+        class_maps: dict[str, np.ndarray] = {}
+        for cls in TUMOUR_CLASSES if self.settings.focus else ():
+            idx = CLASSES.index(cls)
+            if idx == target:
+                class_maps[cls] = expl.cam_model
+            else:
+                maps = cam_maps(feats, idx, rule, retain_graph=True)
+                class_maps[cls] = finish_map(fuse_maps(maps, shape)[0], mask)
+        del feats  # frees the retained graph
         pred = Prediction(
             arch=arch,
             probs=probs,
             label=CLASSES[int(np.argmax(probs))],
             seconds=time.perf_counter() - start,
         )
-        return pred, expl
+        return pred, expl, class_maps
 
     @torch.inference_mode()
     def _predict(self, arch: str, prep: Preprocessed) -> Prediction:

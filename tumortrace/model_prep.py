@@ -45,6 +45,9 @@ class InferenceSettings:
         input_checks: :func:`tumortrace.batch.predict_paths` runs brain extraction, registration and
             the input checks (:mod:`tumortrace.standard`) for every file, also for legacy
             native-space cards (standard-space cards always need them, whatever this says).
+        focus: also explain LGG and HGG for each network and pool them into the analysis's
+            :class:`tumortrace.focus.Focus` (where the app's viewer opens; one short backward per
+            tumour class the network did not predict). Off: ``Analysis.focus`` is None.
     """
 
     precision: Precision = "auto"
@@ -55,6 +58,7 @@ class InferenceSettings:
     device: str = "cpu"
     compile: bool = False
     input_checks: bool = True
+    focus: bool = True
 
     def resolved_device(self) -> torch.device:
         """The torch device (:func:`tumortrace.runtime.resolve_device`)."""
