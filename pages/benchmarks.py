@@ -188,7 +188,12 @@ def _explanations(doc: dict) -> None:
         "game, is the map's maximum inside the lesion? *Energy in lesion*: the share of the map's "
         "mass inside it, against the lesion's share of the brain (what a map blind to the lesion "
         "would give); *concentration* is their ratio per case (median; 1 = chance). Seconds: one "
-        "network's forward, backward and map per analysis."
+        "network's forward, backward and map per analysis. *All networks*: their LGG and HGG "
+        "maps pooled by probability and smoothed over 10 mm, and the point where the Analyze "
+        "viewer opens (that pooled peak unless the verdict is healthy at 60 % or more, else the "
+        "centre; "
+        "scored as one voxel, so *max in lesion* is how often it opens inside the lesion); "
+        "their seconds are the whole analysis of all networks."
     )
     target = st.radio(
         "Map of",

@@ -153,9 +153,16 @@ def make_benchmark_files(folder: Path, archs: tuple[str, ...] = ("mc3", "r3d")) 
                 "concentration_near": 4.0,
                 "seconds": 0.25,
             }
-            for arch in archs
-            for method, hits in (("gradcam-l4", 1), ("layercam-l34", 3))
-            for target in ("true", "predicted")
+            for arch, method, hits, target in [
+                *(
+                    (arch, method, hits, target)
+                    for arch in archs
+                    for method, hits in (("gradcam-l4", 1), ("layercam-l34", 3))
+                    for target in ("true", "predicted")
+                ),
+                ("ensemble", "focus", 2, "pooled"),  # the networks' pooled evidence
+                ("ensemble", "opening", 1, "pooled"),  # where the viewer opens
+            ]
         ],
     }
     (bench_dir / "explanations.json").write_text(json.dumps(explanations), encoding="utf-8")

@@ -139,14 +139,24 @@ def test_cli_writes_scores_for_every_network_method_and_target(tmp_path, capsys)
     assert doc == json.loads(out.read_text(encoding="utf-8"))
     assert doc["cohort"] == "two tiny heads"
     assert doc["n_lesion_cases"] == 2 and doc["n_healthy_skipped"] == 1
-    # 2 cases x 3 networks x 2 methods x 2 targets
-    assert len(doc["cases"]) == 24
+    # 2 cases x (3 networks x 2 methods x 2 targets + the focus and the opening)
+    assert len(doc["cases"]) == 2 * (12 + 2)
+    maps = [r for r in doc["cases"] if r["target_kind"] != "pooled"]
     for row in doc["cases"]:
         assert 0.0 <= row["energy_share"] <= row["energy_share_near"] <= 1.0 + 1e-9
+    for row in maps:
         assert row["target"] == (row["label"] if row["target_kind"] == "true" else row["predicted"])
         assert ("seconds" in row) == (row["target_kind"] == "predicted")
+    pooled = [r for r in doc["cases"] if r["target_kind"] == "pooled"]
+    assert sorted((r["subject_id"], r["method"]) for r in pooled) == [
+        (s, m) for s in ("s0", "s1") for m in ("focus", "opening")
+    ]
+    for row in pooled:  # the opening is one voxel: all its mass is where the viewer opens
+        assert row["arch"] == "ensemble" and row["target"] == "lgg+hgg" and row["seconds"] > 0
+        if row["method"] == "opening":
+            assert row["energy_share"] == float(row["hit"])
     summary = {(r["arch"], r["method"], r["target"], r["label"]): r for r in doc["summary"]}
-    assert len(summary) == 3 * 2 * 2 * 3  # classes hgg, lgg and all
+    assert len(summary) == (3 * 2 * 2 + 2) * 3  # classes hgg, lgg and all
     for (arch, method, kind, label), r in summary.items():
         rows_here = [
             c

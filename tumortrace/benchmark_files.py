@@ -21,6 +21,11 @@ from tumortrace.networks import in_display_order
 OTHER_FILES: frozenset[str] = frozenset({"inference", "published", "explanations", "real_scans"})
 """Stems of the files in the folder that are not one network's benchmark."""
 
+FOCUS_ARCH, FOCUS_TARGET = "ensemble", "pooled"
+FOCUS_METHOD, OPENING_METHOD = "focus", "opening"
+"""How ``explanations.json`` names the rows of the networks' pooled evidence for a tumour
+(:mod:`tumortrace.focus`) and of where the viewer opens: network, target kind and methods."""
+
 
 @dataclass(frozen=True)
 class BenchmarkFolder:

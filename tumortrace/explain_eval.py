@@ -13,6 +13,13 @@ map of the predicted class and of the true class is scored on the volume's own g
 * **seconds** per analysis: forward, backward, map, mask and mapping back to the volume grid, for
   the predicted class (preprocessing excluded: it is the same for every method).
 
+Two more rows per case, network ``ensemble``, target ``pooled``, from the app's own analysis
+(default method): method ``focus``, the networks' pooled evidence for a tumour
+(:mod:`tumortrace.focus`), scored as a map; and method ``opening``, the voxel where the app's
+viewer opens (:func:`tumortrace.focus.opening_voxel`: the focus unless the ensemble calls the scan
+healthy with confidence, else the centre), scored as a one-voxel map, so its pointing game is how
+often the viewer opens inside the lesion.
+
 Layers: this module runs the networks through :class:`tumortrace.infer.Predictor` (the app's own
 prepared models and masks), so what is scored is what the app shows.
 """
@@ -33,6 +40,7 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from tumortrace.benchmark_files import FOCUS_ARCH, FOCUS_METHOD, FOCUS_TARGET, OPENING_METHOD
 from tumortrace.captum_reference import guided_gradcam_captum, occlusion_captum, reference_copy
 from tumortrace.config import CLASSES
 from tumortrace.errors import ManifestError, TumorTraceError
@@ -43,11 +51,12 @@ from tumortrace.explanation import (
     LEGACY_CAM_METHOD,
     get_cam_method,
 )
+from tumortrace.focus import opening_voxel
 from tumortrace.infer import InferenceSettings, Predictor
 from tumortrace.io import Volume, load_volume
 from tumortrace.manifest import read_manifest, sibling_lesion_mask
 from tumortrace.preprocess import Preprocessed, foreground_mask
-from tumortrace.standard import prepare, standardise
+from tumortrace.standard import StandardSpace, prepare, standardise
 
 REFERENCE_METHODS: dict[str, str] = {
     "guided-gradcam": "Captum GuidedGradCam on layer 4 (full backward to the input)",
@@ -327,7 +336,13 @@ class ExplainReport:
                 "lesion_share": "lesion voxels / brain voxels (mean over cases)",
                 "concentration": "median over cases of energy_share / lesion_share (1 = chance)",
                 "seconds": "median seconds per analysis of one network for the predicted class "
-                "(forward + backward + map + mask + back to the volume grid)",
+                "(forward + backward + map + mask + back to the volume grid); for the focus "
+                "rows, the whole analysis of all networks with the focus",
+                "focus": "network 'ensemble', method 'focus', target 'pooled': the networks' "
+                "pooled evidence for a tumour (tumortrace.focus), scored as a map",
+                "opening": "network 'ensemble', method 'opening', target 'pooled': the voxel "
+                "where the app's viewer opens (the focus unless healthy >= 60 %, else the "
+                "centre), scored as a one-voxel map: pointing = opened inside the lesion",
             },
             "summary": self.summary(),
             "cases": [r.to_dict() for r in self.results],
@@ -458,6 +473,7 @@ def evaluate_explanations(
                 prepared[config] = prepare(volume, config, standard)
             prep = prepared[config]
             results += _score_case(case, arch, prep, regions, methods, predictor, refs.get(arch))
+        results += _score_focus(case, volume, standard, regions, predictor)
     return ExplainReport(
         manifest=str(manifest),
         restrict_to_brain=predictor.settings.restrict_to_brain,
@@ -471,6 +487,38 @@ def evaluate_explanations(
         weights={a: predictor.cards[a].weights_sha256 for a in predictor.archs},
         results=tuple(results),
     )
+
+
+def _score_focus(
+    case: LesionCase,
+    volume: Volume,
+    standard: StandardSpace | None,
+    regions: Regions,
+    predictor: Predictor,
+) -> list[CaseResult]:
+    """The app's analysis of one case (default method): its focus scored as a map and the
+    viewer's opening as a one-voxel map (none when no network gave a map)."""
+    start = time.perf_counter()
+    analysis = predictor.analyze(volume, standard=standard)
+    seconds = time.perf_counter() - start
+    if analysis.focus is None:
+        return []
+    point = np.zeros(volume.data.shape, np.float32)
+    point[opening_voxel(analysis.focus, volume.data.shape)] = 1.0
+    return [
+        CaseResult(
+            subject_id=case.subject_id,
+            label=case.label,
+            arch=FOCUS_ARCH,
+            method=method,
+            target_kind=FOCUS_TARGET,
+            target="lgg+hgg",
+            predicted=analysis.ensemble_label,
+            score=score_map(cam, regions),
+            seconds=seconds,
+        )
+        for method, cam in ((FOCUS_METHOD, analysis.focus.volume()), (OPENING_METHOD, point))
+    ]
 
 
 def _score_case(

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from tumortrace.benchmark_files import FOCUS_METHOD, FOCUS_TARGET, OPENING_METHOD
 from tumortrace.config import CLASSES
 from tumortrace.metrics import mean_std, tumour_roc
 from tumortrace.networks import display_name, get_network, in_display_order
@@ -268,6 +269,13 @@ def heldout_table(benches: Mapping[str, Mapping], heldout: Mapping[str, Mapping]
     return pd.DataFrame.from_records(records)
 
 
+POOLED_ROWS = {
+    FOCUS_METHOD: "pooled evidence for a tumour",
+    OPENING_METHOD: "where the viewer opens",
+}
+"""What the explanations table calls the focus rows (network "all networks")."""
+
+
 def explanations_table(doc: Mapping, target: str = "true") -> pd.DataFrame:
     """The ``explain-eval`` summary (``weights/benchmarks/explanations.json``) as a table.
 
@@ -280,16 +288,19 @@ def explanations_table(doc: Mapping, target: str = "true") -> pd.DataFrame:
         percent, pointing within the near margin (%), the map's energy in the lesion (%) against
         the lesion's share of the brain (%), the median concentration (their ratio per case) in
         the lesion and within the near margin, and the median seconds per analysis. The default
-        method is marked "(default)", the legacy one "(before)".
+        method is marked "(default)", the legacy one "(before)". The focus rows (all networks:
+        their pooled evidence, and where the viewer opens) come in both views.
     """
     default, legacy = doc.get("default_method"), doc.get("legacy_method")
     near = doc.get("near_mm", 10)
     records = []
     for r in doc.get("summary", []):
-        if not isinstance(r, Mapping) or r.get("target") != target:
+        if not isinstance(r, Mapping) or r.get("target") not in (target, FOCUS_TARGET):
             continue
         method = str(r.get("method"))
-        if method == default:
+        if r.get("target") == FOCUS_TARGET:
+            method = POOLED_ROWS.get(method, method)
+        elif method == default:
             method += " (default)"
         elif method == legacy:
             method += " (before)"
@@ -297,7 +308,9 @@ def explanations_table(doc: Mapping, target: str = "true") -> pd.DataFrame:
         seconds = r.get("seconds")
         records.append(
             {
-                "network": display_name(str(r.get("arch"))),
+                "network": "all networks"
+                if r.get("target") == FOCUS_TARGET
+                else display_name(str(r.get("arch"))),
                 "method": method,
                 "class": CLASS_NAMES.get(r.get("label"), r.get("label")),
                 "max in lesion": f"{r.get('hits', 0)}/{n}",
