@@ -243,7 +243,7 @@ def _predictions(analysis, cards: dict) -> None:
     _network_columns(analysis, cards)
     total = sum(analysis.predictions[a].seconds for a in archs)
     times = " · ".join(f"{display_name(a)} {analysis.predictions[a].seconds:.2f} s" for a in archs)
-    st.caption(f"Time per network (forward pass + Grad-CAM): {times} · total {total:.2f} s")
+    st.caption(f"Time per network (forward pass and maps): {times} · total {total:.2f} s")
 
 
 # ----------------------------------------------------------------------------- page

@@ -72,7 +72,8 @@ class Prediction:
         arch: network name.
         probs: ``(3,)`` float64 softmax probabilities in :data:`CLASSES` order (sum 1).
         label: the most probable class.
-        seconds: wall time of this network's forward + Grad-CAM (preprocessing excluded).
+        seconds: wall time of this network's forward pass and maps, the focus's class maps
+            included (preprocessing excluded).
     """
 
     arch: str
