@@ -288,6 +288,8 @@ def test_benchmarks_page_renders_stored_files(app):
     assert any("fixture phantoms" in c.value for c in app.caption)
     assert rows.loc[("all networks", "pooled evidence for a tumour"), "max in lesion"] == "2/4"
     assert rows.loc[("all networks", "where the viewer opens"), "max in lesion %"] == "25.0"
+    assert rows.loc[("all networks", "where the viewer opens"), "concentration ×"] == "—"
+    assert expl["network"].iloc[0] == "all networks"  # the pooled rows come first
     app.radio(key="bench_expl_target").set_value("predicted").run()
     no_exception(app)
     expl = next(d.value for d in app.dataframe if "max in lesion" in d.value.columns)

@@ -288,39 +288,42 @@ def explanations_table(doc: Mapping, target: str = "true") -> pd.DataFrame:
         percent, pointing within the near margin (%), the map's energy in the lesion (%) against
         the lesion's share of the brain (%), the median concentration (their ratio per case) in
         the lesion and within the near margin, and the median seconds per analysis. The default
-        method is marked "(default)", the legacy one "(before)". The focus rows (all networks:
-        their pooled evidence, and where the viewer opens) come in both views.
+        method is marked "(default)", the legacy one "(before)". The pooled rows (all networks:
+        their pooled evidence, and where the viewer opens) come first, in both views; the
+        opening is one voxel, so its energy and concentration columns say nothing and are empty.
     """
     default, legacy = doc.get("default_method"), doc.get("legacy_method")
     near = doc.get("near_mm", 10)
+    rows = [r for r in doc.get("summary", []) if isinstance(r, Mapping)]
+    pooled = [r for r in rows if r.get("target") == FOCUS_TARGET]
     records = []
-    for r in doc.get("summary", []):
-        if not isinstance(r, Mapping) or r.get("target") not in (target, FOCUS_TARGET):
-            continue
+    for r in [*pooled, *(r for r in rows if r.get("target") == target)]:
         method = str(r.get("method"))
-        if r.get("target") == FOCUS_TARGET:
+        is_pooled, is_point = r.get("target") == FOCUS_TARGET, method == OPENING_METHOD
+        if is_pooled:
             method = POOLED_ROWS.get(method, method)
         elif method == default:
             method += " (default)"
         elif method == legacy:
             method += " (before)"
         n = r.get("n") or 0
-        seconds = r.get("seconds")
+        point = is_pooled and is_point  # one voxel: no mass to share out
+        energy = MISSING if point else fmt(r.get("energy_share", 0.0), "percent")
+        conc = MISSING if point else fmt(r.get("concentration", 0.0), "quantity")
+        conc_near = MISSING if point else fmt(r.get("concentration_near", 0.0), "quantity")
         records.append(
             {
-                "network": "all networks"
-                if r.get("target") == FOCUS_TARGET
-                else display_name(str(r.get("arch"))),
+                "network": "all networks" if is_pooled else display_name(str(r.get("arch"))),
                 "method": method,
                 "class": CLASS_NAMES.get(r.get("label"), r.get("label")),
                 "max in lesion": f"{r.get('hits', 0)}/{n}",
                 "max in lesion %": fmt(r.get("pointing", 0.0), "percent"),
                 f"max ≤ {near:g} mm %": fmt(r.get("pointing_near", 0.0), "percent"),
-                "energy in lesion %": fmt(r.get("energy_share", 0.0), "percent"),
+                "energy in lesion %": energy,
                 "lesion share of brain %": fmt(r.get("lesion_share", 0.0), "percent"),
-                "concentration ×": fmt(r.get("concentration", 0.0), "quantity"),
-                f"concentration ≤ {near:g} mm ×": fmt(r.get("concentration_near", 0.0), "quantity"),
-                "s / analysis": fmt(seconds, "quantity"),
+                "concentration ×": conc,
+                f"concentration ≤ {near:g} mm ×": conc_near,
+                "s / analysis": fmt(r.get("seconds"), "quantity"),
             }
         )
     return pd.DataFrame.from_records(records)
