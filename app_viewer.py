@@ -268,9 +268,19 @@ def _planes(sha: str, volume: Volume, display: Display, shared, std: StandardSpa
         key=MPR_KEY,
         on_point=partial(_on_point, sha, shown.shape, to_scan),
     )  # fmt: skip
-    reason = st.session_state.get(_opening_key(sha))
-    if reason:
-        st.caption(f"Opened on {reason}.")
+    opening = st.session_state.get(_opening_key(sha))
+    if opening is not None and opening.reason:
+        said, back = st.columns([5, 1], vertical_alignment="center")
+        said.caption(f"Opened on {opening.reason}.")
+        back.button(
+            "Back to it",
+            key="tt_back_to_opening",
+            on_click=_go_to,
+            args=(sha, opening.xyz),
+            disabled=tuple(point) == tuple(opening.xyz),
+            icon=":material/my_location:",
+            help="Move the three planes back to where the viewer opened.",
+        )
     return list(point)
 
 
@@ -425,5 +435,5 @@ def open_at_peak(sha: str, volume: Volume, analysis) -> None:
     if current_point(sha, volume) != tuple(n // 2 for n in volume.data.shape):
         return
     opening = _centre_of_attention(analysis, volume)
-    st.session_state[_opening_key(sha)] = opening.reason
+    st.session_state[_opening_key(sha)] = opening
     _go_to(sha, opening.xyz)

@@ -596,6 +596,31 @@ def test_a_verdict_not_confidently_healthy_opens_the_viewer_on_the_focus(app, mo
     assert len(said) == 1 and "pooled evidence for a tumour" in said[0] and share in said[0], said
 
 
+def test_back_to_the_opening_after_going_to_a_peak(app, monkeypatch):
+    """ "Go to peak" moves the planes to a network's peak; "Back to it", beside the "Opened on"
+    line, returns them to where the viewer opened (and is disabled while they are there)."""
+    inside = _lesion_middle()
+    monkeypatch.setattr(Predictor, "analyze", _with_focus(inside, (0.3, 0.2, 0.5)))
+    pick_sample(app, "Same brain + synthetic high-grade glioma (HGG)")
+    no_exception(app)
+    planes = ("sagittal", "coronal", "axial")
+    opened = dict(zip(planes, [v + 1 for v in inside], strict=True))
+    assert viewer_point(app) == opened and app.button(key="tt_back_to_opening").disabled
+    peak_buttons = [b for b in app.button if b.key and b.key.startswith("tt_peak_")]
+    moved = None
+    for button in peak_buttons:  # the first network whose peak is elsewhere
+        button.click().run()
+        moved = viewer_point(app)
+        if moved != opened:
+            break
+    assert moved is not None and moved != opened, "every network's peak is the opening"
+    back = app.button(key="tt_back_to_opening")
+    assert not back.disabled
+    back.click().run()
+    no_exception(app)
+    assert viewer_point(app) == opened
+
+
 @pytest.mark.parametrize("probs", [(0.8, 0.1, 0.1), (0.6, 0.2, 0.2)])
 def test_a_confident_healthy_verdict_opens_at_the_centre(app, monkeypatch, probs):
     """Healthy at 80 and 60 % (the confidence line): the focus (set inside the lesion) is not
