@@ -56,10 +56,10 @@ def _centre_of_attention(analysis, volume: Volume) -> Opening:
 
     * Unless the ensemble calls the scan healthy with confidence
       (:data:`tumortrace.config.LOW_CONFIDENCE`): the analysis's focus (:mod:`tumortrace.focus`:
-      every network's LGG and HGG maps, weighted by its probabilities, pooled over about a
-      centimetre), also for an uncertain verdict, where it is what a reader must check first. It
-      lies inside the lesion more often than any one network's peak; "Go to peak" still shows
-      each network's own.
+      every network's map of what raised the odds of a tumour over a healthy brain, pooled over
+      about a centimetre), also for an uncertain verdict, where it is what a reader must check
+      first. It lies inside the lesion more often than any one network's peak; "Go to peak"
+      still shows each network's own.
     * A confident healthy verdict, or no evidence at all: the volume's centre (evidence for
       "healthy" has no lesion to point at).
     """

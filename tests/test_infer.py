@@ -92,7 +92,7 @@ def test_analysis_records_for_every_network(predictor, volume) -> None:
         assert expl.cam_volume.min() >= 0 and expl.cam_volume.max() <= 1
     assert analysis.grid is analysis.explanations[list_models()[0]].grid
     assert analysis.seconds >= sum(p.seconds for p in analysis.predictions.values())
-    focus = analysis.focus  # every network's LGG and HGG maps, pooled (tumortrace.focus)
+    focus = analysis.focus  # every network's map of the tumour log-odds, pooled
     assert focus is not None and focus.archs == tuple(list_models())
     assert focus.evidence.shape == TINY.shape_dhw and focus.evidence.min() >= 0
     assert focus.evidence.max() == pytest.approx(1.0)

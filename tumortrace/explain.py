@@ -17,6 +17,10 @@ Maps of several stages (e.g. ``layercam-l34``, layer 3 and layer 4) are each ups
 a brain mask on the model grid (:func:`brain_mask_on_model_grid`) and scaled to [0, 1];
 :func:`make_explanation` turns it into an :class:`~tumortrace.explanation.Explanation`.
 
+The same rules map any score of the logits (:func:`score_maps`); the focus
+(:mod:`tumortrace.focus`) maps the tumour log-odds :func:`tumour_log_odds`, what raised the odds
+of LGG or HGG over healthy, with one more backward from the same forward pass.
+
 Fast path (:func:`forward_features` + :func:`cam_maps`): the trunk (stem .. the first stage read,
 :class:`~tumortrace.stages.Trunk`) runs once under ``torch.inference_mode``, in the trunk's own
 dtype (bf16 weights where the Predictor stores them); the rest of the network runs with autograd
@@ -164,7 +168,8 @@ def _check_target(features: Features, target: int) -> None:
 def cam_maps(
     features: Features, target: int, rule: Rule = "gradcam", retain_graph: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Each stage's map at its own resolution, from a :func:`forward_features` result.
+    """Each stage's map of class ``target`` at its own resolution, from a
+    :func:`forward_features` result (:func:`score_maps` of the target's logit).
 
     One backward serves the whole batch (items are independent, so the gradient of the summed
     target logits is each item's own gradient) and every stage read.
@@ -183,11 +188,33 @@ def cam_maps(
         ConfigError: ``target`` out of range or unknown rule.
     """
     _check_target(features, target)
+    return score_maps(features, features.logits[:, target], rule, retain_graph)
+
+
+def tumour_log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` log-odds of a tumour: ``log((P(LGG) + P(HGG)) / P(healthy))`` from ``(N, 3)``
+    logits in :data:`CLASSES` order (a logsumexp of the tumour logits minus the healthy one)."""
+    tumour = [CLASSES.index("lgg"), CLASSES.index("hgg")]
+    return torch.logsumexp(logits[:, tumour], dim=1) - logits[:, CLASSES.index("healthy")]
+
+
+def score_maps(
+    features: Features, score: torch.Tensor, rule: Rule = "gradcam", retain_graph: bool = False
+) -> dict[str, torch.Tensor]:
+    """Each stage's map of any ``(N,)`` score computed from ``features.logits`` (a class logit,
+    or :func:`tumour_log_odds`): what raised that score, by ``rule``.
+
+    Returns:
+        ``{stage: (N, d, h, w)}`` float32, >= 0, not normalised.
+
+    Raises:
+        ConfigError: unknown rule.
+    """
     if rule not in ("gradcam", "layercam", "gradxact"):
         raise ConfigError(f"Unknown map rule {rule!r}; expected gradcam, layercam or gradxact.")
     stages = list(features.activations)
     grads = torch.autograd.grad(
-        features.logits[:, target].sum(),
+        score.sum(),
         [features.activations[s] for s in stages],
         retain_graph=retain_graph,
     )

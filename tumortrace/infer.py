@@ -38,14 +38,15 @@ from tumortrace.config import CLASSES, PreprocessConfig
 from tumortrace.errors import CheckpointError, ConfigError, TumorTraceError
 from tumortrace.explain import (
     brain_mask_on_model_grid,
-    cam_maps,
     explain_batch,
     finish_map,
     fuse_maps,
     make_explanation,
+    score_maps,
+    tumour_log_odds,
 )
 from tumortrace.explanation import Explanation, get_cam_method, save_cam_nifti
-from tumortrace.focus import TUMOUR_CLASSES, Focus, find_focus
+from tumortrace.focus import Focus, find_focus
 from tumortrace.guards import printable
 from tumortrace.io import Volume
 from tumortrace.model_prep import InferenceSettings, prepare_model
@@ -72,8 +73,8 @@ class Prediction:
         arch: network name.
         probs: ``(3,)`` float64 softmax probabilities in :data:`CLASSES` order (sum 1).
         label: the most probable class.
-        seconds: wall time of this network's forward pass and maps, the focus's class maps
-            included (preprocessing excluded).
+        seconds: wall time of this network's forward pass and maps, the focus's map of the
+            tumour log-odds included (preprocessing excluded).
     """
 
     arch: str
@@ -381,7 +382,7 @@ class Predictor:
         prepared: dict[PreprocessConfig, Preprocessed] = {}
         predictions: dict[str, Prediction] = {}
         explanations: dict[str, Explanation] = {}
-        class_maps: dict[str, dict[str, np.ndarray]] = {}
+        odds_maps: dict[str, np.ndarray] = {}
         needs_std = any(self.cards[a].preprocess.space == "mni" for a in archs)
         if standard is None and needs_std:
             standard = standardise(volume)
@@ -394,14 +395,16 @@ class Predictor:
             if is_baseline(arch):  # a comparison method: probabilities, no map
                 predictions[arch] = self._predict(arch, prepared[config])
             else:
-                predictions[arch], explanations[arch], class_maps[arch] = self._run(
+                predictions[arch], explanations[arch], odds = self._run(
                     arch, prepared[config], target_idx, method
                 )
+                if odds is not None:
+                    odds_maps[arch] = odds
             if on_result is not None:
                 on_result(arch, predictions[arch])
         probs = np.mean([p.probs for p in predictions.values()], axis=0)
         first = self.cards[archs[0]].preprocess
-        focus = self._focus(class_maps, predictions, prepared, archs)
+        focus = self._focus(odds_maps, predictions, prepared, archs)
         return Analysis(
             predictions=predictions,
             explanations=explanations,
@@ -416,21 +419,21 @@ class Predictor:
 
     def _focus(
         self,
-        class_maps: Mapping[str, Mapping[str, np.ndarray]],
+        odds_maps: Mapping[str, np.ndarray],
         predictions: Mapping[str, Prediction],
         prepared: Mapping[PreprocessConfig, Preprocessed],
         archs: Sequence[str],
     ) -> Focus | None:
         """:func:`tumortrace.focus.find_focus` of the networks that share the first network's
         model grid (the shipped cards all do; one with another preprocessing is left out)."""
-        nets = [a for a in archs if class_maps.get(a)]
+        nets = [a for a in archs if a in odds_maps]
         if not nets:
             return None
         config = self.cards[nets[0]].preprocess
         pooled = [a for a in nets if self.cards[a].preprocess == config]
         prep = prepared[config]
         return find_focus(
-            {a: class_maps[a] for a in pooled},
+            {a: odds_maps[a] for a in pooled},
             {a: predictions[a].probs for a in pooled},
             prep.grid,
             self.brain_mask(prep),
@@ -442,31 +445,30 @@ class Predictor:
         prep: Preprocessed,
         target_idx: int | None,
         method: str,
-    ) -> tuple[Prediction, Explanation, dict[str, np.ndarray]]:
+    ) -> tuple[Prediction, Explanation, np.ndarray | None]:
         """One forward of ``arch`` on ``prep.tensor``, one backward for the map of the target
-        class and one for each other tumour class (the focus's ``(D, H, W)`` class maps; each reads
-        the stages after the first one the map reads only)."""
+        class and, for the focus, one for the ``(D, H, W)`` map of the tumour log-odds (None
+        when ``settings.focus`` is off); each backward reads the stages after the first one the
+        map reads only."""
         start = time.perf_counter()
         x = prep.tensor.to(self._device, torch.float32)[None]  # (1, 1, D, H, W)
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         trunk = self._trunks[arch] if method == self.settings.cam_method else None
+        # cams: (N, D, H, W) on the model grid; the graph is kept for the focus's backward
         feats, target, cams = explain_batch(
-            self._models[arch], x, method, target=target_idx, trunk=trunk, retain_graph=True
-        )  # cams: (N, D, H, W) on the model grid
+            self._models[arch], x, method, target=target_idx, trunk=trunk,
+            retain_graph=self.settings.focus,
+        )  # fmt: skip
         probs = torch.softmax(feats.logits.detach().double(), dim=1)[0].cpu().numpy()
         shape = tuple(prep.tensor.shape[-3:])
         mask = self.brain_mask(prep)
         expl = make_explanation(arch, target, cams[0], prep.grid, shape, mask=mask, method=method)
-        rule = get_cam_method(method).rule
-        class_maps: dict[str, np.ndarray] = {}
-        for cls in TUMOUR_CLASSES if self.settings.focus else ():
-            idx = CLASSES.index(cls)
-            if idx == target:
-                class_maps[cls] = expl.cam_model
-            else:
-                maps = cam_maps(feats, idx, rule, retain_graph=True)
-                class_maps[cls] = finish_map(fuse_maps(maps, shape)[0], mask)
+        odds_map = None
+        if self.settings.focus:  # what raised the odds of a tumour over healthy (one backward)
+            rule = get_cam_method(method).rule
+            maps = score_maps(feats, tumour_log_odds(feats.logits), rule)
+            odds_map = finish_map(fuse_maps(maps, shape)[0], mask)
         del feats  # frees the retained graph
         pred = Prediction(
             arch=arch,
@@ -474,7 +476,7 @@ class Predictor:
             label=CLASSES[int(np.argmax(probs))],
             seconds=time.perf_counter() - start,
         )
-        return pred, expl, class_maps
+        return pred, expl, odds_map
 
     @torch.inference_mode()
     def _predict(self, arch: str, prep: Preprocessed) -> Prediction:

@@ -45,9 +45,9 @@ class InferenceSettings:
         input_checks: :func:`tumortrace.batch.predict_paths` runs brain extraction, registration and
             the input checks (:mod:`tumortrace.standard`) for every file, also for legacy
             native-space cards (standard-space cards always need them, whatever this says).
-        focus: also explain LGG and HGG for each network and pool them into the analysis's
-            :class:`tumortrace.focus.Focus` (where the app's viewer opens; one short backward per
-            tumour class the network did not predict). Off: ``Analysis.focus`` is None.
+        focus: also map each network's tumour log-odds and pool the maps into the analysis's
+            :class:`tumortrace.focus.Focus` (where the app's viewer opens; one more short backward
+            per network). Off: ``Analysis.focus`` is None.
     """
 
     precision: Precision = "auto"
