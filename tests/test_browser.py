@@ -365,40 +365,38 @@ def test_benchmarks_and_about_pages(page):
 
 
 @pytest.mark.parametrize("sample", ["hgg", "lgg"])
-def test_a_bundled_tumour_sample_opens_on_its_lesion_with_the_shipped_weights(sample):
+def test_a_bundled_tumour_sample_opens_on_its_lesion_with_the_shipped_weights(page, sample):
     """The shipped weights on the bundled HGG and LGG samples: once the verdict is in, the
     viewer's planes cross at the networks' pooled evidence for a tumour, and that voxel lies in
-    the sample's true lesion (``samples/<sample>_lesion.nii.gz``). Screenshot
+    the sample's true lesion (``samples/<sample>_lesion.nii.gz``). A second server with the
+    shipped weights, a new page of the module's browser (one Playwright per process). Screenshot
     ``analyze-<sample>-opening.png``."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from tumortrace.io import load_volume
 
-    _require_browser()
     option = {"hgg": "high-grade glioma", "lgg": "low-grade glioma"}[sample]
-    with (
-        local_app.serve(ROOT / "weights") as app,
-        sync_playwright() as pw,
-    ):
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        page = browser.new_page(viewport={"width": 1600, "height": 2600})
-        page.set_default_timeout(240_000)
-        page.goto(app.url)
-        page.get_by_role("combobox", name="Sample volume").click()
-        page.get_by_role("option", name=re.compile(option)).click()
-        said = page.get_by_text(re.compile(r"^Opened on "))
-        expect(said).to_be_visible(timeout=480_000)
-        _wait_idle(page)
-        page.wait_for_timeout(1500)  # the browser has taken the opening position
-        xyz = tuple(
-            int(page.locator(f"canvas[data-plane={plane}]").get_attribute("data-slice")) - 1
-            for plane in ("sagittal", "coronal", "axial")
-        )
-        _shot(page, f"analyze-{sample}-opening.png")
-        reason = said.first.inner_text()
-        browser.close()
+    with local_app.serve(ROOT / "weights") as app:
+        shipped = page.context.browser.new_page(viewport={"width": 1600, "height": 2600})
+        try:
+            outside = _watch_requests(shipped, app.url)
+            shipped.set_default_timeout(240_000)
+            shipped.goto(app.url)
+            shipped.get_by_role("combobox", name="Sample volume").click()
+            shipped.get_by_role("option", name=re.compile(option)).click()
+            said = shipped.get_by_text(re.compile(r"^Opened on "))
+            expect(said).to_be_visible(timeout=480_000)
+            _wait_idle(shipped)
+            shipped.wait_for_timeout(1500)  # the browser has taken the opening position
+            xyz = tuple(
+                int(shipped.locator(f"canvas[data-plane={plane}]").get_attribute("data-slice")) - 1
+                for plane in ("sagittal", "coronal", "axial")
+            )
+            _shot(shipped, f"analyze-{sample}-opening.png")
+            reason = said.first.inner_text()
+        finally:
+            shipped.close()
+    assert not outside, f"the page fetched from outside the app: {outside}"
     lesion = load_volume(ROOT / "samples" / f"{sample}_lesion.nii.gz").data > 0.5
     assert "pooled evidence for a tumour" in reason
     assert lesion[xyz], f"{sample} opened at {xyz}, outside its lesion ({reason})"
