@@ -15,6 +15,9 @@ from typing import Any, Literal
 CLASSES: tuple[str, str, str] = ("healthy", "lgg", "hgg")
 """Class order used everywhere: label index i means ``CLASSES[i]``."""
 
+TUMOUR_CLASSES: tuple[str, str] = ("lgg", "hgg")
+"""The classes that are a tumour (everything but healthy)."""
+
 IntensityMode = Literal["zscore", "percentile"]
 Space = Literal["native", "mni"]
 AugmentMode = Literal["none", "light", "heavy", "scanner"]

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tumortrace.config import CLASSES
+from tumortrace.config import CLASSES, TUMOUR_CLASSES
 from tumortrace.errors import ConfigError
 from tumortrace.explanation import (
     LEGACY_CAM_METHOD,
@@ -194,7 +194,7 @@ def cam_maps(
 def tumour_log_odds(logits: torch.Tensor) -> torch.Tensor:
     """``(N,)`` log-odds of a tumour: ``log((P(LGG) + P(HGG)) / P(healthy))`` from ``(N, 3)``
     logits in :data:`CLASSES` order (a logsumexp of the tumour logits minus the healthy one)."""
-    tumour = [CLASSES.index("lgg"), CLASSES.index("hgg")]
+    tumour = [CLASSES.index(c) for c in TUMOUR_CLASSES]
     return torch.logsumexp(logits[:, tumour], dim=1) - logits[:, CLASSES.index("healthy")]
 
 

@@ -33,13 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from tumortrace.config import CLASSES, LOW_CONFIDENCE
+from tumortrace.config import CLASSES, LOW_CONFIDENCE, TUMOUR_CLASSES
 from tumortrace.explanation import cam_to_volume
 from tumortrace.preprocess import GridMap
 
 __all__ = [
     "FOCUS_SIGMA_MM",
-    "TUMOUR_CLASSES",
     "Focus",
     "find_focus",
     "model_spacing",
@@ -51,8 +50,6 @@ FOCUS_SIGMA_MM = 10.0
 """Gaussian sigma (mm) of the pooling, chosen on the cohort's fold-0 test part: among 4-12 mm for
 the first version of the focus (probability-weighted class maps: 10 of 39 at 10 mm, 4 unsmoothed);
 for this one, unsmoothed 6 of 39, 10 mm 12 of 39 (a one-off script, cached standard spaces)."""
-
-TUMOUR_CLASSES = ("lgg", "hgg")
 
 
 @dataclass(frozen=True)

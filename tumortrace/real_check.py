@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tumortrace import checkpoint, data
-from tumortrace.config import CLASSES
+from tumortrace.config import CLASSES, TUMOUR_CLASSES
 from tumortrace.manifest import Case
 from tumortrace.runtime import resolve_device
 
@@ -37,7 +37,7 @@ __all__ = ["ENSEMBLE", "Share", "cohort_calls", "glioma_calls", "real_scan_repor
 ENSEMBLE = "ensemble"
 """Key of the networks' mean probabilities in every table."""
 
-TUMOUR = (CLASSES.index("lgg"), CLASSES.index("hgg"))
+TUMOUR = tuple(CLASSES.index(c) for c in TUMOUR_CLASSES)
 
 
 @dataclass(frozen=True)
