@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +30,7 @@ if str(ROOT) not in sys.path:
 
 from tumortrace.infer import InferenceSettings, Predictor  # noqa: E402
 from tumortrace.io import load_volume  # noqa: E402
+from tumortrace.runtime import machine_facts  # noqa: E402
 from tumortrace.standard import standardise  # noqa: E402
 
 
@@ -82,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "weights": args.weights,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "loadavg_1_5_15": list(os.getloadavg()),
-        },
+        "machine": machine_facts(),
         "results": results,
     }
     print(json.dumps(doc, indent=2))

@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -49,6 +48,7 @@ from tumortrace.infer import InferenceSettings, Predictor  # noqa: E402
 from tumortrace.io import Volume, volume_from_array  # noqa: E402
 from tumortrace.models import count_gflops, create_model, list_models  # noqa: E402
 from tumortrace.preprocess import preprocess  # noqa: E402
+from tumortrace.runtime import machine_facts  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -249,11 +249,7 @@ def _record(args: argparse.Namespace, peak: dict, ours: dict, naive_run: dict) -
             "predictor_setup_seconds": ours["setup_seconds"],
             "threads": torch.get_num_threads(),
         },
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "loadavg_1_5_15": list(os.getloadavg()),
-        },
+        "machine": machine_facts(),
         "torch": torch.__version__,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

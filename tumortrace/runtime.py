@@ -11,11 +11,13 @@ One place decides these for training (:mod:`tumortrace.train`), inference
   EPYC emulates bf16 slower than fp32, so fp32 is its fast path).
 * :class:`Runtime` / :func:`fast_runtime` / :func:`setup_runtime`: training's device, autocast
   dtype, memory layout and ``torchrun`` rank.
+* :func:`machine_facts`: what a benchmark records of the machine it ran on.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -198,3 +200,13 @@ def barrier(rt: Runtime) -> None:
     """Waits for every rank (nothing to do in one process)."""
     if rt.distributed:
         dist.barrier()
+
+
+def machine_facts() -> dict[str, Any]:
+    """The machine a benchmark ran on, for its JSON: processor, cores and the load averages at
+    the time of the call (``{"cpu", "cores", "loadavg_1_5_15"}``)."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "loadavg_1_5_15": list(os.getloadavg()),
+    }
