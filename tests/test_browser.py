@@ -386,6 +386,7 @@ def test_a_bundled_tumour_sample_opens_on_its_lesion_with_the_shipped_weights(pa
             shipped.get_by_role("option", name=re.compile(option)).click()
             said = shipped.get_by_text(re.compile(r"^Opened on "))
             expect(said).to_be_visible(timeout=480_000)
+            expect(shipped.locator(".js-plotly-plot")).to_have_count(3)  # the probability bars
             _wait_idle(shipped)
             shipped.wait_for_timeout(1500)  # the browser has taken the opening position
             xyz = tuple(
