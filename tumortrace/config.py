@@ -18,6 +18,16 @@ CLASSES: tuple[str, str, str] = ("healthy", "lgg", "hgg")
 TUMOUR_CLASSES: tuple[str, str] = ("lgg", "hgg")
 """The classes that are a tumour (everything but healthy)."""
 
+GLIOMA = "glioma"
+"""A manifest label beside :data:`CLASSES`: a real glioma whose grade no evidence gives (trained
+with a loss over LGG + HGG, never given a guessed grade)."""
+
+LABELS: tuple[str, str, str, str] = (*CLASSES, GLIOMA)
+"""Every label a manifest may hold."""
+
+GLIOMA_INDEX = -1
+"""The label index of :data:`GLIOMA` (no class of its own: not an index into :data:`CLASSES`)."""
+
 IntensityMode = Literal["zscore", "percentile"]
 Space = Literal["native", "mni"]
 AugmentMode = Literal["none", "light", "heavy", "scanner"]
