@@ -61,6 +61,8 @@ __all__ = [
     "describe_cohort",
     "insert_lesion",
     "tissue_levels",
+    "write_like",
+    "write_mask",
 ]
 
 COHORT_FILE = "cohort.json"
@@ -256,7 +258,7 @@ def insert_lesion(
     return LesionCase(data=out, mask=mask, meta=meta)
 
 
-def _write_like(base_path: Path, volume: Volume, array_xyz: np.ndarray, path: Path) -> None:
+def write_like(base_path: Path, volume: Volume, array_xyz: np.ndarray, path: Path) -> None:
     """Writes a canonical array in the base file's orientation, header and dtype (atomically)."""
     base = nib.load(base_path)
     data = volume.to_original(array_xyz)
@@ -270,7 +272,8 @@ def _write_like(base_path: Path, volume: Volume, array_xyz: np.ndarray, path: Pa
         nib.save(img, tmp)
 
 
-def _write_mask(volume: Volume, mask: np.ndarray, path: Path) -> None:
+def write_mask(volume: Volume, mask: np.ndarray, path: Path) -> None:
+    """Writes a canonical ``(X, Y, Z)`` label array as uint8 NIfTI on the file's own grid."""
     img = nib.Nifti1Image(volume.to_original(mask).astype(np.uint8), volume.original_affine)
     img.set_qform(volume.original_affine, code=1)
     img.set_sform(volume.original_affine, code=1)
@@ -348,8 +351,8 @@ def build_cohort(
             if not (vol_path.is_file() and meta_path.is_file()):
                 seed = subject_seed(spec.seed, label, ids.index(base))
                 case = insert_lesion(volume, std, levels, label, seed)
-                _write_like(path, volume, case.data, vol_path)
-                _write_mask(volume, case.mask, lesion_mask_path(vol_path))
+                write_like(path, volume, case.data, vol_path)
+                write_mask(volume, case.mask, lesion_mask_path(vol_path))
                 atomic_write_json(meta_path, {"subject_id": sid, "base": base, **case.meta})
             # The lesion case shares its base's grid and brain: its cache entry is the base's.
             save_cached(cache_dir, sha256_file(vol_path), std)
