@@ -116,6 +116,14 @@ def _network_tab(arch: str, bench: dict) -> None:
     folds = bench["folds"]
     st.markdown(f"Data: {tables.data_description(bench)}.")
     st.dataframe(tables.per_fold_table(bench), hide_index=True, width="stretch")
+    breakdown = tables.breakdown_table(bench)
+    if len(breakdown):
+        st.markdown(
+            "**By source and kind** (every fold's test part: where each scan came from, and "
+            "whether it is real, a real tumour carved into a healthy brain, a tumour scan made "
+            "healthy, or a synthetic lesion)"
+        )
+        st.dataframe(breakdown, hide_index=True, width="stretch")
     labels = ["all folds", *[f"fold {f.get('fold', i)}" for i, f in enumerate(folds)]]
     choice = st.selectbox("Folds shown", labels, key=f"bench_fold_{arch}")
     chosen = folds if choice == "all folds" else [folds[labels.index(choice) - 1]]

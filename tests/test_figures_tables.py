@@ -122,6 +122,37 @@ def test_summary_fold_and_cost_tables_use_the_one_format():
     assert row["train s / fold"] == "378" and row["GFLOPs / volume"] == MISSING
 
 
+def test_breakdown_table_counts_each_source_and_kind_beside_the_totals():
+    h, lgg, hgg = [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]
+
+    def case(label, probs, source, kind):
+        return {"subject_id": "x", "label": label, "probs": probs, "source": source, "kind": kind}
+
+    folds = [
+        {"cases": [case("healthy", h, "ixi", "real"), case("lgg", hgg, "ixi", "carved"),
+                   case("lgg", lgg, "tcga-lgg", "real")]},
+        {"cases": [case("healthy", lgg, "brats", "healthy-made"),
+                   case("glioma", hgg, "brats", "real"), case("lgg", h, "tcga-lgg", "real"),
+                   {"subject_id": "old", "label": "lgg", "probs": lgg}]},
+    ]  # fmt: skip
+    table = tables.breakdown_table({"folds": folds})
+    assert list(table.columns) == list(tables.BREAKDOWN_COLUMNS)
+    rows = {(r["source"], r["kind"], r["true class"]): r for r in table.to_dict("records")}
+    real_lgg = rows[("tcga-lgg", "real", "LGG")]
+    assert real_lgg["cases"] == "2" and real_lgg["called the true class %"] == "50.0"
+    assert real_lgg["called tumour %"] == "50.0" and real_lgg["called healthy %"] == "50.0"
+    assert rows[("ixi", "carved", "LGG")]["called the true class %"] == "0.0"  # called HGG
+    assert rows[("ixi", "carved", "LGG")]["called tumour %"] == "100.0"
+    assert rows[("brats", "healthy-made", "Healthy")]["called healthy %"] == "0.0"
+    glioma = rows[("brats", "real", "glioma")]  # no grade: only "tumour or not" is scored
+    assert glioma["called the true class %"] == MISSING and glioma["called tumour %"] == "100.0"
+    # The totals per true class (the case without a kind is not in the breakdown).
+    assert rows[("all", "all", "LGG")]["cases"] == "3"
+    assert rows[("all", "all", "Healthy")]["called healthy %"] == "50.0"
+    assert table["source"].iloc[-1] == "all"  # the totals come last
+    assert tables.breakdown_table({"folds": [{"cases": [folds[1]["cases"][-1]]}]}).empty
+
+
 def test_heldout_table_is_long_and_narrow():
     bench = {"arch": "mc3", "folds": [_fold(0.8, 0.5), _fold(0.9, 0.7)]}
     report = {

@@ -158,6 +158,72 @@ def per_fold_table(bench: Mapping, classes: Sequence[str] = CLASSES) -> pd.DataF
     return _transposed(records, "fold", lambda k: f"fold {k}")
 
 
+BREAKDOWN_COLUMNS: tuple[str, ...] = (
+    "source",
+    "kind",
+    "true class",
+    "cases",
+    "called the true class %",
+    "called tumour %",
+    "called healthy %",
+)
+"""The columns of :func:`breakdown_table`."""
+
+
+def breakdown_table(bench: Mapping, classes: Sequence[str] = CLASSES) -> pd.DataFrame:
+    """Every test prediction of every fold broken down by ``source`` x ``kind`` x true class,
+    beside the totals per true class (source and kind ``all``).
+
+    Each row: how many test cases, the share called their true class (none for a glioma of
+    unknown grade: any tumour class is right), called a tumour (LGG or HGG) and called healthy, in
+    percent. Reads the fold entries' ``cases`` (``subject_id``, ``label``, ``probs`` in
+    ``classes`` order, ``source`` and ``kind``); empty when no fold stored predictions with a
+    ``kind`` (benchmarks of cohorts before the real-tumour cohort).
+    """
+    healthy = classes.index("healthy")
+    rows: dict[tuple[str, str, str], list[int]] = {}
+    for fold in bench.get("folds", []):
+        for case in fold.get("cases", []):
+            probs = case.get("probs")
+            if not probs or not case.get("kind"):
+                continue
+            called = int(np.argmax(probs))
+            label = str(case.get("label", ""))
+            keys = [(str(case.get("source") or "unknown"), str(case["kind"]), label)]
+            keys.append(("all", "all", label))
+            for key in keys:
+                n, right, tumour, calm = rows.setdefault(key, [0, 0, 0, 0])
+                rows[key] = [
+                    n + 1,
+                    right + (label in classes and called == classes.index(label)),
+                    tumour + (called != healthy),
+                    calm + (called == healthy),
+                ]
+    order = {c: i for i, c in enumerate((*classes, "glioma"))}
+    records = []
+    for (source, kind, label), (n, right, tumour, calm) in sorted(
+        rows.items(), key=lambda kv: (kv[0][0] == "all", kv[0][0], kv[0][1], order.get(kv[0][2], 9))
+    ):
+        records.append(
+            dict(
+                zip(
+                    BREAKDOWN_COLUMNS,
+                    (
+                        source,
+                        kind,
+                        CLASS_NAMES.get(label, label),
+                        fmt(n, "count"),
+                        fmt(right / n, "percent") if label in classes else MISSING,
+                        fmt(tumour / n, "percent"),
+                        fmt(calm / n, "percent"),
+                    ),
+                    strict=True,
+                )
+            )
+        )
+    return pd.DataFrame.from_records(records, columns=list(BREAKDOWN_COLUMNS))
+
+
 def _transposed(records: list[dict], key: str, name) -> pd.DataFrame:
     """``records`` (one per fold or network) as columns named ``name(record[key])``, with the
     other keys as rows in a first ``metric`` column: narrow tables that fit the page."""

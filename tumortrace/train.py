@@ -244,7 +244,12 @@ def _test(run: _Run, split: folds.FoldSplit, fit: loop.FoldFit) -> FoldResult:
     ev = loop.evaluate_loader(model, loader, rt, weight)
     scores = metrics.compute_metrics(ev.labels, ev.probs, classes=CLASSES)
     predictions = tuple(
-        {"subject_id": c.subject_id, "label": c.label, "probs": [float(p) for p in row]}
+        {
+            "subject_id": c.subject_id,
+            "label": c.label,
+            "probs": [float(p) for p in row],
+            **({"source": c.source, "kind": c.kind} if c.kind else {}),
+        }
         for c, row in zip(test_cases, ev.probs, strict=True)
     )
     return FoldResult(
