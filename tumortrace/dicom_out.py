@@ -41,14 +41,18 @@ from tumortrace import __version__
 from tumortrace.config import CAM_DISPLAY_THRESHOLD, CLASSES
 from tumortrace.dicom_source import DicomSource
 from tumortrace.errors import DicomExportError
+from tumortrace.explanation import Explanation
 from tumortrace.guards import one_line
 from tumortrace.networks import display_name
+from tumortrace.volume import Volume
 
 __all__ = [
     "CLASS_CODES",
+    "NIFTI_SKIP",
     "PRIVATE_SCHEME",
     "DicomResults",
     "build_dicom_results",
+    "maps_on_source",
 ]
 
 PRIVATE_SCHEME = "99TMTR"
@@ -456,3 +460,20 @@ def build_dicom_results(
             f"{one_line(str(err))[:200]})."
         ) from err
     return DicomResults(sr=sr, maps=pms, segs=segs)
+
+
+NIFTI_SKIP = (
+    "not a DICOM series: DICOM results reference the source series' instances, and this input "
+    "has none (a NIfTI file); its other outputs are written"
+)
+"""Why an input gets no DICOM results (the CLI and the report say it)."""
+
+
+def maps_on_source(
+    volume: Volume, explanations: Mapping[str, Explanation]
+) -> dict[str, np.ndarray]:
+    """``{arch: (X, Y, Z) float32}``: each map moved onto the grid the source stored."""
+    return {
+        arch: volume.to_original(expl.cam_volume).astype(np.float32, copy=False)
+        for arch, expl in explanations.items()
+    }
