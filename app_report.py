@@ -107,3 +107,29 @@ def cam_nifti_bytes(expl: Explanation, volume: Volume) -> bytes:
     with tempfile.TemporaryDirectory(prefix="tumortrace-cam-") as tmp:
         path = save_cam_nifti(expl, volume, Path(tmp) / "cam.nii.gz")
         return Path(path).read_bytes()
+
+
+def dicom_zip_bytes(data: bytes, filename: str, volume: Volume, analysis: Analysis, cards) -> bytes:
+    """The DICOM results of an uploaded DICOM series, zipped: the Structured Report and one
+    Parametric Map per network (:mod:`tumortrace.dicom_out`). A series the objects cannot be
+    built for gets a zip holding only ``DICOM_RESULTS_NOT_WRITTEN.txt`` with the one-line reason
+    (the page's other downloads are unaffected)."""
+    import zipfile
+
+    from tumortrace.dicom_out import NIFTI_SKIP, build_dicom_results, maps_on_source
+    from tumortrace.dicom_source import read_dicom_upload
+    from tumortrace.errors import TumorTraceError
+
+    try:
+        source = read_dicom_upload(data, filename)
+        if source is None:
+            raise TumorTraceError(f"{filename}: {NIFTI_SKIP}.")
+        results = build_dicom_results(
+            source, analysis.to_dict(cards), maps_on_source(volume, analysis.explanations)
+        )
+        return results.zip_bytes(download_stem(volume))
+    except TumorTraceError as err:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("DICOM_RESULTS_NOT_WRITTEN.txt", " ".join(str(err).split()) + "\n")
+        return buf.getvalue()

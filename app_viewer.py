@@ -32,7 +32,7 @@ from app_analysis import (
 )
 from app_report import cam_nifti_bytes, download_stem
 from tumortrace import draw, viz
-from tumortrace.config import CLASSES
+from tumortrace.config import CAM_DISPLAY_THRESHOLD, CLASSES
 from tumortrace.focus import opening_voxel
 from tumortrace.io import Volume, load_volume
 from tumortrace.networks import display_name, in_display_order
@@ -311,7 +311,7 @@ def _cam_controls() -> CamSettings:
         "Hide heat below",
         0.0,
         0.9,
-        0.2,
+        CAM_DISPLAY_THRESHOLD,
         0.05,
         key="tt_threshold",
         help="Grad-CAM values (0-1, per network) below this are not drawn.",

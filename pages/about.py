@@ -57,6 +57,16 @@ each network's map of what raised the odds of LGG or HGG over a healthy brain, a
 smoothed over about a centimetre (unless the verdict is healthy at 60 % or more: then at the
 centre). It opens inside the tumour in 4 of those 10 real tumours; the rest of the time the
 lesion may be elsewhere, so scroll the whole scan.
+
+### DICOM results
+For an uploaded DICOM series, "DICOM report + maps (.zip)" holds objects a PACS or a DICOM
+viewer (e.g. OHIF, 3D Slicer, Weasis) files with the scan, as they carry its patient, study and
+frame of reference: a **Structured Report** (TID 1500) with each network's probabilities, its
+class, its weights' identity (name, training date, sha256 prefix), the ensemble verdict, whether
+the networks agree, each input check and its message ("Unreliable input: no verdict" when a check
+fails), and the statement "research use only, not for clinical use"; and each network's map as
+a **Parametric Map** (0-1 floats) on the series' own frames. A healthy brain is coded SNOMED CT
+"Normal"; LGG, HGG and the probabilities are TumorTrace's private codes (scheme `99TMTR`).
 """
 )
 

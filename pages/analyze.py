@@ -31,7 +31,7 @@ from app_analysis import (
     tone,
     volume_entry,
 )
-from app_report import analysis_report, download_stem, report_csv
+from app_report import analysis_report, dicom_zip_bytes, download_stem, report_csv
 from app_viewer import open_at_peak, viewer
 from tumortrace import figures, viz
 from tumortrace.config import LOW_CONFIDENCE, IOLimits
@@ -329,3 +329,17 @@ if base is not None:
         on_click="ignore",
         icon=":material/download:",
     )
+    upload = st.session_state.get("tt_upload")
+    if volume.source.startswith("upload:") and upload is not None and upload.name.endswith(".zip"):
+        buttons.download_button(  # built on click: the report and the maps of the series
+            "DICOM report + maps (.zip)",
+            lambda: dicom_zip_bytes(upload.getvalue(), upload.name, volume, base, cards),
+            f"{stem}_tumortrace_dicom.zip",
+            "application/zip",
+            key="dl_dicom",
+            on_click="ignore",
+            icon=":material/download:",
+            help="A DICOM Structured Report (each network's probabilities and class, the "
+            "verdict, the input checks) and each network's map as a DICOM Parametric Map on "
+            "the series' own frames, for a PACS or a DICOM viewer. Research use only.",
+        )

@@ -668,3 +668,41 @@ def test_viewer_payload_subsamples_long_axes_and_maps_points_back(monkeypatch):
     assert mpr_view.reported_point("tt_mpr", (700, 6, 5), 8) is None  # moved since: stale
     state["tt_mpr"] = {"point": {"xyz": ["x", 1, 2], "seq": 7}}
     assert mpr_view.reported_point("tt_mpr", (700, 6, 5), 7) is None  # not voxel indices
+
+
+def test_a_dicom_upload_downloads_the_dicom_report_and_maps(app, tmp_path, monkeypatch):
+    """A zipped DICOM series (the bundled sample written as one) gets "DICOM report + maps"; the
+    zip holds the SR and one Parametric Map per network, referencing the uploaded series."""
+    import zipfile
+
+    import pydicom
+    from _dicom import zip_folder
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    from test_dicom_out import sample_series
+
+    deferred = {}
+    add_deferred = MediaFileManager.add_deferred
+
+    def record_deferred(self, fn, mimetype, coordinates, file_name=None, **kw):
+        deferred[file_name] = fn
+        return add_deferred(self, fn, mimetype, coordinates, file_name, **kw)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record_deferred)
+    series = sample_series(tmp_path / "series")
+    upload(app, "my series.zip", zip_folder(series, tmp_path / "s.zip").read_bytes())
+    no_exception(app)
+    assert "DICOM report + maps (.zip)" in [b.label for b in app.get("download_button")]
+    with zipfile.ZipFile(io.BytesIO(deferred["my_series_tumortrace_dicom.zip"]())) as zf:
+        names = zf.namelist()
+        objects = {n: pydicom.dcmread(io.BytesIO(zf.read(n))) for n in names}
+    maps = [f"my_series_{a}_map.dcm" for a in ("r2plus1d", "mc3", "r3d")]
+    assert sorted(names) == sorted(["my_series_sr.dcm", *maps])
+    source_series = pydicom.dcmread(next(series.iterdir())).SeriesInstanceUID
+    sr = objects["my_series_sr.dcm"]
+    (study,) = sr.CurrentRequestedProcedureEvidenceSequence
+    assert source_series in [s.SeriesInstanceUID for s in study.ReferencedSeriesSequence]
+
+
+def test_a_nifti_upload_offers_no_dicom_download(app, head_nifti_gz):
+    upload(app, "scan.nii.gz", head_nifti_gz)
+    assert "DICOM report + maps (.zip)" not in [b.label for b in app.get("download_button")]

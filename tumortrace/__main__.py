@@ -43,12 +43,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_dir(args.weights, archs=archs, settings=settings)
     for arch, reason in predictor.refused.items():  # the other networks still predict
         print(f"warning: network {arch} left out: {reason}", file=sys.stderr)
-    rows = predict_paths(predictor, args.paths, cam_out=args.cam_out, progress=not args.quiet)
+    rows = predict_paths(
+        predictor,
+        args.paths,
+        cam_out=args.cam_out,
+        progress=not args.quiet,
+        dicom_out=args.dicom_out,
+        dicom_seg=args.dicom_seg,
+    )
     sys.stdout.write(format_rows(rows, args.format))
     sys.stdout.flush()
     failed = [r for r in rows if not r.ok]
     for row in failed:
         print(f"error: {printable(row.path)}: {row.error}", file=sys.stderr)
+    dicom = [(r, r.report["dicom"]) for r in rows if r.ok and "dicom" in r.report]
+    for row, d in dicom:
+        if "skipped" in d:
+            print(f"note: {printable(row.path)}: no DICOM results, {d['skipped']}", file=sys.stderr)
+        elif "error" in d:
+            print(
+                f"error: {printable(row.path)}: DICOM results not written: {d['error']}",
+                file=sys.stderr,
+            )
+    if any("error" in d for _, d in dicom):
+        return 1
     if not rows:
         print("error: no input volumes found in the given paths", file=sys.stderr)
         return 1
@@ -117,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="weights", help="folder with <arch>.json cards")
     p.add_argument("--arch", default="all", help="all, or one of the architectures")
     p.add_argument("--cam-out", default=None, help="write Grad-CAM NIfTI maps to this folder")
+    p.add_argument(
+        "--dicom-out",
+        default=None,
+        help="write each DICOM-series input's Structured Report and one Parametric Map per "
+        "network to this folder (NIfTI inputs are skipped, with a note)",
+    )
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="with --dicom-out, also a DICOM Segmentation of each map above the display threshold",
+    )
     p.add_argument("--format", choices=("json", "csv"), default="csv")
     p.add_argument(
         "--skip-checks",

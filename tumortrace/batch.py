@@ -21,10 +21,12 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from tumortrace.config import CLASSES
+from tumortrace.dicom_out import NIFTI_SKIP, build_dicom_results, maps_on_source
+from tumortrace.dicom_source import read_dicom_source
 from tumortrace.errors import ConfigError, TumorTraceError
 from tumortrace.explanation import save_cam_nifti
 from tumortrace.infer import Analysis, Predictor, error_line
-from tumortrace.io import load_volume
+from tumortrace.io import Volume, load_volume
 from tumortrace.manifest import masked_volume
 from tumortrace.qc import CHECK_NAMES
 from tumortrace.standard import standardise
@@ -50,11 +52,21 @@ class PredictRow:
     error: str | None = None
 
     @classmethod
-    def from_analysis(cls, path: str, analysis: Analysis, cams: dict[str, str]) -> PredictRow:
-        """A successful row; ``cams`` is ``{arch: written Grad-CAM NIfTI path}``."""
+    def from_analysis(
+        cls,
+        path: str,
+        analysis: Analysis,
+        cams: dict[str, str],
+        dicom: dict[str, Any] | None = None,
+    ) -> PredictRow:
+        """A successful row; ``cams`` is ``{arch: written Grad-CAM NIfTI path}``; ``dicom`` (when
+        DICOM results were asked for) is ``{"written": [paths]}``, ``{"skipped": why}`` or
+        ``{"error": message}``."""
         report = analysis.to_dict()
         for arch, network in report["networks"].items():
             network["cam"] = cams.get(arch)
+        if dicom is not None:
+            report["dicom"] = dicom
         return cls(path=path, ok=True, report=report)
 
     @property
@@ -190,12 +202,33 @@ def _unique_stem(stem: str, used: set[str]) -> str:
     return candidate
 
 
+def _dicom_results(
+    item: Path, volume: Volume, analysis: Analysis, predictor: Predictor, out: Path, seg: bool
+) -> dict[str, Any]:
+    """Writes one input's DICOM results into ``out``'s folder (named by ``out``'s stem)."""
+    try:
+        source = read_dicom_source(item)
+        if source is None:
+            return {"skipped": NIFTI_SKIP}
+        results = build_dicom_results(
+            source,
+            analysis.to_dict(predictor.cards),
+            maps_on_source(volume, analysis.explanations),
+            seg=seg,
+        )
+        return {"written": [str(p) for p in results.write(out.parent, out.name)]}
+    except TumorTraceError as err:
+        return {"error": error_line(err)}
+
+
 def predict_paths(
     predictor: Predictor,
     paths: Iterable[str | Path],
     archs: Iterable[str] | None = None,
     cam_out: str | Path | None = None,
     progress: bool = True,
+    dicom_out: str | Path | None = None,
+    dicom_seg: bool = False,
 ) -> list[PredictRow]:
     """Analyses files and folders; a bad input becomes an error row and the rest still run.
 
@@ -206,6 +239,12 @@ def predict_paths(
         cam_out: folder for Grad-CAM NIfTI maps ``<stem>_<arch>_cam.nii.gz`` (on each source
             file's grid, with its affine); ``None`` writes none.
         progress: show a tqdm bar on stderr.
+        dicom_out: folder for each DICOM-series input's DICOM results
+            (:mod:`tumortrace.dicom_out`: ``<stem>_sr.dcm``, ``<stem>_<arch>_map.dcm``); a
+            NIfTI input is skipped and a series the objects cannot be built for gets an error,
+            both in the row's ``"dicom"`` entry, its other outputs written. ``None`` writes none.
+        dicom_seg: also write ``<stem>_<arch>_seg.dcm``, each map at or above the display
+            threshold as a DICOM Segmentation.
 
     Returns:
         One :class:`PredictRow` per input, in input order.
@@ -213,6 +252,7 @@ def predict_paths(
     archs = predictor.select(archs)
     items = collect_inputs(paths)
     cam_dir = Path(cam_out) if cam_out is not None else None
+    dicom_dir = Path(dicom_out) if dicom_out is not None else None
     used_stems: set[str] = set()
     rows: list[PredictRow] = []
     for item in tqdm(items, desc="predict", unit="vol", file=sys.stderr, disable=not progress):
@@ -221,12 +261,17 @@ def predict_paths(
             standard = standardise(volume) if predictor.settings.input_checks else None
             analysis = predictor.analyze(volume, archs=archs, standard=standard)
             cams: dict[str, str] = {}
+            stem = _unique_stem(_stem(item), used_stems)
             if cam_dir is not None:
-                stem = _unique_stem(_stem(item), used_stems)
                 for arch, expl in analysis.explanations.items():
                     out = cam_dir / f"{stem}_{arch}_cam.nii.gz"
                     cams[arch] = str(save_cam_nifti(expl, volume, out))
-            rows.append(PredictRow.from_analysis(str(item), analysis, cams))
+            dicom = None
+            if dicom_dir is not None:
+                dicom = _dicom_results(
+                    item, volume, analysis, predictor, dicom_dir / stem, dicom_seg
+                )
+            rows.append(PredictRow.from_analysis(str(item), analysis, cams, dicom))
         except (TumorTraceError, OSError) as err:
             rows.append(PredictRow(path=str(item), ok=False, error=error_line(err)))
         except Exception as err:  # one file, one row: a bug on one input spares the others

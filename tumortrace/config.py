@@ -103,6 +103,10 @@ LOW_CONFIDENCE = 0.6
 """Below this top probability a verdict is flagged as low confidence (the app's verdict lines);
 a healthy verdict at or above it is confident, and the viewer then opens at the centre."""
 
+CAM_DISPLAY_THRESHOLD = 0.2
+"""Map values (0-1) below this are not drawn over the scan by default; the optional DICOM
+Segmentation of a map (:mod:`tumortrace.dicom_out`) holds the voxels at or above it."""
+
 MAX_MODEL_VOXELS = 2**21
 """Largest model grid a card may ask for (inference memory and time grow with it)."""
 

@@ -190,7 +190,11 @@ def _check_pixel_data_length(ds, rel: str, pixel_bytes: int) -> None:
             f"{rel}: no pixel data was found where the header ends; the header is damaged "
             "(an element's length is wrong) or the file is truncated."
         )
-    length = ds.get_item(_PIXEL_DATA).length
+    elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    if hasattr(elem, "length"):  # raw, as read
+        length = elem.length
+    else:  # pydicom converted it (a deferred read): its value is at most the per-file cap
+        length = 0xFFFFFFFF if elem.is_undefined_length else len(elem.value or b"")
     if length != 0xFFFFFFFF and length != pixel_bytes + (pixel_bytes % 2):  # not encapsulated
         raise InvalidVolumeError(
             f"{rel}: the pixel data holds {length:,} bytes but Rows x Columns x frames x "

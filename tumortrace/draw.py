@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tumortrace.config import CAM_DISPLAY_THRESHOLD
 from tumortrace.errors import ConfigError
 from tumortrace.viz import (
     DEFAULT_CMAP,
@@ -145,7 +146,7 @@ def render_slice(
     convention: Convention = "radiological",
     heat_xyz: np.ndarray | None = None,
     opacity: float = 0.45,
-    threshold: float = 0.2,
+    threshold: float = CAM_DISPLAY_THRESHOLD,
     cmap: str = DEFAULT_CMAP,
     labels: bool = True,
     min_long_side: int = 256,
@@ -265,7 +266,7 @@ def draw_overlays(
     spacing_xyz: Sequence[float] = (1.0, 1.0, 1.0),
     convention: Convention = "radiological",
     opacity: float = 0.45,
-    threshold: float = 0.2,
+    threshold: float = CAM_DISPLAY_THRESHOLD,
     cmap: str = DEFAULT_CMAP,
     lesion_xyz: np.ndarray | None = None,
     markers: Mapping[str, Sequence[Marker]] | None = None,

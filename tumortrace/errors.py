@@ -30,3 +30,7 @@ class CheckpointError(TumorTraceError):
 
 class ConfigError(TumorTraceError):
     """A configuration value or CLI flag is invalid (unknown architecture, shape too small...)."""
+
+
+class DicomExportError(TumorTraceError):
+    """A DICOM series cannot be given DICOM results (missing geometry, an attribute refused)."""

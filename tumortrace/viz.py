@@ -26,6 +26,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from tumortrace.config import CAM_DISPLAY_THRESHOLD
 from tumortrace.errors import ConfigError, InvalidVolumeError
 from tumortrace.intensity import otsu_threshold
 
@@ -343,7 +344,7 @@ def blend_overlay(
     gray: np.ndarray,
     heat: np.ndarray,
     opacity: float = 0.45,
-    threshold: float = 0.2,
+    threshold: float = CAM_DISPLAY_THRESHOLD,
     cmap: str = DEFAULT_CMAP,
 ) -> np.ndarray:
     """Colours a heat map over a grey image.
