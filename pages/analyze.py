@@ -52,6 +52,7 @@ SAMPLES: dict[str, str] = {
     "Real brain (IXI049), healthy": "healthy.nii.gz",
     "Same brain + synthetic low-grade glioma (LGG)": "lgg.nii.gz",
     "Same brain + synthetic high-grade glioma (HGG)": "hgg.nii.gz",
+    "Real glioblastoma (TCGA-02-0003), T1 post-contrast, 6.5 mm slices": "real_hgg.nii.gz",
 }
 UPLOAD_MIB = IOLimits().max_upload_bytes // 2**20
 UPLOADABLE = ".nii, .nii.gz or a .zip of one DICOM series"
@@ -75,7 +76,8 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
                 placeholder="Choose a sample…",
                 key="tt_sample",
                 help="One real IXI T1 scan (CC BY-SA 3.0) as it is and with synthetic lesions "
-                "inserted; see samples/README.md. No real tumour is in these files.",
+                "inserted, and one real glioblastoma as its scanner wrote it (TCGA-GBM, "
+                "CC BY 3.0); see samples/README.md.",
             )
             if name is None:
                 return None

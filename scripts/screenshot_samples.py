@@ -27,6 +27,7 @@ SAMPLES: dict[str, str] = {
     "healthy": "Real brain (IXI049), healthy",
     "lgg": "Same brain + synthetic low-grade glioma (LGG)",
     "hgg": "Same brain + synthetic high-grade glioma (HGG)",
+    "real_hgg": "Real glioblastoma (TCGA-02-0003), T1 post-contrast, 6.5 mm slices",
 }
 CHROMIUM = "/usr/bin/chromium"
 TIMING = "Time per network"

@@ -366,6 +366,20 @@ def test_sample_picker_runs_the_networks(app):
     assert len(prediction_lines(app)) == 3 and len(cam_captions(app)) == 3
 
 
+def test_the_real_glioblastoma_sample_is_analysed_end_to_end_with_its_thick_slices_flagged(app):
+    """The bundled real tumour (TCGA-02-0003, 6.5 mm slices, skull on, int16): every network's
+    verdict and map, and the thick slices said in the input checks the user sees."""
+    pick_sample(app, "Real glioblastoma (TCGA-02-0003), T1 post-contrast, 6.5 mm slices")
+    no_exception(app)
+    assert not app.error
+    assert "real_hgg.nii.gz" in " ".join(m.value for m in app.markdown)
+    assert len(prediction_lines(app)) == 3 and len(cam_captions(app)) == 3
+    checks = [e for e in app.expander if e.label.startswith("Input checks")]
+    assert checks and "Thick slices (6.5 mm)" in " ".join(
+        m.value for e in checks for m in e.markdown
+    )
+
+
 def test_the_healthy_sample_opens_where_the_shipped_weights_point(monkeypatch):
     """The shipped weights on the bundled healthy sample: the viewer opens where the same
     analysis run here says (its focus unless the verdict is confidently healthy, else the

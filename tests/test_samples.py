@@ -26,6 +26,24 @@ def test_the_record_names_the_rule_subject_and_licence():
     assert RECORD["subject"] in readme and "CC BY-SA 3.0" in readme
 
 
+def test_the_real_tumour_sample_is_the_recorded_file_with_its_licence_and_rule():
+    real = RECORD["real_tumour"]
+    path = SAMPLES / real["file"]
+    assert sha256_file(path) == real["sha256"] and path.stat().st_size < 2_500_000
+    assert "CC BY 3.0" in real["licence"] and "before any network" in real["rule"]
+    readme = (SAMPLES / "README.md").read_text()
+    assert real["subject"] in readme and real["file"] in readme and "CC BY 3.0" in readme
+    img = nib.load(path)  # a real 3-D scan in its scanner's own space and dtype
+    assert img.ndim == 3 and img.get_data_dtype() == np.int16
+    assert np.allclose(img.header.get_zooms(), (0.7812, 0.7812, 6.5), atol=1e-3)
+
+
+def test_the_real_tumour_patient_is_held_out_of_the_real_tumour_cohort():
+    from tumortrace.tumour_cohort import TumourCohortSpec
+
+    assert RECORD["real_tumour"]["subject"] in TumourCohortSpec().held_out
+
+
 @pytest.mark.parametrize("name", sorted(RECORD["files"]))
 def test_every_sample_file_is_the_recorded_one_and_small(name):
     path = SAMPLES / name
