@@ -22,9 +22,10 @@ from tumortrace.errors import ConfigError, TumorTraceError
 from tumortrace.models import list_methods
 
 DEFAULTS = TrainConfig()
-FLAG_DERIVED = frozenset({"cosine", "pretrained", "preprocess"})
+FLAG_DERIVED = frozenset({"cosine", "pretrained", "preprocess", "carved", "healthy_made"})
 """TrainConfig fields built from differently named flags: ``--no-cosine``, ``--pretrained`` (or
-``--pretrained-path``), ``--input-shape``/``--spacing``/``--percentiles``."""
+``--pretrained-path``), ``--input-shape``/``--spacing``/``--percentiles``, ``--no-carved``,
+``--no-healthy-made``."""
 NO_FLAG = frozenset({"synthetic", "test_fraction", "val_fraction"})
 """TrainConfig fields the command line leaves at their defaults. Every other field is copied
 from the flag of the same name."""
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _training_flags(p, DEFAULTS)
+    _lesion_flags(p, DEFAULTS)
     _input_flags(p, DEFAULTS.preprocess)
     _run_flags(p, DEFAULTS)
     _data_flags(p, DEFAULTS)
@@ -75,6 +77,37 @@ def _training_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument(
         "--healthy-reference", action="store_true",
         help="the network subtracts the mean input of each fold's healthy training cases",
+    )  # fmt: skip
+
+
+def _lesion_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Lesion supervision (tumortrace.supervision) and the kinds of case trained on."""
+    g = p.add_argument_group("lesion supervision and the cases trained on")
+    g.add_argument(
+        "--lesion-weight", type=float, default=d.lesion_weight, metavar="LAMBDA",
+        help="weight of the auxiliary lesion head's loss LAMBDA x (BCE + soft Dice) against the "
+        "lesion masks (0: off)",
+    )  # fmt: skip
+    g.add_argument(
+        "--lesion-layer", default=d.lesion_layer, help="stage the lesion head reads: layer2 "
+        "or layer3",
+    )  # fmt: skip
+    g.add_argument(
+        "--attention-weight", type=float, default=d.attention_weight, metavar="MU",
+        help="weight of the share of the layer-4 class activation outside the lesion, on tumour "
+        "cases with a mask (0: off)",
+    )  # fmt: skip
+    g.add_argument(
+        "--attention-margin", type=int, default=d.attention_margin, metavar="VOXELS",
+        help="dilation of the lesion mask before the attention term measures what lies outside",
+    )  # fmt: skip
+    g.add_argument(
+        "--no-carved", action="store_true",
+        help="train without the 'carved' cases (the test parts keep them)",
+    )  # fmt: skip
+    g.add_argument(
+        "--no-healthy-made", action="store_true",
+        help="train without the 'healthy-made' cases (the test parts keep them)",
     )  # fmt: skip
 
 
@@ -166,6 +199,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cosine=not args.no_cosine,
         pretrained=args.pretrained or args.pretrained_path is not None,
         preprocess=preprocess,
+        carved=not args.no_carved,
+        healthy_made=not args.no_healthy_made,
     )
 
 

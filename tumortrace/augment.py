@@ -24,6 +24,7 @@ x axis, is spatial axis **2** (tensor dim 3), and affine parameters are in voxel
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -91,28 +92,41 @@ class ScannerAugment:
         ]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pair(x, None)[0]
+
+    def pair(
+        self, x: torch.Tensor, lesion: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x, lesion)`` with the same jitter applied to the lesion mask ``(1, D, H, W)``
+        (nearest neighbour; the scanner effects touch intensities only). ``lesion`` None: as
+        ``__call__``."""
         if self.seed is None:
-            return self._apply(x)
+            return self._apply(x, lesion)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + self.calls)
             self.calls += 1
-            return self._apply(x)
+            return self._apply(x, lesion)
 
     def _chance(self) -> bool:
         return bool(torch.rand(()) < self.p)
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _apply(
+        self, x: torch.Tensor, lesion: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = torch.as_tensor(x, dtype=torch.float32)
         brain = x != self.fill
         # Outside set to 0 (the brain's mean), so interpolation at the edge blends towards tissue.
-        subject = tio.Subject(
-            image=tio.ScalarImage(tensor=torch.where(brain, x, 0.0)),
-            brain=tio.LabelMap(tensor=brain.to(torch.uint8)),
-        )
-        subject = self.jitter(subject)
+        images: dict[str, tio.Image] = {
+            "image": tio.ScalarImage(tensor=torch.where(brain, x, 0.0)),
+            "brain": tio.LabelMap(tensor=brain.to(torch.uint8)),
+        }
+        if lesion is not None:
+            images["lesion"] = tio.LabelMap(tensor=(torch.as_tensor(lesion) > 0.5).to(torch.uint8))
+        subject = self.jitter(tio.Subject(**images))
         y, brain = subject["image"].data.float(), subject["brain"].data.bool()
+        moved = None if lesion is None else subject["lesion"].data.to(torch.float32)
         if not brain.any():
-            return torch.full_like(x, self.fill)
+            return torch.full_like(x, self.fill), moved
         if self._chance():  # multiplicative bias field, on intensities shifted to be positive
             low = y[brain].min()
             field = tio.RandomBiasField(coefficients=0.3, order=2)(torch.ones_like(y))
@@ -132,7 +146,7 @@ class ScannerAugment:
             )
         inside = y[brain]
         z = (y - inside.mean()) / inside.std().clamp_min(1e-6)
-        return torch.where(brain, z, torch.tensor(self.fill)).contiguous()
+        return torch.where(brain, z, torch.tensor(self.fill)).contiguous(), moved
 
 
 def build_augment(
@@ -173,3 +187,36 @@ def build_augment(
     if seed is None:
         return tio.Compose(transforms)
     return SeededCompose(transforms, seed)
+
+
+PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def build_pair_augment(
+    mode: str, seed: int | None = None, fill: float = PreprocessConfig.fill
+) -> PairTransform | None:
+    """:func:`build_augment` for a volume and its lesion mask: the same spatial draw for both.
+
+    The returned callable maps ``(x (1, D, H, W) float32, lesion (1, D, H, W) {0, 1})`` to the
+    pair augmented: a TorchIO ``Subject`` with the volume as a ``ScalarImage`` and the lesion as a
+    ``LabelMap`` (nearest-neighbour resampling, untouched by intensity transforms), or
+    :meth:`ScannerAugment.pair`. ``None`` for ``"none"``.
+
+    Raises:
+        ConfigError: unknown mode.
+    """
+    transform = build_augment(mode, seed=seed, fill=fill)
+    if transform is None:
+        return None
+    if isinstance(transform, ScannerAugment):
+        return transform.pair
+
+    def pair(x: torch.Tensor, lesion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        subject = tio.Subject(
+            image=tio.ScalarImage(tensor=torch.as_tensor(x, dtype=torch.float32)),
+            lesion=tio.LabelMap(tensor=(torch.as_tensor(lesion) > 0.5).to(torch.uint8)),
+        )
+        out = transform(subject)
+        return out["image"].data.to(torch.float32), out["lesion"].data.to(torch.float32)
+
+    return pair

@@ -79,6 +79,9 @@ class ModelCard:
             empty means ``<card stem>.safetensors``
             (:func:`tumortrace.provenance.weights_path`). Lets a release add new weights under a
             new name while the old file is removed separately.
+        training: how the network was trained beyond the optimiser: lesion supervision (λ, the
+            head's layer, μ), the kinds of case trained without, augmentation
+            (:func:`tumortrace.supervision.describe`); empty on cards written before it existed.
     """
 
     arch: str
@@ -98,6 +101,7 @@ class ModelCard:
     format_version: int = CARD_FORMAT
     pipeline: dict[str, Any] = field(default_factory=dict)
     weights_file: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists, NaN becomes ``None``)."""
@@ -168,7 +172,7 @@ def _check_card_fields(d: dict[str, Any]) -> None:
     sha = d.get("weights_sha256", "")
     if not isinstance(sha, str) or (sha and re.fullmatch(r"[0-9a-f]{64}", sha) is None):
         raise bad("weights_sha256", "64 lower-case hexadecimal digits")
-    for name in ("data", "metrics"):
+    for name in ("data", "metrics", "training"):
         if name in d and not isinstance(d[name], dict):
             raise bad(name, "an object")
     for name in ("command", "git_commit", "date", "shipped", "notes"):

@@ -32,6 +32,10 @@ IntensityMode = Literal["zscore", "percentile"]
 Space = Literal["native", "mni"]
 AugmentMode = Literal["none", "light", "heavy", "scanner"]
 DeviceMode = Literal["auto", "cuda", "cpu"]
+LesionLayer = Literal["layer2", "layer3"]
+
+LESION_LAYERS: tuple[str, str] = ("layer2", "layer3")
+"""The stages the auxiliary lesion head may read (:mod:`tumortrace.supervision`)."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,22 @@ class TrainConfig:
     """Where the embedded synthetic cohort and the preprocessed-tensor cache live."""
     synthetic: SyntheticCohort = field(default_factory=SyntheticCohort)
     max_steps_per_epoch: int | None = None
+    lesion_weight: float = 0.0
+    """λ of the auxiliary lesion loss ``λ · (BCE + soft Dice)`` (:mod:`tumortrace.supervision`):
+    a 1x1x1 convolution on :attr:`lesion_layer` predicts the lesion mask; 0 turns it off."""
+    lesion_layer: LesionLayer = "layer3"
+    """The stage the lesion head reads (``layer2`` keeps a finer grid; MC3 keeps every slice)."""
+    attention_weight: float = 0.0
+    """μ of the attention term: the share of the positive class-activation energy (CAM from
+    ``layer4`` and the ``fc`` weights) outside the dilated lesion, on tumour cases with a mask."""
+    attention_margin: int = 1
+    """Voxels (model grid) the lesion mask is dilated by before the attention term measures what
+    lies outside it."""
+    carved: bool = True
+    """Train on the ``carved`` cases (False: left out of the training and validation parts; the
+    test parts keep them)."""
+    healthy_made: bool = True
+    """Train on the ``healthy-made`` cases (False: as :attr:`carved`)."""
     splits: Path | None = None
     """A splits file (``<out>/benchmarks/<arch>.splits.json`` of an earlier run) to reuse instead of
     making folds: the baselines train on the networks' folds. It is copied byte for byte."""

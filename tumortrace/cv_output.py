@@ -21,13 +21,14 @@ from typing import Any
 from torch import nn
 
 from tumortrace import checkpoint, files, metrics, models, provenance
-from tumortrace.cases import class_counts, synthetic_dir
+from tumortrace.cases import class_counts, left_out_kinds, synthetic_dir
 from tumortrace.config import CLASSES, TrainConfig
 from tumortrace.loop import EpochRecord
 from tumortrace.manifest import Case
 from tumortrace.networks import get_network, is_baseline
 from tumortrace.runtime import Runtime
 from tumortrace.standard import pipeline_description
+from tumortrace.supervision import describe as describe_training
 
 COMMIT_LIMIT_BYTES = 10_000_000
 """Baseline weights over this size (fp16 on disk) are not committed to the repository: their
@@ -138,6 +139,12 @@ def data_info(cfg: TrainConfig, cases: Sequence[Case]) -> dict[str, Any]:
         "counts": class_counts(cases),
         "n": len(cases),
     }
+    if any(c.kind for c in cases):
+        kinds = sorted({c.kind or "unrecorded" for c in cases})
+        info["kinds"] = {k: sum(1 for c in cases if (c.kind or "unrecorded") == k) for k in kinds}
+    gliomas = sum(1 for c in cases if c.label_index < 0)
+    if gliomas:
+        info["glioma_unknown_grade"] = gliomas
     if cfg.manifest is None and cfg.brats is None and cfg.ixi is None:
         info["synthetic"] = {
             "size": cfg.synthetic.size,
@@ -226,6 +233,20 @@ HOG_SVM_NOTE = (
 def training_notes(cfg: TrainConfig) -> str:
     """The card's sentences on how the network was trained beyond the defaults ("" when none)."""
     notes = [f" Augmentation: {cfg.augment}."]
+    if cfg.lesion_weight > 0:
+        notes.append(
+            f" Lesion-supervised: a 1x1x1 lesion head on {cfg.lesion_layer} (training only, not "
+            f"shipped), loss {cfg.lesion_weight:g} x (BCE + soft Dice) against the lesion mask."
+        )
+    if cfg.attention_weight > 0:
+        notes.append(
+            f" Attention term: {cfg.attention_weight:g} x the share of the layer-4 class "
+            f"activation outside the lesion (dilated {cfg.attention_margin} voxels) on tumour "
+            "cases with a mask."
+        )
+    drop = sorted(left_out_kinds(cfg))
+    if drop:
+        notes.append(f" Trained without the {' and '.join(drop)} cases (test parts keep them).")
     if cfg.balanced:
         notes.append(" Class-balanced batches, unweighted cross entropy.")
     if cfg.healthy_reference:
@@ -234,6 +255,15 @@ def training_notes(cfg: TrainConfig) -> str:
             "buffer stem.input_reference from every input)."
         )
     return "".join(notes)
+
+
+def training_record(cfg: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """The card's ``training`` section: the switches (:func:`tumortrace.supervision.describe`)
+    and, when the cases record their kind, how many of each kind the cohort holds."""
+    out = describe_training(cfg)
+    if "kinds" in data:
+        out["cohort_kinds"] = data["kinds"]
+    return out
 
 
 def write_outputs(cfg: TrainConfig, result: CVResult, command: str) -> None:
@@ -260,6 +290,7 @@ def write_outputs(cfg: TrainConfig, result: CVResult, command: str) -> None:
         shipped=result.shipped,
         params=b["params"],
         pipeline=pipeline_description() if cfg.preprocess.space == "mni" else {},
+        training=training_record(cfg, b["data"]),
         notes=(
             f"Research prototype, not for clinical use. Ships {how}; metrics are the "
             f"{cfg.folds}-fold cross-validated test estimates (mean, std). "

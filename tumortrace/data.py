@@ -23,9 +23,15 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset, Sampler
 
 from tumortrace.config import CLASSES, PreprocessConfig
-from tumortrace.errors import ConfigError, ManifestError
+from tumortrace.errors import ConfigError, ManifestError, TumorTraceError
 from tumortrace.files import atomic_path, sha256_bytes, sha256_file
-from tumortrace.manifest import Case, read_manifest, validate_cases, write_manifest
+from tumortrace.manifest import (
+    Case,
+    read_manifest,
+    sibling_lesion_mask,
+    validate_cases,
+    write_manifest,
+)
 
 __all__ = [
     "BalancedSampler",
@@ -34,6 +40,7 @@ __all__ = [
     "class_weights",
     "discover_brats",
     "discover_ixi",
+    "lesion_mask_of",
     "read_manifest",
     "write_manifest",
 ]
@@ -229,8 +236,11 @@ class BalancedSampler(Sampler[int]):
     """Seeded class-balanced draws: each class an equal share of every epoch's indices.
 
     An epoch has ``len(labels)`` draws (rounded up to a multiple of ``num_replicas``), ``1/C`` of
-    them per class present. A class's indices are drawn without replacement, cycling through fresh
-    permutations when the class is smaller than its share; the epoch's draws are then shuffled.
+    them per class present. Gliomas of unknown grade (label
+    :data:`~tumortrace.config.GLIOMA_INDEX`, negative) are no class: each is drawn once an epoch,
+    as in a plain shuffle, and the classes share the remaining draws. A class's indices are drawn
+    without replacement, cycling through fresh permutations when the class is smaller than its
+    share; the epoch's draws are then shuffled.
     Everything comes from ``(seed, epoch)`` (:meth:`set_epoch`), so a resumed run replays the same
     batches; under DDP rank ``r`` takes draws ``r, r + R, ...``.
 
@@ -245,8 +255,10 @@ class BalancedSampler(Sampler[int]):
         self, labels: Sequence[int], num_replicas: int = 1, rank: int = 0, seed: int = 0
     ) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
-        if self.labels.size == 0:
-            raise ConfigError("BalancedSampler needs at least one label, got none.")
+        if (self.labels >= 0).sum() == 0:
+            raise ConfigError(
+                "BalancedSampler needs at least one graded label (healthy, LGG or HGG), got none."
+            )
         self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
         self.total = -(-self.labels.size // num_replicas) * num_replicas
 
@@ -257,12 +269,12 @@ class BalancedSampler(Sampler[int]):
     def draws(self) -> list[int]:
         """All ranks' indices of the current epoch, in order."""
         rng = np.random.default_rng([self.seed, self.epoch])
-        present = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
-        shares = [
-            self.total // len(present) + (i < self.total % len(present))
-            for i in range(len(present))
-        ]
-        picks = []
+        graded = self.labels[self.labels >= 0]
+        present = [np.flatnonzero(self.labels == c) for c in np.unique(graded)]
+        ungraded = np.flatnonzero(self.labels < 0)
+        rest = self.total - ungraded.size
+        shares = [rest // len(present) + (i < rest % len(present)) for i in range(len(present))]
+        picks = [ungraded] if ungraded.size else []
         for members, share in zip(present, shares, strict=True):
             cycles = -(-share // members.size)
             picks.append(np.concatenate([rng.permutation(members) for _ in range(cycles)])[:share])
@@ -276,6 +288,19 @@ class BalancedSampler(Sampler[int]):
         return self.total // self.num_replicas
 
 
+LESION_CACHE_VERSION = 1
+"""Bumped when :meth:`VolumeDataset.load_mask` changes what it produces (part of its cache key)."""
+
+
+def lesion_mask_of(case: Case) -> Path | None:
+    """The lesion mask file of a tumour case: its ``mask`` column, else the
+    ``<stem>_lesion.nii.gz`` beside its volume (what ``synth`` and the cohorts write, the rule
+    ``explain-eval`` reads), else None. Always None for a healthy case (its mask is all zeros)."""
+    if case.label == "healthy":
+        return None
+    return case.mask if case.mask is not None else sibling_lesion_mask(case.path)
+
+
 class VolumeDataset(Dataset):
     """Cases -> ``(volume (1, D, H, W) float32, label int)`` through the one preprocessing pipeline.
 
@@ -284,6 +309,14 @@ class VolumeDataset(Dataset):
     therefore misses the cache, and a moved file hits it. Cache files are written atomically and
     never unpickled; an unreadable one is recomputed. ``transform`` (augmentation) runs after the
     cache, so every epoch draws fresh random transforms.
+
+    With ``masks`` (lesion supervision) an item is ``(volume, label, lesion (1, D, H, W) float32
+    {0, 1}, known bool)``: the lesion mask warped onto the model grid like the volume
+    (:func:`tumortrace.standard.lesion_input`; cached beside it, keyed on the volume's key and the
+    mask file's content), all zeros and known for a healthy case, all zeros and not known for a
+    tumour case without a mask (:func:`lesion_mask_of`). ``transform`` is then called as
+    ``transform(volume, lesion) -> (volume, lesion)`` so both get the same spatial draw
+    (:func:`tumortrace.augment.build_pair_augment`).
     """
 
     def __init__(
@@ -291,12 +324,14 @@ class VolumeDataset(Dataset):
         cases: Sequence[Case],
         config: PreprocessConfig,
         cache_dir: str | Path | None = None,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        transform: Callable | None = None,
+        masks: bool = False,
     ) -> None:
         self.cases = list(cases)
         self.config = config
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.transform = transform
+        self.masks = masks
         self._keys: dict[tuple[str, int, int], str] = {}
         self._config_json = json.dumps(config.to_dict(), sort_keys=True)
         if config.space == "mni":
@@ -314,17 +349,27 @@ class VolumeDataset(Dataset):
         """Class index of every case, in order."""
         return [c.label_index for c in self.cases]
 
-    def cache_key(self, case: Case) -> str:
-        """Hex key of ``case``'s preprocessed tensor (memoised per file size and mtime)."""
-        stat = Path(case.path).stat()
-        ident = (str(case.path), stat.st_size, stat.st_mtime_ns)
+    def _file_key(self, path: Path) -> str:
+        """SHA-256 of a file's content (memoised per path, size and mtime)."""
+        stat = Path(path).stat()
+        ident = (str(path), stat.st_size, stat.st_mtime_ns)
         if ident not in self._keys:
-            content = sha256_file(case.path)
-            blob = f"{content}\n{self._config_json}".encode()
-            self._keys[ident] = sha256_bytes(blob)
+            self._keys[ident] = sha256_file(path)
         return self._keys[ident]
 
-    def _compute(self, case: Case) -> torch.Tensor:
+    def cache_key(self, case: Case) -> str:
+        """Hex key of ``case``'s preprocessed tensor (memoised per file size and mtime)."""
+        blob = f"{self._file_key(case.path)}\n{self._config_json}".encode()
+        return sha256_bytes(blob)
+
+    def mask_key(self, case: Case, mask: Path) -> str:
+        """Hex key of ``case``'s lesion on the model grid: the volume's key (its grid depends on
+        the scan's registration) and the mask file's content."""
+        blob = f"{self.cache_key(case)}\nlesion:{self._file_key(mask)}:{LESION_CACHE_VERSION}"
+        return sha256_bytes(blob.encode())
+
+    def _prepared(self, case: Case):
+        """``(volume, Preprocessed)`` of ``case`` through the card's pipeline."""
         from tumortrace.io import load_volume
         from tumortrace.standard import prepare, standardise, standardise_cached
 
@@ -339,8 +384,39 @@ class VolumeDataset(Dataset):
                 )
             else:
                 std = standardise(volume)
-        tensor = prepare(volume, self.config, std).tensor
+        return volume, prepare(volume, self.config, std)
+
+    def _compute(self, case: Case) -> torch.Tensor:
+        tensor = self._prepared(case)[1].tensor
         return tensor.detach().to(torch.float32).contiguous()
+
+    def _compute_mask(self, case: Case, mask: Path) -> torch.Tensor:
+        from tumortrace.io import load_volume
+        from tumortrace.standard import lesion_input
+
+        _, pre = self._prepared(case)
+        try:
+            lesion_volume = load_volume(mask)
+        except TumorTraceError as err:
+            raise ManifestError(
+                f"Lesion mask {mask} of case {case.subject_id!r} cannot be read: {err}"
+            ) from err
+        lesion = lesion_input(lesion_volume, pre)
+        return torch.from_numpy(lesion.astype(np.uint8))[None].contiguous()
+
+    def _cached(self, path: Path, name: str, compute: Callable[[], torch.Tensor], sid: str):
+        """The tensor ``name`` stored at ``path``, else ``compute()`` stored there atomically."""
+        if path.is_file():
+            try:
+                tensor = load_file(str(path))[name]
+                if tensor.shape == (1, *self.config.shape_dhw):
+                    return tensor
+            except (SafetensorError, KeyError, OSError, ValueError):
+                pass  # a damaged cache entry is simply rebuilt below
+        tensor = compute()
+        with atomic_path(path) as tmp:
+            save_file({name: tensor}, str(tmp), metadata={"subject_id": sid})
+        return tensor
 
     def load(self, index: int) -> torch.Tensor:
         """Preprocessed, un-augmented volume ``(1, D, H, W)`` float32 of case ``index``."""
@@ -348,23 +424,42 @@ class VolumeDataset(Dataset):
         if self.cache_dir is None:
             return self._compute(case)
         path = self.cache_dir / f"{self.cache_key(case)}.safetensors"
-        if path.is_file():
-            try:
-                tensor = load_file(str(path))["volume"]
-                if tensor.shape == (1, *self.config.shape_dhw):
-                    return tensor
-            except (SafetensorError, KeyError, OSError, ValueError):
-                pass  # a damaged cache entry is simply rebuilt below
-        tensor = self._compute(case)
-        with atomic_path(path) as tmp:
-            save_file({"volume": tensor}, str(tmp), metadata={"subject_id": case.subject_id})
-        return tensor
+        return self._cached(path, "volume", lambda: self._compute(case), case.subject_id)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def load_mask(self, index: int) -> tuple[torch.Tensor, bool]:
+        """``(lesion (1, D, H, W) uint8 {0, 1}, known)`` of case ``index``, un-augmented.
+
+        Raises:
+            ManifestError: the mask file is missing or unreadable.
+        """
+        case = self.cases[index]
+        mask = lesion_mask_of(case)
+        if mask is None:
+            empty = torch.zeros((1, *self.config.shape_dhw), dtype=torch.uint8)
+            return empty, case.label == "healthy"
+        if not Path(mask).is_file():
+            raise ManifestError(
+                f"Lesion mask {mask} of case {case.subject_id!r} does not exist; fix the "
+                "manifest's mask column."
+            )
+        if self.cache_dir is None:
+            return self._compute_mask(case, mask), True
+        path = self.cache_dir / f"{self.mask_key(case, mask)}.lesion.safetensors"
+        compute = lambda: self._compute_mask(case, mask)  # noqa: E731
+        return self._cached(path, "lesion", compute, case.subject_id), True
+
+    def __getitem__(self, index: int) -> tuple:
         tensor = self.load(index)
+        label = self.cases[index].label_index
+        if self.masks:
+            lesion, known = self.load_mask(index)
+            lesion = lesion.to(torch.float32)
+            if self.transform is not None:
+                tensor, lesion = self.transform(tensor, lesion)
+            return tensor.to(torch.float32), label, lesion.to(torch.float32), known
         if self.transform is not None:
             tensor = self.transform(tensor)
             if not isinstance(tensor, torch.Tensor):
                 tensor = torch.as_tensor(np.asarray(tensor))
             tensor = tensor.to(torch.float32)
-        return tensor, self.cases[index].label_index
+        return tensor, label

@@ -3,6 +3,13 @@
 :func:`fit_fold` composes :func:`train_one_epoch` and :func:`evaluate_loader`, keeps the best
 weights by validation macro-F1 (:class:`FoldProgress`) and hands a resumable snapshot to its caller
 after every epoch. Device, precision and ranks come in a :class:`~tumortrace.runtime.Runtime`.
+
+Under lesion supervision (``cfg.lesion_weight`` or ``cfg.attention_weight`` > 0) the network is
+trained inside a :class:`tumortrace.supervision.Supervised` wrapper (the lesion head, the
+``layer4`` features) on batches ``(x, y, lesion, known)`` with :func:`supervised_step`; the
+selected and shipped weights are the network's alone, and the resume snapshot keeps the head.
+Gliomas of unknown grade (label -1) take ``-log(p_LGG + p_HGG)``; the validation metrics are
+computed over the graded cases.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +33,7 @@ from tumortrace import metrics
 from tumortrace.config import CLASSES, TrainConfig
 from tumortrace.data import BalancedSampler
 from tumortrace.runtime import Runtime, autocast, gather, to_device, unwrap
+from tumortrace.supervision import Criterion, LossTerms, Outputs, Supervised, fc_linear, uses_masks
 
 StateDict = dict[str, torch.Tensor]
 
@@ -96,6 +104,37 @@ def train_step(
     return loss.detach()
 
 
+def supervised_step(
+    trainee: nn.Module,
+    batch: Sequence[torch.Tensor],
+    criterion: Criterion,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rt: Runtime,
+) -> LossTerms:
+    """One lesion-supervised optimisation step.
+
+    Args:
+        trainee: a :class:`~tumortrace.supervision.Supervised` network (possibly DDP-wrapped).
+        batch: ``(x (N, 1, D, H, W), y (N,), lesion (N, 1, D, H, W) {0, 1}, known (N,) bool)``
+            on ``rt.device``.
+        criterion: the fold's :class:`~tumortrace.supervision.Criterion` (with the run's cfg).
+
+    Returns:
+        The detached loss terms.
+    """
+    x, y, lesion, known = batch
+    with autocast(rt):
+        out = Outputs(*trainee(x))
+    terms = criterion.supervised(out, fc_linear(unwrap(trainee).network), y, lesion, known)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms.total).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return LossTerms(*(t.detach() for t in (terms.total, terms.classification, terms.lesion,
+                                            terms.attention)))  # fmt: skip
+
+
 def seed_everything(seed: int) -> None:
     """Seeds Python's, NumPy's and torch's global random streams."""
     random.seed(seed)
@@ -122,9 +161,12 @@ def train_one_epoch(
     """One pass over the training part.
 
     Args:
-        model: the network (possibly DDP-wrapped); inputs ``(N, 1, D, H, W)`` -> logits ``(N, C)``.
-        loader: yields ``(x (N, 1, D, H, W) float32, y (N,) int64)``.
-        criterion: class-weighted cross entropy on ``rt.device``.
+        model: the network (possibly DDP-wrapped); inputs ``(N, 1, D, H, W)`` -> logits ``(N, C)``;
+            for lesion-supervised batches a :class:`~tumortrace.supervision.Supervised` one.
+        loader: yields ``(x (N, 1, D, H, W) float32, y (N,) int64)``, or
+            ``(x, y, lesion (N, 1, D, H, W), known (N,))`` (then :func:`supervised_step`).
+        criterion: the class-weighted loss on ``rt.device`` (a
+            :class:`~tumortrace.supervision.Criterion` for supervised batches).
         optimizer: updates the model's parameters.
         scaler: gradient scaler (enabled only for fp16 AMP).
         rt: device and precision.
@@ -136,11 +178,15 @@ def train_one_epoch(
     """
     model.train()
     total, count = 0.0, 0
-    for step, (x, y) in enumerate(loader):
+    for step, batch in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
-        x, y = to_device(x, rt), y.to(rt.device, non_blocking=True)
-        loss = train_step(model, x, y, criterion, optimizer, scaler, rt)
+        x, y = to_device(batch[0], rt), batch[1].to(rt.device, non_blocking=True)
+        if len(batch) == 4:
+            rest = (to_device(batch[2], rt), batch[3].to(rt.device, non_blocking=True))
+            loss = supervised_step(model, (x, y, *rest), criterion, optimizer, scaler, rt).total
+        else:
+            loss = train_step(model, x, y, criterion, optimizer, scaler, rt)
         total += loss.item() * len(y)
         count += len(y)
         if bar is not None:
@@ -164,13 +210,15 @@ def evaluate_loader(
         class_weight: ``(C,)`` weights of the loss (None: unweighted).
 
     Returns:
-        The weighted cross entropy, labels ``(N,)`` and probabilities ``(N, C)`` of the part,
+        The weighted classification loss (:func:`tumortrace.supervision.classification_loss`),
+        labels ``(N,)`` (-1: a glioma of unknown grade) and probabilities ``(N, C)`` of the part,
         in dataset order, each sample once.
     """
     net = unwrap(model)
     net.eval()
     logits, labels = [], []
-    for x, y in loader:
+    for batch in loader:
+        x, y = batch[0], batch[1]
         with autocast(rt):
             out = net(to_device(x, rt))
         logits.append(out.float().cpu())
@@ -187,7 +235,7 @@ def evaluate_loader(
         logits_t = torch.stack([seen[i][0] for i in order])
         labels_t = torch.stack([seen[i][1] for i in order])
     weight = None if class_weight is None else class_weight.float().cpu()
-    loss = F.cross_entropy(logits_t, labels_t, weight=weight).item()
+    loss = Criterion(weight)(logits_t, labels_t).item()
     probs = torch.softmax(logits_t.double(), dim=1).numpy()
     return EvalOutput(loss=loss, labels=labels_t.numpy().astype(np.int64), probs=probs)
 
@@ -324,7 +372,8 @@ def _validate(
         bar.close()
         return EpochRecord(epoch, train_loss, None, None, None)
     ev = evaluate_loader(net, loader, rt, class_weight)
-    m = metrics.compute_metrics(ev.labels, ev.probs, classes=CLASSES)
+    graded = ev.labels >= 0  # gliomas of unknown grade have no class to score
+    m = metrics.compute_metrics(ev.labels[graded], ev.probs[graded], classes=CLASSES)
     bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{ev.loss:.4f}",
                     val_acc=f"{m.accuracy:.3f}", val_f1=f"{m.macro_f1:.3f}")  # fmt: skip
     bar.close()
@@ -345,8 +394,10 @@ def _run_epoch(
     epoch: int,
     epochs: int,
     progress: bool,
+    eval_net: nn.Module | None = None,
 ) -> tuple[EpochRecord, float]:
-    """One epoch of :func:`fit_fold`: seeded training steps, the scheduler's step, validation.
+    """One epoch of :func:`fit_fold`: seeded training steps, the scheduler's step, validation
+    (of ``eval_net``, the plain network, when ``net`` is a supervised wrapper).
 
     Returns:
         The epoch's curve point and its wall time in seconds (training and validation).
@@ -365,7 +416,7 @@ def _run_epoch(
     )  # fmt: skip
     if opt.scheduler is not None:
         opt.scheduler.step()
-    record = _validate(net, val_loader, rt, class_weight, epoch, train_loss, bar)
+    record = _validate(eval_net or net, val_loader, rt, class_weight, epoch, train_loss, bar)
     return record, time.perf_counter() - start
 
 
@@ -386,9 +437,11 @@ def fit_fold(
     """Trains one fold with early stopping on validation macro-F1.
 
     Args:
-        cfg: optimiser, schedule, patience, batch size, workers, seed.
+        cfg: optimiser, schedule, patience, batch size, workers, seed; lesion supervision
+            (``lesion_weight``, ``lesion_layer``, ``attention_weight``, ``attention_margin``).
         model: a fresh network (moved to ``rt.device`` here; DDP-wrapped when distributed).
-        train_set: yields ``(x (1, D, H, W) float32, label int)``, already augmented.
+        train_set: yields ``(x (1, D, H, W) float32, label int)``, already augmented; under lesion
+            supervision ``(x, label, lesion (1, D, H, W), known)``.
         val_set: the validation part, or None for a refit (fixed epochs, last weights kept).
         rt: device, precision and ranks.
         class_weight: ``(C,)`` loss weights from the training labels.
@@ -403,20 +456,27 @@ def fit_fold(
         the per-epoch curves and the training time.
     """
     epochs = cfg.epochs if epochs is None else epochs
-    rt.place(model)
-    net = DistributedDataParallel(model) if rt.distributed else model
-    opt = Optimisation.build(cfg, model, epochs, rt)
-    criterion = nn.CrossEntropyLoss(weight=class_weight.float().to(rt.device))
+    trainee = model
+    if uses_masks(cfg):
+        trainee = Supervised(model, cfg.lesion_layer if cfg.lesion_weight > 0 else None)
+    rt.place(trainee)
+    net = DistributedDataParallel(trainee) if rt.distributed else trainee
+    opt = Optimisation.build(cfg, trainee, epochs, rt)
+    criterion = Criterion(class_weight.float().to(rt.device), cfg)
+    head = getattr(trainee, "head", None)
     seed = cfg.seed + fold
     train_loader = make_loader(train_set, cfg, rt, train=True, seed=seed)
     val_loader = None if val_set is None else make_loader(val_set, cfg, rt, train=False, seed=seed)
     p = FoldProgress() if state is None else FoldProgress.from_state(state)
     if state is not None:
         model.load_state_dict(state["model"])
+        if head is not None:
+            head.load_state_dict(state["head"])
         opt.load_state_dict(state)
 
     def snapshot() -> dict[str, Any]:
-        return {**p.to_state(), "model": cpu_state(model), **opt.state_dict()}
+        extra = {} if head is None else {"head": cpu_state(head)}
+        return {**p.to_state(), "model": cpu_state(model), **extra, **opt.state_dict()}
 
     if on_epoch is not None and state is None:
         on_epoch(snapshot())
@@ -424,7 +484,7 @@ def fit_fold(
         epoch = p.epoch + 1
         record, seconds = _run_epoch(
             cfg, net, train_loader, val_loader, criterion, opt, rt, class_weight,
-            fold=fold, epoch=epoch, epochs=epochs, progress=progress,
+            fold=fold, epoch=epoch, epochs=epochs, progress=progress, eval_net=model,
         )  # fmt: skip
         p.seconds += seconds
         p.update(record, lambda: cpu_state(model), cfg.patience)

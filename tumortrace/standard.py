@@ -62,6 +62,7 @@ __all__ = [
     "PIPELINE_VERSION",
     "STEPS",
     "StandardSpace",
+    "lesion_input",
     "load_cached",
     "measure",
     "model_input",
@@ -292,6 +293,28 @@ def model_input(volume: Volume, std: StandardSpace, config: PreprocessConfig) ->
     )
     brain_dhw = np.ascontiguousarray(to_model_axes(mask))
     return Preprocessed(tensor=tensor, grid=grid, brain=brain_dhw)
+
+
+def lesion_input(mask: Volume, pre: Preprocessed) -> np.ndarray:
+    """A lesion mask on the model grid, warped exactly as the image was.
+
+    The model voxel -> scan world map of ``pre.grid`` (the registration and the template box
+    folded in, or the native crop) is the one :func:`model_input` built the image with; the mask
+    is resampled through it and its own affine by :func:`warp` (trilinear on the 0/1 lesion, then
+    ``> 0.5``), so image and mask stay aligned in either pipeline.
+
+    Args:
+        mask: the lesion labels as a canonical :class:`Volume` (any non-zero voxel is lesion:
+            1 tumour, 2 oedema), normally on the scan's own grid.
+        pre: the scan's model input (:func:`prepare`).
+
+    Returns:
+        ``(D, H, W)`` bool lesion on the model grid.
+    """
+    shape_dhw = tuple(int(s) for s in pre.tensor.shape[1:])
+    lesion = (np.asarray(mask.data) > 0.5).astype(np.float32)
+    on_grid = warp(lesion, mask.affine, pre.grid.model_affine, np.eye(4), shape_dhw, order=1)
+    return on_grid > 0.5
 
 
 def prepare(

@@ -45,6 +45,7 @@ This module never prints and never parses arguments; progress bars (tqdm, rank 0
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import tempfile
 import threading
@@ -60,19 +61,22 @@ from torch import nn
 from tumortrace import checkpoint, classical, files, folds, loop, metrics, models
 from tumortrace.baselines import ConvAutoencoder, HogSvm
 from tumortrace.cases import (
+    check_cases,
     class_weight,
     healthy_mean,
     load_cases,
     part_dataset,
     subset,
+    training_cases,
     warm_cache,
 )
-from tumortrace.config import CLASSES, TrainConfig
+from tumortrace.config import CLASSES, LESION_LAYERS, TrainConfig
 from tumortrace.cv_output import CVResult, FoldResult, benchmark_record, write_outputs
 from tumortrace.errors import ConfigError
 from tumortrace.manifest import Case
 from tumortrace.resume import load_resume, resume_path, save_resume
 from tumortrace.runtime import Runtime, barrier, setup_runtime
+from tumortrace.supervision import uses_masks
 
 # --------------------------------------------------------------------------- checks
 
@@ -119,10 +123,40 @@ def validate_config(cfg: TrainConfig) -> None:
     models.check_input_shape(cfg.arch, tuple(cfg.preprocess.shape_dhw))
     if cfg.pretrained or cfg.pretrained_path is not None:
         models.check_pretrained_file(cfg.arch, cfg.pretrained_path)
+    _validate_supervision(cfg)
     if cfg.splits is not None and not Path(cfg.splits).is_file():
         raise ConfigError(
             f"--splits {cfg.splits} is not a file; expected an earlier run's "
             "benchmarks/<arch>.splits.json."
+        )
+
+
+def _validate_supervision(cfg: TrainConfig) -> None:
+    """The lesion-supervision flags: finite non-negative weights, a known layer, a video network.
+
+    Raises:
+        ConfigError: naming the flag, the value and what is expected.
+    """
+    for flag, value in (("--lesion-weight", cfg.lesion_weight),
+                        ("--attention-weight", cfg.attention_weight)):  # fmt: skip
+        if isinstance(value, bool) or not math.isfinite(float(value)) or value < 0:
+            raise ConfigError(f"{flag} {value} must be a finite number >= 0 (0: off).")
+    if cfg.lesion_layer not in LESION_LAYERS:
+        raise ConfigError(
+            f"--lesion-layer {cfg.lesion_layer!r}; expected one of {list(LESION_LAYERS)}."
+        )
+    if (
+        isinstance(cfg.attention_margin, bool)
+        or not isinstance(cfg.attention_margin, int)
+        or (not 0 <= cfg.attention_margin <= 16)
+    ):
+        raise ConfigError(
+            f"--attention-margin {cfg.attention_margin} must be an integer from 0 to 16 (voxels)."
+        )
+    if uses_masks(cfg) and models.is_baseline(cfg.arch):
+        raise ConfigError(
+            f"--lesion-weight / --attention-weight train a video network's stages; {cfg.arch!r} "
+            f"is a baseline. Use one of {models.list_models()} or drop the flags."
         )
 
 
@@ -190,7 +224,7 @@ class _Run:
             models.set_input_reference(model, healthy_mean(self.cfg, train))
         if isinstance(model, HogSvm):
             return _fit_classical(self.cfg, model, train, val, fold)
-        train_set = part_dataset(self.cfg, train, augment=True)
+        train_set = part_dataset(self.cfg, train, augment=True, masks=uses_masks(self.cfg))
         pre_seconds = 0.0
         if isinstance(model, ConvAutoencoder):
             if resumed is None:  # a resumed fold's snapshot already holds the trained encoder
@@ -209,9 +243,11 @@ class _Run:
 
 
 def _stack(cfg: TrainConfig, cases: Sequence[Case]) -> tuple[Any, np.ndarray]:
-    """``(x (N, 1, D, H, W) float32, labels (N,))`` of ``cases``, un-augmented, from the cache."""
+    """``(x (N, 1, D, H, W) float32, labels (N,))`` of the graded ``cases`` (gliomas of unknown
+    grade left out: the HOG-SVM has no loss for them), un-augmented, from the cache."""
     import torch
 
+    cases = [c for c in cases if c.label_index >= 0]
     ds = part_dataset(cfg, cases, augment=False)
     x = torch.stack([ds.load(i) for i in range(len(ds))])
     return x, np.array([c.label_index for c in cases], dtype=np.int64)
@@ -232,17 +268,27 @@ def _fit_classical(
     )  # fmt: skip
 
 
-def _test(run: _Run, split: folds.FoldSplit, fit: loop.FoldFit) -> FoldResult:
-    """Scores the fold's test part once, with the validation-selected weights."""
+def _test(
+    run: _Run, split: folds.FoldSplit, fit: loop.FoldFit, n_train: int, n_val: int
+) -> FoldResult:
+    """Scores the fold's test part once, with the validation-selected weights (every case of the
+    part, whatever kinds the training left out; the metrics over its graded cases, and
+    ``glioma_called_tumour`` when it holds gliomas of unknown grade)."""
     cfg, rt = run.cfg, run.rt
     model = _new_model(cfg, fit.best_state)
     rt.place(model)
     test_cases = subset(run.cases, split.test)
     test_set = part_dataset(cfg, test_cases, augment=False)
     loader = loop.make_loader(test_set, cfg, rt, train=False, seed=0)
-    weight = class_weight(subset(run.cases, split.train), cfg.balanced)
+    weight = class_weight(training_cases(cfg, subset(run.cases, split.train)), cfg.balanced)
     ev = loop.evaluate_loader(model, loader, rt, weight)
-    scores = metrics.compute_metrics(ev.labels, ev.probs, classes=CLASSES)
+    graded = ev.labels >= 0
+    scores = files.jsonable(
+        metrics.compute_metrics(ev.labels[graded], ev.probs[graded], classes=CLASSES).to_dict()
+    )
+    if not graded.all():  # gliomas of unknown grade: how many were called a tumour (LGG or HGG)
+        called = ev.probs[~graded].argmax(axis=1) != CLASSES.index("healthy")
+        scores.update(n_glioma=int((~graded).sum()), glioma_called_tumour=float(called.mean()))
     predictions = tuple(
         {
             "subject_id": c.subject_id,
@@ -253,8 +299,8 @@ def _test(run: _Run, split: folds.FoldSplit, fit: loop.FoldFit) -> FoldResult:
         for c, row in zip(test_cases, ev.probs, strict=True)
     )
     return FoldResult(
-        fold=split.fold, n_train=len(split.train), n_val=len(split.val), n_test=len(split.test),
-        metrics=files.jsonable(scores.to_dict()), curves=tuple(fit.curves),
+        fold=split.fold, n_train=n_train, n_val=n_val, n_test=len(split.test),
+        metrics=scores, curves=tuple(fit.curves),
         train_seconds=fit.train_seconds, best_epoch=fit.best_epoch,
         best_val_macro_f1=fit.best_val_macro_f1, best_val_loss=fit.best_val_loss,
         cases=predictions,
@@ -264,9 +310,10 @@ def _test(run: _Run, split: folds.FoldSplit, fit: loop.FoldFit) -> FoldResult:
 def _run_fold(run: _Run, split: folds.FoldSplit) -> None:
     """Trains, tests and records one fold; keeps its weights when it is the best so far."""
     loop.seed_everything(run.cfg.seed + split.fold)
-    train = subset(run.cases, split.train)
-    fit = run.fit(split.fold, train, subset(run.cases, split.val))
-    run.completed.append(_test(run, split, fit))
+    train = training_cases(run.cfg, subset(run.cases, split.train))
+    val = training_cases(run.cfg, subset(run.cases, split.val))
+    fit = run.fit(split.fold, train, val)
+    run.completed.append(_test(run, split, fit, len(train), len(val)))
     ship = run.ship
     better = ship is None or (fit.best_val_macro_f1, -fit.best_val_loss) > (
         ship["f1"],
@@ -289,7 +336,8 @@ def _shipped_state(run: _Run, n_folds: int) -> tuple[str, loop.StateDict]:
         return f"best_fold:{run.ship['fold']}", run.ship["state"]
     epochs = max(1, round(float(np.median([f.best_epoch for f in run.completed]))))
     loop.seed_everything(run.cfg.seed + n_folds)
-    fit = run.fit(n_folds, run.cases, None, epochs=epochs)  # reference: every healthy case
+    every = training_cases(run.cfg, run.cases)
+    fit = run.fit(n_folds, every, None, epochs=epochs)  # reference: every healthy case
     return "refit", fit.best_state
 
 
@@ -318,6 +366,7 @@ def cross_validate(
         check_writable(cfg.out)
     resumed = load_resume(cfg) if cfg.resume else {"completed": [], "ship": None, "current": None}
     cases = load_cases(cfg, rt, progress)
+    check_cases(cfg, cases)
     warm_cache(cfg, cases, rt, progress)
     splits = _splits(cfg, cases)
     if rt.is_main:
