@@ -250,6 +250,62 @@ def test_dciodvfy_finds_no_error_in_the_sr_the_maps_and_the_segs(analysed) -> No
         assert all(PRIVATE_SCHEME in w for w in warnings), (path.name, warnings)
 
 
+def _identity_blanked(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """``ds`` written and read back, its UIDs, times and per-network texts blanked."""
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    out = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    for name in (
+        "SOPInstanceUID",
+        "SeriesInstanceUID",
+        "InstanceCreationDate",
+        "InstanceCreationTime",
+        "ContentDate",
+        "ContentTime",
+    ):
+        setattr(out, name, None)
+    out.DimensionOrganizationSequence[0].DimensionOrganizationUID = None
+    for item in out.DimensionIndexSequence:
+        item.DimensionOrganizationUID = None
+    out.ContributingEquipmentSequence[0].ContributionDateTime = None
+    return out
+
+
+def test_each_later_map_is_the_first_rebuilt_with_its_identity_and_values(series) -> None:
+    """The maps after the first are derived from it: each equals the map highdicom builds for
+    its network element for element, but for new UIDs (instance, series, dimension
+    organisation) and the creation times; its frames are its own values, in highdicom's order."""
+    import warnings
+
+    from tumortrace.dicom_out import _frames, _geometry, _maps, _parametric_map
+
+    source = read_dicom_source(series)
+    first = source.datasets[0]
+    shape = (int(first.Columns), int(first.Rows), len(source.datasets))
+    rng = np.random.default_rng(3)
+    stored = {a: rng.random(shape, dtype=np.float32) for a in ("r3d", "mc3", "r2plus1d")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geom = _geometry(source)
+        pms = _maps(source, stored, geom)
+        built = {
+            a: _parametric_map(source, _frames(m), a, geom, n)
+            for n, (a, m) in enumerate(stored.items())
+        }
+    uids = {pm.SOPInstanceUID for pm in pms.values()} | {pm.SOPInstanceUID for pm in built.values()}
+    assert len(uids) == 6
+    assert len({pm.SeriesInstanceUID for pm in pms.values()}) == 3
+    for arch in stored:
+        derived, expected = _identity_blanked(pms[arch]), _identity_blanked(built[arch])
+        assert derived.file_meta.MediaStorageSOPInstanceUID == pms[arch].SOPInstanceUID
+        assert derived == expected, arch
+        assert derived.ContentLabel == f"CAM_{arch}".upper()[:16]
+        rwv = derived.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+        assert rwv.LUTLabel == arch
+
+
 def test_the_report_says_unreliable_input_and_the_check_messages() -> None:
     from tumortrace.dicom_out import _report
 

@@ -7,8 +7,9 @@ optionally one Segmentation per network (highdicom).
   the "research use only, not for clinical use" statement) and one for the input checks (each
   check's severity and message). Its image library and evidence reference every source
   instance; each network's group references its Parametric Map.
-* **Parametric Map** per network: the map (float32, 0-1) on the source frames, frame ``k`` on
-  source slice ``k`` with its position, orientation and spacing.
+* **Parametric Map** per network: the map (float32, 0-1) on the source frames, each frame on one
+  source slice with its position, orientation and spacing (highdicom sorts the frames along the
+  slice normal; each frame's Plane Position and Derivation Image name its slice).
 * **Segmentation** per network (``seg=True``): the map at or above
   :data:`tumortrace.config.CAM_DISPLAY_THRESHOLD`, for viewers without Parametric Map support.
 
@@ -19,7 +20,13 @@ UIDs, ``Manufacturer`` "TumorTrace" and ``SoftwareVersions`` the package version
 and study attributes come from the source headers (:mod:`tumortrace.dicom_source`).
 
 The three maps share one geometry: the plane positions, orientation and pixel measures are built
-once from the source headers and handed to each map.
+once from the source headers. Only the first map is built by highdicom (which checks it against
+the source); the others are derived from it (:func:`_derived_map`): new UIDs, their own label,
+value mapping and pixels, and the per-frame functional groups and source references, which
+depend only on the source frames, encoded once and written as the same bytes in each. A test
+checks that a derived map equals the map highdicom builds for that network, but for its UIDs and
+times. This is what keeps ``--dicom-out`` near a second on a 240x240x155 series
+(``benchmarks/bench_dicom_out.py``).
 """
 
 from __future__ import annotations
@@ -183,10 +190,11 @@ def _equipment(ds: Dataset, description: str) -> None:
     ds.CodingSchemeIdentificationSequence = [scheme]
 
 
-def _parametric_map(source: DicomSource, frames: np.ndarray, arch: str, geom: _Geometry, n: int):
+def _mapping(arch: str):
+    """The map's real-world value mapping: 0-1, no units, quantity "class-activation map"."""
     import highdicom as hd
 
-    mapping = hd.pm.RealWorldValueMapping(
+    return hd.pm.RealWorldValueMapping(
         lut_label=arch[:16],
         lut_explanation=f"{display_name(arch)} class-activation map"[:64],
         unit=codes.UCUM.NoUnits,
@@ -195,6 +203,12 @@ def _parametric_map(source: DicomSource, frames: np.ndarray, arch: str, geom: _G
         intercept=0.0,
         quantity_definition=_CAM,
     )
+
+
+def _parametric_map(source: DicomSource, frames: np.ndarray, arch: str, geom: _Geometry, n: int):
+    """The first network's map, built by highdicom (which checks it against the source)."""
+    import highdicom as hd
+
     pm = hd.pm.ParametricMap(
         source_images=list(source.datasets),
         pixel_array=frames,
@@ -207,21 +221,177 @@ def _parametric_map(source: DicomSource, frames: np.ndarray, arch: str, geom: _G
         software_versions=__version__,
         device_serial_number="none",
         contains_recognizable_visual_features=False,
-        real_world_value_mappings=[mapping],
+        real_world_value_mappings=[_mapping(arch)],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
         pixel_measures=geom.measures,
         plane_orientation=geom.orientation,
         plane_positions=geom.positions,
-        content_label=f"CAM_{arch}".upper()[:16],
-        content_description=f"{display_name(arch)} class-activation map"[:64],
+        content_label=_content_label(arch),
+        content_description=_content_description(arch),
         derived_pixel_contrast=hd.pm.DerivedPixelContrastValues.NONE,
     )
-    _equipment(pm, f"TumorTrace {display_name(arch)} class-activation map, research use")
+    _equipment(pm, _map_series_description(arch))
     anatomy = Dataset()  # the brain is not a paired organ: laterality "U"
     anatomy.FrameLaterality = "U"
     anatomy.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(codes.SCT.Brain)]
     pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [anatomy]
     return pm
+
+
+def _content_label(arch: str) -> str:
+    return f"CAM_{arch}".upper()[:16]
+
+
+def _content_description(arch: str) -> str:
+    return f"{display_name(arch)} class-activation map"[:64]
+
+
+def _map_series_description(arch: str) -> str:
+    return f"TumorTrace {display_name(arch)} class-activation map, research use"
+
+
+_SHARED_SEQUENCES = (
+    "PerFrameFunctionalGroupsSequence",
+    "SourceImageSequence",
+    "ReferencedSeriesSequence",
+)
+"""The maps' large sequences that depend only on the source frames (one item per frame or per
+source instance): encoded once, the same bytes in every map."""
+
+
+def _encoded(ds: Dataset, keyword: str):
+    """``ds``'s sequence ``keyword`` encoded once (explicit VR little endian), as a raw element."""
+    from pydicom.charset import default_encoding
+    from pydicom.dataelem import RawDataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    elem = ds[keyword]
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_data_element(buf, elem, ds.get("SpecificCharacterSet") or default_encoding)
+    data = buf.getvalue()
+    value = data[12:]  # tag (4), "SQ" (2), reserved (2), length (4)
+    if data[4:6] != b"SQ" or int.from_bytes(data[8:12], "little") != len(value):
+        raise ValueError(f"{keyword} did not encode as one defined-length sequence")
+    return RawDataElement(elem.tag, "SQ", len(value), value, 0, False, True)
+
+
+def _prepare_for_copies(pm: Dataset) -> None:
+    """Resolves ``pm``'s ambiguous VRs and swaps its source-only sequences for their encoding.
+
+    ``pm`` is then written as explicit VR little endian with its elements as they are: the
+    encoded sequences are written byte for byte (and decoded again if read).
+    """
+    from pydicom.charset import convert_encodings, default_encoding
+    from pydicom.filewriter import correct_ambiguous_vr
+
+    correct_ambiguous_vr(pm, True)
+    for keyword in _SHARED_SEQUENCES:
+        if keyword in pm:
+            raw = _encoded(pm, keyword)
+            del pm[keyword]
+            pm[raw.tag] = raw
+    charset = pm.get("SpecificCharacterSet")
+    pm.set_original_encoding(
+        False, True, convert_encodings(charset) if charset else default_encoding
+    )
+
+
+def _frame_order(pm: Dataset, frames: np.ndarray, geom: _Geometry) -> np.ndarray | None:
+    """The source frame that each of ``pm``'s frames holds (highdicom sorts them along the
+    slice normal); None where they cannot be matched one to one or the pixels disagree."""
+
+    def xyz(plane) -> list[float]:
+        return [float(v) for v in plane[0].ImagePositionPatient]
+
+    src = np.array([xyz(p) for p in geom.positions])
+    got = np.array([xyz(f.PlanePositionSequence) for f in pm.PerFrameFunctionalGroupsSequence])
+    if got.shape != src.shape:
+        return None
+    dist = np.abs(got[:, None, :] - src[None, :, :]).max(axis=2)
+    order = dist.argmin(axis=1)
+    if sorted(order.tolist()) != list(range(len(src))) or dist.min(axis=1).max() > 1e-3:
+        return None
+    data, size = pm.get("FloatPixelData"), frames[0].nbytes
+    if data is None or len(data) != frames.nbytes:
+        return None
+    if data[:size] != frames[order[0]].tobytes() or data[-size:] != frames[order[-1]].tobytes():
+        return None
+    return order
+
+
+def _derived_map(
+    base: Dataset, stored_xyz: np.ndarray, order: np.ndarray, arch: str, n: int
+) -> Dataset:
+    """Another network's Parametric Map made from ``base`` (:func:`_prepare_for_copies`).
+
+    The maps differ only in their identity and their values: new SOP instance, series and
+    dimension organization UIDs, the series number, label, description and real-world value
+    mapping of ``arch``, and its pixels. Everything else (patient, study, frame of reference,
+    the source references, the per-frame positions) is the same source frames' and is shared.
+    """
+    import copy
+
+    import highdicom as hd
+    from pydicom.dataelem import DataElement
+
+    ds = Dataset()
+    for tag in base.keys():  # noqa: SIM118 (iterating a Dataset decodes its raw elements)
+        elem = base.get_item(tag)
+        if tag == 0x7FE00008:  # FloatPixelData: this network's values below
+            continue
+        ds[tag] = elem if elem.is_raw else copy.deepcopy(elem)
+    ds.file_meta = copy.deepcopy(base.file_meta)
+    ds.set_original_encoding(*base.original_encoding, base.original_character_set)
+    uid = hd.UID()
+    ds.SOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.SeriesInstanceUID = hd.UID()
+    ds.SeriesNumber = _SERIES_PM + n
+    ds.ContentLabel = _content_label(arch)
+    ds.ContentDescription = _content_description(arch)
+    ds.SeriesDescription = _map_series_description(arch)[:64]
+    organization = hd.UID()
+    ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = organization
+    for item in ds.DimensionIndexSequence:
+        item.DimensionOrganizationUID = organization
+    ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence = [_mapping(arch)]
+    # frames (k, j, i) of an (i, j, k) array, C order, are its Fortran-order bytes
+    n_frames = len(order)
+    if np.array_equal(order, np.arange(n_frames)):
+        pick: Any = slice(None)
+    elif np.array_equal(order, np.arange(n_frames)[::-1]):
+        pick = slice(None, None, -1)
+    else:
+        pick = order
+    pixels = np.asarray(stored_xyz, np.float32)[:, :, pick].tobytes(order="F")
+    ds[0x7FE00008] = DataElement(0x7FE00008, "OF", pixels)
+    return ds
+
+
+def _maps(source: DicomSource, maps_stored: Mapping[str, np.ndarray], geom: _Geometry):
+    """``{arch: Parametric Map}``: the first built by highdicom, the others derived from it."""
+    items = list(maps_stored.items())
+    if not items:
+        return {}
+    arch, stored = items[0]
+    frames = _frames(stored)
+    base = _parametric_map(source, frames, arch, geom, 0)
+    order = _frame_order(base, frames, geom)
+    if order is None:  # not seen: highdicom's frames are the source's, sorted along the normal
+        return {
+            arch: base,
+            **{
+                a: _parametric_map(source, _frames(m), a, geom, n)
+                for n, (a, m) in enumerate(items[1:], 1)
+            },
+        }
+    _prepare_for_copies(base)
+    pms = {arch: base}
+    for n, (a, m) in enumerate(items[1:], 1):
+        pms[a] = _derived_map(base, m, order, a, n)
+    return pms
 
 
 def _segmentation(source: DicomSource, frames: np.ndarray, arch: str, geom: _Geometry, n: int):
@@ -438,15 +608,11 @@ def build_dicom_results(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # highdicom's deprecation notes are not the user's
             geom = _geometry(source)
-            frames = {arch: _frames(m) for arch, m in maps_stored.items()}
-            pms = {
-                arch: _parametric_map(source, f, arch, geom, n)
-                for n, (arch, f) in enumerate(frames.items())
-            }
+            pms = _maps(source, maps_stored, geom)
             segs = (
                 {
-                    arch: _segmentation(source, f, arch, geom, n)
-                    for n, (arch, f) in enumerate(frames.items())
+                    arch: _segmentation(source, _frames(m), arch, geom, n)
+                    for n, (arch, m) in enumerate(maps_stored.items())
                 }
                 if seg
                 else {}
