@@ -33,6 +33,8 @@ from tumortrace.volume import Volume
 
 __all__ = [
     "MIRROR",
+    "MIRROR_BRAIN_SHARE",
+    "MIRROR_LESION_SHARE",
     "Carved",
     "Filled",
     "Placement",
@@ -44,6 +46,10 @@ __all__ = [
 
 MIRROR = np.diag([-1.0, 1.0, 1.0, 1.0])
 """Template mm -> template mm reflection across the midline (x = 0 of the symmetric template)."""
+MIRROR_LESION_SHARE = 0.02
+"""A lesion is "in one hemisphere" when at most this share of its fill region mirrors onto it."""
+MIRROR_BRAIN_SHARE = 0.95
+"""The fill region's brain must mirror into the brain for at least this share (by weight)."""
 
 
 @dataclass(frozen=True)
@@ -247,16 +253,27 @@ def carve_tumour(
 
 
 def fill_from_mirror(
-    volume: Volume, std: StandardSpace, mask: np.ndarray, margin_mm: float, edge_mm: float
+    volume: Volume,
+    std: StandardSpace,
+    mask: np.ndarray,
+    margin_mm: float,
+    edge_mm: float,
+    *,
+    max_lesion_share: float = MIRROR_LESION_SHARE,
+    min_brain_share: float = MIRROR_BRAIN_SHARE,
 ) -> Filled | None:
     """The scan with its lesion region filled from the other hemisphere, or None where that is not
-    possible (the region's mirror touches the region or the lesion, or leaves the brain).
+    possible: the lesion is not in one hemisphere (more than ``max_lesion_share`` of the region's
+    voxels mirror onto the lesion), or the mirror of the region's brain leaves the brain (less
+    than ``min_brain_share`` of it lands inside).
 
     Args:
         volume: the tumour scan.
         std: its standard space.
         mask: ``(X, Y, Z)`` lesion mask on its grid (any value > 0 is lesion).
         margin_mm, edge_mm: the region is the lesion plus ``margin_mm``, with a soft edge.
+        max_lesion_share: see above (the share found is in the meta, ``mirror_lesion_share``).
+        min_brain_share: see above (``mirror_brain_share`` in the meta).
     """
     lesion = mask > 0
     if not lesion.any() or not std.registration.ok or not std.brain.any():
@@ -271,11 +288,15 @@ def fill_from_mirror(
         @ volume.affine
     )
     src = _apply(native_mirror, idx.astype(np.float64)).T
-    # The mirror must be healthy brain: away from the region (so away from the lesion) and inside.
-    region_there = ndimage.map_coordinates(weight, src, order=1, cval=0.0)
-    brain_there = ndimage.map_coordinates(std.brain.astype(np.float32), src, order=1, cval=0.0)
+    # The mirror must be healthy brain: not the lesion, and inside the brain where the region is.
+    lesion_there = ndimage.map_coordinates(lesion.astype(np.float32), src, order=1, cval=0.0)
+    brain = std.brain.astype(np.float32)
+    brain_there = ndimage.map_coordinates(brain, src, order=1, cval=0.0)
     w = weight[tuple(idx.T)]
-    if np.any(region_there > 0.0) or (w * brain_there).sum() < 0.95 * w.sum():
+    brain_here = w * brain[tuple(idx.T)]
+    lesion_share = float(np.mean(lesion_there > 0.5))
+    brain_share = float((brain_here * brain_there).sum() / max(float(brain_here.sum()), 1e-6))
+    if lesion_share > max_lesion_share or brain_share < min_brain_share:
         return None
     mirrored = ndimage.map_coordinates(volume.data, src, order=1, mode="nearest")
     out = volume.data.astype(np.float32, copy=True)
@@ -287,5 +308,7 @@ def fill_from_mirror(
         "edge_mm": round(float(edge_mm), 2),
         "lesion_ml": round(float(lesion.sum()) * voxel_ml, 3),
         "filled_ml": round(float(w.sum()) * voxel_ml, 3),
+        "mirror_lesion_share": round(lesion_share, 4),
+        "mirror_brain_share": round(brain_share, 4),
     }
     return Filled(data=out, weight=weight, meta=meta)
