@@ -51,6 +51,7 @@ from tumortrace.files import atomic_write_json  # noqa: E402
 from tumortrace.infer import InferenceSettings, Predictor  # noqa: E402
 from tumortrace.io import Volume, volume_from_array  # noqa: E402
 from tumortrace.models import count_gflops, create_model, list_models  # noqa: E402
+from tumortrace.numformat import fmt  # noqa: E402
 from tumortrace.preprocess import preprocess  # noqa: E402
 from tumortrace.runtime import Bf16Support, bf16_support, machine_facts  # noqa: E402
 
@@ -72,10 +73,10 @@ def matmul_peaks(n: int, bf16: Bf16Support) -> dict[str, float | None]:
 def peak_words(peak: dict[str, float | None], bf16: Bf16Support) -> str:
     """The peaks as the run prints them, e.g. ``"fp32 192 GFLOP/s, bf16 not native: emulated on
     this CPU"``."""
-    words = f"fp32 {peak['fp32']:.0f} GFLOP/s, bf16 "
+    words = f"fp32 {fmt(peak['fp32'], 'quantity')} GFLOP/s, bf16 "
     if peak["bf16"] is None:
         return words + f"not native: {bf16.reason}"
-    return words + f"{peak['bf16']:.0f} GFLOP/s"
+    return words + f"{fmt(peak['bf16'], 'quantity')} GFLOP/s"
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:

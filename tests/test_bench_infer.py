@@ -1,8 +1,10 @@
 """benchmarks/bench_infer.py runs end to end in its random-init mode (the one bench_commits.py
 uses to compare commits whose cards differ) and writes what the README's cost row reads.
 
-The runs here are tiny (a 16x24x16 grid, a 64x64 matmul in place of the 2048x2048 peak): they
+The runs here are tiny (a 16x32x32 grid, a 64x64 matmul in place of the 2048x2048 peak): they
 check that the benchmark works and writes its record in seconds; its figures come from running it.
+(At 16x24x16, layer 4's output is 2x2x1, and torch 2.14's oneDNN bf16 convolutions on AMX then
+return garbage now and then, NaN included: the grid of the other tests here avoids it.)
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ TINY_RUN = [
     "mc3",
     "--shape",
     "16",
-    "24",
-    "16",
+    "32",
+    "32",
     "--repeats",
     "1",
     "--warmup",
