@@ -9,14 +9,17 @@ For each network, on one preprocessed input of ``--shape D H W``:
 
 Reports medians of ``--repeats`` runs after ``--warmup`` runs: seconds per network and in total
 (preprocessing excluded from both, reported once), the speed-up, achieved GFLOP/s against a matmul
-peak measured in this run (fp32 and bf16), peak RSS, and the largest probability difference from
-fp32. Writes ``weights/benchmarks/inference.json`` (format in docs/ARCHITECTURE.md) atomically.
+peak measured in this run (fp32; bf16 only where :func:`tumortrace.runtime.native_bf16`, else
+``null`` with the reason in ``bf16``: an emulated bf16 matmul runs at 1-2 GFLOP/s and would take
+minutes), peak RSS, and the largest probability difference from fp32. Writes
+``weights/benchmarks/inference.json`` (format in docs/ARCHITECTURE.md) atomically.
 
 Usage::
 
     python benchmarks/bench_infer.py                       # random-init networks, 64x128x128
     python benchmarks/bench_infer.py --weights weights     # the shipped cards
     python benchmarks/bench_infer.py --shape 32 64 64 --repeats 3
+    python benchmarks/bench_infer.py --peak-size 64 ...    # a tiny matmul: no peak (the tests)
 """
 
 from __future__ import annotations
@@ -42,18 +45,38 @@ if str(ROOT) not in sys.path:
 from tumortrace.captum_reference import gradcam_captum  # noqa: E402
 from tumortrace.checkpoint import ModelCard, load_checkpoint  # noqa: E402
 from tumortrace.config import PreprocessConfig  # noqa: E402
+from tumortrace.errors import ConfigError  # noqa: E402
 from tumortrace.explanation import CAM_METHODS, DEFAULT_CAM_METHOD, cam_to_volume  # noqa: E402
 from tumortrace.files import atomic_write_json  # noqa: E402
 from tumortrace.infer import InferenceSettings, Predictor  # noqa: E402
 from tumortrace.io import Volume, volume_from_array  # noqa: E402
 from tumortrace.models import count_gflops, create_model, list_models  # noqa: E402
+from tumortrace.numformat import fmt  # noqa: E402
 from tumortrace.preprocess import preprocess  # noqa: E402
-from tumortrace.runtime import machine_facts  # noqa: E402
+from tumortrace.runtime import Bf16Support, bf16_support, machine_facts  # noqa: E402
 
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peaks(n: int, bf16: Bf16Support) -> dict[str, float | None]:
+    """``{"fp32", "bf16"}`` GFLOP/s of :func:`matmul_peak` at ``n``; bf16 is None (not measured)
+    unless ``bf16.native``."""
+    return {
+        "fp32": matmul_peak(torch.float32, n),
+        "bf16": matmul_peak(torch.bfloat16, n) if bf16.native else None,
+    }
+
+
+def peak_words(peak: dict[str, float | None], bf16: Bf16Support) -> str:
+    """The peaks as the run prints them, e.g. ``"fp32 192 GFLOP/s, bf16 not native: emulated on
+    this CPU"``."""
+    words = f"fp32 {fmt(peak['fp32'], 'quantity')} GFLOP/s, bf16 "
+    if peak["bf16"] is None:
+        return words + f"not native: {bf16.reason}"
+    return words + f"{fmt(peak['bf16'], 'quantity')} GFLOP/s"
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -121,6 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     parser.add_argument("--out", default=str(ROOT / "weights" / "benchmarks" / "inference.json"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--peak-size",
+        type=int,
+        default=2048,
+        help="n of the n x n matmul that measures the peaks (default 2048; a small n only checks "
+        "the path, its figure is no peak)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the trunks (ours)")
     parser.add_argument(
         "--cam-method",
@@ -207,8 +237,11 @@ def _time_naive(args: argparse.Namespace, volume, config: PreprocessConfig) -> d
     }
 
 
-def _record(args: argparse.Namespace, peak: dict, ours: dict, naive_run: dict) -> dict:
-    """The ``inference.json`` document (format in docs/ARCHITECTURE.md)."""
+def _record(
+    args: argparse.Namespace, peak: dict, bf16: Bf16Support, ours: dict, naive_run: dict
+) -> dict:
+    """The ``inference.json`` document (format in docs/ARCHITECTURE.md); a fraction of a peak
+    not measured (bf16 not native) is None."""
     archs, gflops, settings = list(args.archs), naive_run["gflops"], ours["settings"]
     fast, naive = dict(ours["seconds"]), dict(naive_run["seconds"])
     fast["total"], naive["total"] = sum(fast.values()), sum(naive.values())
@@ -217,10 +250,13 @@ def _record(args: argparse.Namespace, peak: dict, ours: dict, naive_run: dict) -
         "fast": {a: gflops[a] / fast[a] for a in archs},
     }
     max_diff = max(float(np.abs(ours["probs"][a] - naive_run["probs"][a]).max()) for a in archs)
+    fast_peak = peak[ours["dtype"]]
     return {
         "shape": list(args.shape),
         "threads": torch.get_num_threads(),
         "peak_gflops": peak,
+        "peak_matmul_n": args.peak_size,
+        "bf16": dataclasses.asdict(bf16),
         "naive": naive,
         "fast": fast,
         "speedup": naive["total"] / fast["total"],
@@ -231,7 +267,9 @@ def _record(args: argparse.Namespace, peak: dict, ours: dict, naive_run: dict) -
         "achieved_gflops": achieved,
         "fraction_of_peak": {
             "naive": {a: v / peak["fp32"] for a, v in achieved["naive"].items()},
-            "fast": {a: v / peak[ours["dtype"]] for a, v in achieved["fast"].items()},
+            "fast": {
+                a: None if fast_peak is None else v / fast_peak for a, v in achieved["fast"].items()
+            },
         },
         "preprocess_seconds": naive_run["preprocess_seconds"],
         "analyze_seconds": ours["analyze_seconds"],
@@ -277,14 +315,22 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, shape {tuple(args.shape)}",
         flush=True,
     )
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(
-        f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s", flush=True
-    )
+    if args.peak_size < 1:
+        print(f"error: --peak-size must be at least 1, got {args.peak_size}", file=sys.stderr)
+        return 2
+    try:
+        bf16 = bf16_support(torch.device("cpu"))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    peak = matmul_peaks(args.peak_size, bf16)
+    print(f"matmul peak (n={args.peak_size}): {peak_words(peak, bf16)}", flush=True)
+    if args.precision == "bf16" and not bf16.native:
+        print(f"warning: --precision bf16 asked for, bf16 {bf16.reason}: slower than fp32")
     config = _build(args, args.archs[0])[1].preprocess
     volume = brain_volume(tuple(args.shape), config.spacing_mm, args.seed)
     ours = _time_ours(args, volume)
-    result = _record(args, peak, ours, _time_naive(args, volume, ours["config"]))
+    result = _record(args, peak, bf16, ours, _time_naive(args, volume, ours["config"]))
     atomic_write_json(args.out, result)
     _print_table(result, list(args.archs), args.out)
     return 0

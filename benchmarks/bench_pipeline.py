@@ -44,6 +44,7 @@ from tumortrace.infer import Predictor  # noqa: E402
 from tumortrace.io import load_volume  # noqa: E402
 from tumortrace.models import create_model, list_models  # noqa: E402
 from tumortrace.register import register_to_template  # noqa: E402
+from tumortrace.runtime import bf16_support  # noqa: E402
 from tumortrace.standard import StandardSpace, measure, pipeline_description, prepare  # noqa: E402
 
 TARGET_S = 15.0
@@ -113,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(s for _, s in rows)
 
     shape = "x".join(map(str, volume.data.shape))
-    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16 = bf16_support(torch.device("cpu"))  # the rule the Predictor's "auto" follows
+    native = "yes" if bf16.native else f"no ({bf16.reason}, so fp32)"
     print(
         f"# {args.scan.name} ({shape}), {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, bf16 native: {bf16}; QC status {report.status}"
+        f"{torch.get_num_threads()} threads, bf16 native: {native}; QC status {report.status}"
     )
     print("| step | seconds | share |\n|---|---|---|")
     for name, s in rows:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tumortrace.loop import train_step
 from tumortrace.models import check_input_shape, create_model, list_models
-from tumortrace.runtime import CPU_FP32, fast_runtime, native_bf16, resolve_device, set_threads
+from tumortrace.runtime import CPU_FP32, bf16_support, fast_runtime, resolve_device, set_threads
 
 
 def _sync(device: torch.device) -> None:
@@ -84,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     use_cuda = device.type == "cuda"
     shape = tuple(args.shape)
+    bf16 = bf16_support(device)  # the rule fast_runtime follows: bf16 autocast only where native
     fast_name = (
-        "AMP"
-        if use_cuda
-        else ("bf16+channels_last_3d" if native_bf16(device) else "fp32+channels_last_3d")
+        "AMP" if use_cuda else ("bf16+channels_last_3d" if bf16.native else "fp32+channels_last_3d")
     )
+    if not bf16.native:
+        print(f"bf16 not native: {bf16.reason}")
     print(
         f"device {device} ({torch.get_num_threads()} threads), input {args.batch_size}x1x"
         f"{'x'.join(map(str, shape))}, median of {args.steps} steps after {args.warmup} warm-up"
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     "shape": list(shape),
                     "batch_size": args.batch_size,
                     "fast_path": fast_name,
+                    "bf16": {"native": bf16.native, "reason": bf16.reason},
                     "results": results,
                 },
                 indent=2,

@@ -326,7 +326,8 @@ else:
             st.caption(
                 f"CPU seconds per volume from benchmarks/bench_infer.py at D×H×W {shape}, "
                 f"{inference.get('threads', '?')} threads. Settings of 'fast': "
-                f"{tables.settings_text(inference.get('settings') or {})}."
+                f"{tables.settings_text(inference.get('settings') or {})}. "
+                f"{tables.peak_text(inference)}".rstrip()
             )
         else:
             st.caption("No inference.json: run `python benchmarks/bench_infer.py` for CPU timings.")

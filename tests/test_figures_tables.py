@@ -196,6 +196,20 @@ def test_data_description_and_settings_text():
     assert "{" not in text
 
 
+def test_peak_text_shows_the_reason_instead_of_a_number_where_bf16_is_not_native():
+    native = {"peak_gflops": {"fp32": 192.04, "bf16": 418.08}}
+    assert tables.peak_text(native) == "Matmul peak: fp32 192 GFLOP/s, bf16 418 GFLOP/s."
+    emulated = {
+        "peak_gflops": {"fp32": 171.6, "bf16": None},
+        "bf16": {"native": False, "reason": "emulated on this CPU"},
+    }
+    text = tables.peak_text(emulated)
+    assert text == "Matmul peak: fp32 172 GFLOP/s, bf16 not native: emulated on this CPU."
+    unexplained = {"peak_gflops": {"fp32": 171.6, "bf16": None}}
+    assert tables.peak_text(unexplained).endswith("bf16 not native: reason not recorded.")
+    assert tables.peak_text({}) == ""
+
+
 # -- the one reader of the benchmark folder -----------------------------------------------------
 
 

@@ -7,7 +7,9 @@ only: both pages read JSON files, no network is loaded) and on the test fixtures
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,24 @@ def test_benchmarks_page_curves_have_a_legend_per_chart_and_a_colour_per_fold(
     assert '"legend2"' in spec and "fold 1 train loss" in spec
     cost = next(c.value for c in at.caption if c.value.startswith("CPU seconds"))
     assert "Settings of 'fast': precision: bf16." in cost
+    assert cost.endswith("Matmul peak: fp32 300 GFLOP/s, bf16 1800 GFLOP/s.")
+
+
+def test_benchmarks_page_says_bf16_is_not_native_instead_of_a_peak(
+    fixture_weights, tmp_path, monkeypatch
+):
+    """An inference.json measured where bf16 is emulated has no bf16 peak: the page says why."""
+    folder = tmp_path / "weights"
+    shutil.copytree(fixture_weights, folder)
+    path = folder / "benchmarks" / "inference.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["peak_gflops"]["bf16"] = None
+    record["bf16"] = {"native": False, "reason": "emulated on this CPU"}
+    record["settings"]["precision"] = "fp32"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    at = _open("pages/benchmarks.py", folder, monkeypatch)
+    cost = next(c.value for c in at.caption if c.value.startswith("CPU seconds"))
+    assert cost.endswith("Matmul peak: fp32 300 GFLOP/s, bf16 not native: emulated on this CPU.")
 
 
 def test_about_page_cards_use_the_one_number_format(monkeypatch):

@@ -6,9 +6,11 @@ One place decides these for training (:mod:`tumortrace.train`), inference
 
 * :func:`resolve_device`: ``"auto"`` is CUDA when torch sees a GPU, else the CPU; asking for
   ``"cuda"`` without one is an error that says so.
-* :func:`native_bf16`: bf16 only where the hardware computes it natively: CUDA's
-  ``is_bf16_supported``; on a CPU oneDNN's bf16 support *and* AMX tiles or AVX512-BF16 (an AVX2
-  EPYC emulates bf16 slower than fp32, so fp32 is its fast path).
+* :func:`native_bf16` / :func:`bf16_support`: bf16 only where the hardware computes it natively:
+  CUDA's ``is_bf16_supported``; on a CPU oneDNN's bf16 support *and* AMX tiles or AVX512-BF16 (an
+  AVX2 EPYC emulates bf16 at 1-2 GFLOP/s against about 170 in fp32, so fp32 is its fast path).
+  ``TUMORTRACE_NATIVE_BF16=0`` (:data:`NATIVE_BF16_ENV`) makes it report False on any device, so a
+  machine with native bf16 takes the path of an AVX2 CPU (to check that path and its time).
 * :class:`Runtime` / :func:`fast_runtime` / :func:`setup_runtime`: training's device, autocast
   dtype, memory layout and ``torchrun`` rank.
 * :func:`machine_facts`: what a benchmark records of the machine it ran on.
@@ -55,10 +57,45 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def native_bf16(device: torch.device) -> bool:
-    """True when ``device`` computes bf16 natively (CUDA bf16; CPU AMX tiles or AVX512-BF16)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+NATIVE_BF16_ENV = "TUMORTRACE_NATIVE_BF16"
+"""Environment variable: ``0`` marks bf16 as not native on every device; unset, empty or ``auto``
+detect it."""
+
+EMULATED_ON_CPU = "emulated on this CPU"
+"""The reason a CPU without AMX or AVX512-BF16 gives for not using bf16."""
+
+
+@dataclass(frozen=True)
+class Bf16Support:
+    """Whether a device computes bf16 natively.
+
+    Attributes:
+        native: True when bf16 is computed natively (the fast path uses it).
+        reason: None when native; else why not, in words a record and a page show as they are
+            (e.g. :data:`EMULATED_ON_CPU`).
+    """
+
+    native: bool
+    reason: str | None = None
+
+
+def _native_bf16_override() -> bool:
+    """True when :data:`NATIVE_BF16_ENV` is ``0``; False when unset, empty or ``auto``.
+
+    Raises:
+        ConfigError: any other value.
+    """
+    raw = os.environ.get(NATIVE_BF16_ENV, "")
+    value = raw.strip().lower()
+    if value not in ("", "auto", "0"):
+        raise ConfigError(
+            f"{NATIVE_BF16_ENV} must be '0' (bf16 not native) or 'auto' (detect), got {raw!r}."
+        )
+    return value == "0"
+
+
+def _cpu_bf16_native() -> bool:
+    """oneDNN's bf16 support and AMX tiles or AVX512-BF16 on this CPU."""
     try:
         if not (
             torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -67,6 +104,27 @@ def native_bf16(device: torch.device) -> bool:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def bf16_support(device: torch.device) -> Bf16Support:
+    """Whether ``device`` computes bf16 natively, with the reason when it does not.
+
+    Raises:
+        ConfigError: :data:`NATIVE_BF16_ENV` set to something other than ``0`` or ``auto``.
+    """
+    if _native_bf16_override():
+        return Bf16Support(False, f"marked not native by {NATIVE_BF16_ENV}=0")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Bf16Support(True)
+        return Bf16Support(False, "not supported by this GPU")
+    return Bf16Support(True) if _cpu_bf16_native() else Bf16Support(False, EMULATED_ON_CPU)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True when ``device`` computes bf16 natively (CUDA bf16; CPU AMX tiles or AVX512-BF16), and
+    :data:`NATIVE_BF16_ENV` does not say otherwise (:func:`bf16_support`)."""
+    return bf16_support(device).native
 
 
 def fast_dtype(device: torch.device) -> torch.dtype:

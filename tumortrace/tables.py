@@ -275,6 +275,21 @@ def cost_table(benches: Mapping[str, Mapping], inference: Mapping | None) -> pd.
     return _transposed(records, "network", str)
 
 
+def peak_text(inference: Mapping) -> str:
+    """The matmul peaks of an ``inference.json`` in words: ``"Matmul peak: fp32 192 GFLOP/s, bf16
+    418 GFLOP/s."``, with ``"bf16 not native: emulated on this CPU"`` instead of a number where
+    bf16 was not measured (the record's ``bf16.reason``, written by
+    :func:`tumortrace.runtime.bf16_support`); ``""`` when the record has no peaks."""
+    peak = inference.get("peak_gflops")
+    if not isinstance(peak, Mapping) or not peak:
+        return ""
+    fp32 = f"fp32 {fmt(peak.get('fp32'), 'quantity')} GFLOP/s"
+    if peak.get("bf16") is None:
+        reason = (inference.get("bf16") or {}).get("reason") or "reason not recorded"
+        return f"Matmul peak: {fp32}, bf16 not native: {reason}."
+    return f"Matmul peak: {fp32}, bf16 {fmt(peak['bf16'], 'quantity')} GFLOP/s."
+
+
 HELDOUT_METRICS: tuple[str, ...] = (
     "accuracy",
     "accuracy at training mix",
