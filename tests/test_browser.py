@@ -422,8 +422,8 @@ def test_the_bundled_real_glioblastoma_is_analysed_with_the_shipped_weights(page
             expect(shipped.locator(".js-plotly-plot")).to_have_count(3)  # the probability bars
             expect(shipped.get_by_text(re.compile(r"^Prediction:"))).to_have_count(3)
             _wait_idle(shipped)
-            shipped.get_by_text(re.compile(r"^Input checks")).first.click()
-            expect(shipped.get_by_text(re.compile(r"Thick slices \(6\.5 mm\)"))).to_be_visible()
+            warning = shipped.get_by_test_id("stAlertContentWarning")  # on the page, not folded
+            expect(warning.get_by_text(re.compile(r"Thick slices \(6\.5 mm\)"))).to_be_visible()
             shipped.wait_for_timeout(1500)
             _shot(shipped, "analyze-real-hgg.png")
             assert shipped.locator("[data-testid='stException']").count() == 0
