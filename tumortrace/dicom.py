@@ -454,8 +454,8 @@ def _refuse_not_a_volume(
     if distinct == 1 and n > 1:
         raise InvalidVolumeError(
             f"{source}: all {n} images lie at one slice position ({sorted_pos[0]:.3f} mm along "
-            "the slice normal), so they are not a volume (e.g. repeated or time-series images "
-            "of one slice); expected a 3D stack of slices."
+            "the slice normal, zero slice spacing), so they are not a volume (e.g. repeated or "
+            "time-series images of one slice); expected a 3D stack of slices."
         )
     if distinct > 1 and (counts == counts[0]).all() and counts[0] > 1:
         raise InvalidVolumeError(

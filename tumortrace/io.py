@@ -140,8 +140,13 @@ def _load_folder(folder: Path, source: str, limits: IOLimits) -> Volume:
         return _load_path(nifti[0], source, limits)
     if len(nifti) > 1:
         names = ", ".join(printable(p.name) for p in nifti[:5])
+        kind = (
+            "NIfTI"
+            if all(p.name.lower().endswith((".nii", ".nii.gz")) for p in nifti)
+            else "volume"
+        )
         raise InvalidVolumeError(
-            f"{source} holds {len(nifti)} volume files ({names}); expected one volume. "
+            f"{source} holds {len(nifti)} {kind} files ({names}); expected one volume. "
             "Upload each volume on its own."
         )
     if zips:
