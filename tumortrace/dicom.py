@@ -10,6 +10,7 @@ into a canonical-RAS :class:`~tumortrace.volume.Volume`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,9 +183,9 @@ def _pixel_layout(ds, rel: str, limits: IOLimits) -> tuple[int, int, int]:
 
 
 def _check_pixel_data_length(ds, rel: str, pixel_bytes: int, frames: int) -> None:
-    """The pixel data must hold what the header declares: native data its exact length,
-    encapsulated (compressed) data at least one non-empty fragment per frame
-    (:func:`_check_fragments`).
+    """The pixel data must hold what the header declares: native data at least the declared
+    bytes (trailing padding allowed, within the file), encapsulated (compressed) data at least one
+    non-empty fragment per frame (:func:`_check_fragments`).
 
     The length is the raw element's length field while the element is unparsed (pydicom's
     ``RawDataElement``), else ``len(value)`` of the parsed ``DataElement``. An element whose length
@@ -199,9 +200,12 @@ def _check_pixel_data_length(ds, rel: str, pixel_bytes: int, frames: int) -> Non
             "(an element's length is wrong) or the file is truncated."
         )
     elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    room = None  # bytes from the value's start to the end of the file, when known
     if isinstance(elem, RawDataElement):
         undefined = elem.length == _UNDEFINED
         length = elem.length
+        if isinstance(getattr(ds, "filename", None), str) and elem.value_tell is not None:
+            room = os.path.getsize(ds.filename) - elem.value_tell
     else:
         undefined = bool(elem.is_undefined_length)
         length = len(elem.value or b"")
@@ -210,10 +214,16 @@ def _check_pixel_data_length(ds, rel: str, pixel_bytes: int, frames: int) -> Non
     if encapsulated:
         _check_fragments(ds, rel, frames, undefined)
         return
-    if length != pixel_bytes + (pixel_bytes % 2):
+    if length < pixel_bytes:
         raise InvalidVolumeError(
             f"{rel}: the pixel data holds {length:,} bytes but Rows x Columns x frames x "
             f"BitsAllocated declare {pixel_bytes:,}; the file is damaged or truncated."
+        )
+    if room is not None and length > room:
+        # a damaged length field: GDCM would allocate it (found by the DICOM fuzz run)
+        raise InvalidVolumeError(
+            f"{rel}: the pixel data's length field says {length:,} bytes but only {room:,} "
+            "follow in the file; the file is damaged or truncated."
         )
 
 
