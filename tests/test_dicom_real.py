@@ -159,21 +159,19 @@ def CORPUS_FILE(ts: int, tmp_path: Path) -> Path:
     return folder / f"{ts}.dcm"
 
 
+@pytest.mark.slow
 @needs_corpus
-def test_predict_gives_the_3d_series_a_verdict_row(tmp_path, capsys) -> None:
-    """``predict`` with the shipped weights and the input checks on the real 3-D series (the GE
-    series as its zip, and one enhanced multi-frame volume in a folder)."""
-    one = tmp_path / "xa30_one_volume"
-    one.mkdir()
-    folder = _extract("siemens_prisma_xa30_enhanced_epi_sag", tmp_path / "xa30")
-    shutil.copy(folder / "0063.dcm", one)
-    args = [str(CORPUS / "ge_signa_pioneer_3d_ax_t1_mprage.zip"), str(one)]
-    code = main(["predict", *args, "--weights", str(ROOT / "weights"), "--format", "json", "-q"])
+def test_predict_gives_the_3d_series_a_verdict_row(capsys) -> None:
+    """``predict`` with the shipped weights and the input checks on the corpus' 3-D series (about
+    30 s: brain extraction and registration of a 256x256x130 phantom on 2 cores)."""
+    zipped = str(CORPUS / "ge_signa_pioneer_3d_ax_t1_mprage.zip")
+    argv = ["predict", zipped, "--weights", str(ROOT / "weights"), "--format", "json", "--quiet"]
+    code = main(argv)
     doc = json.loads(capsys.readouterr().out)
-    assert code == 0 and doc["n_ok"] == 2, doc
-    for row in doc["results"]:
-        assert row["ok"] and row["verdict"], row
-        assert abs(sum(row["probs"].values()) - 1) < 1e-5
+    assert code == 0 and doc["n_ok"] == 1, doc
+    (row,) = doc["results"]
+    assert row["ok"] and row["verdict"] and row["qc"]["checks"], row
+    assert abs(sum(row["probs"].values()) - 1) < 1e-5
 
 
 # -- pydicom's bundled files: always run ----------------------------------------------------------
