@@ -88,8 +88,9 @@ def _pick_input() -> tuple[str, Volume, dict] | None:
             st.session_state["tt_lesion_path"] = str(lesion) if lesion else None
             return sha, volume, presets
         upload = st.file_uploader(
-            "MRI volume: NIfTI (.nii, .nii.gz) or a zipped DICOM series (.zip)",
-            type=["nii", "nii.gz", "zip"],
+            "MRI volume: NIfTI (.nii, .nii.gz), FreeSurfer (.mgz, .mgh) or a zipped DICOM "
+            "series (.zip)",
+            type=["nii", "nii.gz", "mgz", "mgh", "zip"],
             max_upload_size=UPLOAD_MIB,
             key="tt_upload",
             help="A 3D T1-weighted brain scan (what the networks were trained on). "

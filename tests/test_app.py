@@ -192,6 +192,22 @@ def test_upload_gives_three_predictions_with_overlays(app, head_nifti_gz, monkey
     assert "Report (.json)" in labels and "Report (.csv)" in labels
 
 
+def test_mgz_upload_gets_a_verdict(app, head_nifti_gz, tmp_path):
+    """Issue 28: a FreeSurfer .mgz (here the bundled HGG sample, saved by nibabel as MGZ)."""
+    src = tmp_path / "hgg.nii.gz"
+    src.write_bytes(head_nifti_gz)
+    img = nib.load(src)
+    mgz = tmp_path / "brain.mgz"
+    nib.save(nib.MGHImage(np.asarray(img.dataobj, dtype=np.float32), img.affine), mgz)
+    upload(app, "brain.mgz", mgz.read_bytes())
+    no_exception(app)
+    assert not app.error, [e.value for e in app.error]
+    assert len(prediction_lines(app)) == 3
+    assert any("Ensemble verdict" in x.value for x in [*app.info, *app.warning])
+    facts = " ".join(m.value for m in app.markdown)
+    assert "90×120×120 voxels" in facts and "2.00×2.00×2.00 mm" in facts
+
+
 def test_slider_redraws_without_rerunning_networks(app, head_nifti_gz, monkeypatch):
     calls = Recorder(Predictor.analyze)
     monkeypatch.setattr(Predictor, "analyze", lambda self, *a, **k: calls(self, *a, **k))

@@ -359,3 +359,122 @@ def test_fuzz_zip(raw) -> None:
         path = Path(d) / "upload.zip"
         path.write_bytes(raw)
         _check(path, _ZIP_STATS)
+
+
+# -- real scanner series (../shared/real-dicom, issue 28) ------------------------------------------
+
+_CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "real-dicom"
+
+
+def _real_bases() -> dict[str, dict[str, bytes]]:
+    """Small real series to mutate: 10 GE MPRAGE slices (a volume that loads and decodes), the
+    TrioTim image in its 9 transfer syntaxes stacked 8 slices deep (compressed data GDCM decodes),
+    one enhanced multi-frame volume of each vendor, a 4-D series and the field map."""
+    if not (_CORPUS / "manifest.csv").is_file():
+        return {}
+
+    def members(name: str, keep=None) -> dict[str, bytes]:
+        with zipfile.ZipFile(_CORPUS / f"{name}.zip") as zf:
+            names = sorted(n for n in zf.namelist() if not n.endswith("/"))
+            return {Path(n).name: zf.read(n) for n in names if keep is None or keep(n)}
+
+    ge = members("ge_signa_pioneer_3d_ax_t1_mprage")
+    by_position = sorted(
+        ge,
+        key=lambda n: float(
+            pydicom.dcmread(io.BytesIO(ge[n]), stop_before_pixels=True).ImagePositionPatient[2]
+        ),
+    )
+    bases = {"ge": {n: ge[n] for n in by_position[60:70]}}
+    for ts in range(1, 10):
+        (raw,) = members(f"siemens_trio_ts{ts}").values()
+        files = {}
+        series = pydicom.uid.generate_uid()
+        for k in range(8):
+            ds = pydicom.dcmread(io.BytesIO(raw))
+            ipp = [float(v) for v in ds.ImagePositionPatient]
+            ds.ImagePositionPatient = [ipp[0], ipp[1], ipp[2] + 2.0 * k]
+            ds.SeriesInstanceUID, ds.SOPInstanceUID = series, pydicom.uid.generate_uid()
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+            buf = io.BytesIO()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds.save_as(buf)
+            files[f"IM{k}"] = buf.getvalue()
+        bases[f"trio_ts{ts}"] = files
+    bases["xa30_enhanced"] = members("siemens_prisma_xa30_enhanced_epi_sag", lambda n: "0063" in n)
+    bases["vida_enhanced_img"] = members(
+        "siemens_vida_enhanced_via_agfa_pacs", lambda n: "0001" in n
+    )
+    bases["philips_4d"] = members("philips_achieva_fmri_phantom")
+    bases["fieldmap"] = members("siemens_prisma_gre_fieldmap")
+    return bases
+
+
+REAL = _real_bases()
+
+
+@st.composite
+def real_dicom_series(draw) -> dict[str, bytes]:
+    """One real series, mutated: header tags set, bytes flipped anywhere (pixel data included),
+    files truncated, deleted or duplicated, a file gzipped."""
+    files = dict(REAL[draw(st.sampled_from(sorted(REAL)))])
+    names = sorted(files)
+    for name, (tag, v) in draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(names),
+                st.sampled_from(sorted(_TAGS)).flatmap(lambda t: st.tuples(st.just(t), _TAGS[t])),
+            ),
+            max_size=2,
+        )
+    ):
+        with contextlib.suppress(Exception):
+            files[name] = _set_tag(files[name], tag, v)
+    for name, flips in draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(names),
+                st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=8),
+            ),
+            max_size=3,
+        )
+    ):
+        b = bytearray(files[name])
+        for where, byte in flips:
+            b[min(int(where * len(b)), len(b) - 1)] = byte
+        files[name] = bytes(b)
+    for name in draw(st.lists(st.sampled_from(names), max_size=2, unique=True)):
+        action = draw(st.sampled_from(["delete", "duplicate", "truncate", "gzip"]))
+        if action == "delete":
+            files.pop(name, None)
+        elif action == "duplicate":
+            files[f"copy_{name}"] = files[name]
+        elif action == "gzip":
+            files[f"{name}.gz"] = gzip.compress(files.pop(name), compresslevel=1)
+        else:
+            files[name] = files[name][: int(draw(st.floats(0, 1)) * len(files[name]))]
+    return files
+
+
+_REAL_STATS = _Stats("real_dicom")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL, reason="../shared/real-dicom is absent")
+@settings(
+    max_examples=10**9 if LONG else 100,
+    deadline=None,
+    derandomize=not LONG,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    print_blob=True,
+)
+@given(files=real_dicom_series())
+def test_fuzz_real_dicom(files) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d) / "series"
+        folder.mkdir()
+        for name, raw in files.items():
+            (folder / name).write_bytes(raw)
+        _check(folder, _REAL_STATS)

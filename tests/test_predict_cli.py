@@ -40,7 +40,8 @@ def weights_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    """3 small volumes (RAS, LPS-flipped, with a lesion) + 1 corrupt file + files to skip."""
+    """4 small volumes (RAS, LPS-flipped, with a lesion, FreeSurfer MGZ) + 1 corrupt file + 1 file
+    of a kind not supported + a lesion mask to skip."""
     d = tmp_path_factory.mktemp("cohort")
     ras = np.diag([2.0, 2.0, 2.0, 1.0])
     lps = np.diag([-2.0, -2.0, 2.0, 1.0])
@@ -50,7 +51,8 @@ def cohort(tmp_path_factory) -> Path:
     lesion_mask = (make_head(seed=3, lesion=True) > 150).astype(np.uint8)
     nib.save(nib.Nifti1Image(lesion_mask, ras), d / "c_lesion_lesion.nii")  # synth's mask: skipped
     (d / "d_broken.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 this is not a gzip stream")
-    (d / "manifest.csv").write_text("subject_id,path,label,source\n")  # not a volume: skipped
+    nib.save(nib.MGHImage(make_head(seed=4).astype(np.float32), lps), d / "e_freesurfer.mgz")
+    (d / "manifest.csv").write_text("subject_id,path,label,source\n")  # not a volume: error row
     return d
 
 
@@ -62,7 +64,14 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def test_collect_inputs_expands_folders(cohort, tmp_path) -> None:
     names = [p.name for p in collect_inputs([cohort])]
-    assert names == ["a_ras.nii.gz", "b_lps.nii.gz", "c_lesion.nii", "d_broken.nii.gz"]
+    assert names == [
+        "a_ras.nii.gz",
+        "b_lps.nii.gz",
+        "c_lesion.nii",
+        "d_broken.nii.gz",
+        "e_freesurfer.mgz",
+        "manifest.csv",
+    ]
     dicom_dir = tmp_path / "series"
     dicom_dir.mkdir()
     (dicom_dir / "IM0001").write_bytes(b"x")
@@ -82,7 +91,7 @@ def test_collect_inputs_skips_a_mask_given_beside_its_volume(cohort) -> None:
 
 
 @pytest.mark.slow
-def test_folder_with_a_corrupt_file_gives_three_rows_one_error_and_exit_1(
+def test_folder_with_a_corrupt_and_an_unsupported_file_gives_their_error_rows_and_exit_1(
     cohort, weights_dir, capsys
 ) -> None:
     code, out, err = _run(
@@ -90,10 +99,16 @@ def test_folder_with_a_corrupt_file_gives_three_rows_one_error_and_exit_1(
     )
     assert code == 1
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 4
+    assert len(rows) == 6
     ok = [r for r in rows if r["status"] == "ok"]
     bad = [r for r in rows if r["status"] == "error"]
-    assert len(ok) == 3 and len(bad) == 1
+    assert [Path(r["path"]).name for r in ok] == [
+        "a_ras.nii.gz",
+        "b_lps.nii.gz",
+        "c_lesion.nii",
+        "e_freesurfer.mgz",
+    ]
+    assert len(bad) == 2
     for r in ok:
         assert sum(float(r[f"p_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-5)
         for arch in list_models():
@@ -102,8 +117,11 @@ def test_folder_with_a_corrupt_file_gives_three_rows_one_error_and_exit_1(
         assert r["label"] in CLASSES and r["error"] == ""
     assert bad[0]["path"].endswith("d_broken.nii.gz") and bad[0]["p_healthy"] == ""
     assert "d_broken.nii.gz" in bad[0]["error"] and len(bad[0]["error"]) > 20
+    assert bad[1]["path"].endswith("manifest.csv")
+    assert "manifest.csv is not a recognised image file" in bad[1]["error"]
     err_lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(err_lines) == 1 and "d_broken.nii.gz" in err_lines[0]
+    assert len(err_lines) == 2 and "d_broken.nii.gz" in err_lines[0]
+    assert "manifest.csv" in err_lines[1]
 
 
 def test_json_output_and_cam_maps_on_the_source_grid(cohort, weights_dir, tmp_path, capsys) -> None:

@@ -149,3 +149,22 @@ def test_training_mix_needs_every_class_counted():
     for counts in ({"healthy": 130, "hgg": 130}, {**full, "lgg": "many"}, {c: 0 for c in full}):
         assert training_mix(ModelCard(arch="mc3", data={"counts": counts})) is None
     assert training_mix(ModelCard(arch="mc3")) is None
+
+
+def test_evaluate_scores_freesurfer_mgz_like_the_same_nifti(card, manifest, tmp_path):
+    """Issue 28: a manifest row may name an .mgz; it scores as the NIfTI it was made from."""
+    import nibabel as nib
+
+    cases = read_manifest(manifest)
+    rewritten = []
+    for c in cases:
+        img = nib.load(c.path)
+        mgz = tmp_path / f"{c.subject_id}.mgz"
+        nib.save(nib.MGHImage(np.asarray(img.dataobj, dtype=np.float32), img.affine), mgz)
+        rewritten.append(replace(c, path=mgz))
+    mgz_manifest = write_manifest(rewritten, tmp_path / "manifest.csv")
+    _, nifti_rows = score_manifest(card, manifest, device="cpu", progress=False)
+    _, mgz_rows = score_manifest(card, mgz_manifest, device="cpu", progress=False)
+    assert [r.subject_id for r in mgz_rows] == [r.subject_id for r in nifti_rows]
+    for a, b in zip(mgz_rows, nifti_rows, strict=True):
+        assert a.probs == pytest.approx(b.probs, abs=1e-5)

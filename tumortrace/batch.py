@@ -31,7 +31,8 @@ from tumortrace.manifest import masked_volume
 from tumortrace.qc import CHECK_NAMES
 from tumortrace.standard import standardise
 
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".zip")
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".zip")
+_INDEX_NAMES = ("dicomdir",)  # a PACS export's index file: names the series, holds no image
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,12 @@ def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
     """Expands the CLI's inputs into the volumes to analyse, in a stable order.
 
     * a file is analysed as given (its format is checked when it is read);
-    * a folder holding ``.nii``/``.nii.gz``/``.zip`` files contributes each of them and each
-      non-empty sub-folder (read as a DICOM series); lesion masks ``<subject>_lesion.nii.gz``
-      beside ``<subject>.nii.gz`` (:func:`tumortrace.manifest.masked_volume`) are skipped;
+    * a folder holding ``.nii``/``.nii.gz``/``.mgz``/``.mgh``/``.zip`` files or sub-folders
+      contributes every file in it and each non-empty sub-folder (read as a DICOM series): a file
+      of a kind that is not supported becomes an error row naming it, never silently dropped;
+      skipped are only hidden files, a ``DICOMDIR`` index and lesion masks
+      ``<subject>_lesion.nii.gz`` beside ``<subject>.nii.gz``
+      (:func:`tumortrace.manifest.masked_volume`);
     * a file given is analysed, except a lesion mask whose volume is given too (a shell glob such
       as ``samples/*.nii.gz`` names both);
     * a folder holding neither is itself read as a DICOM series;
@@ -173,12 +177,14 @@ def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
                 out.append(p)
             continue
         children = sorted(c for c in p.iterdir() if not c.name.startswith("."))
-        volumes = [
-            c for c in children if c.is_file() and _is_volume_file(c) and masked_volume(c) is None
+        files = [
+            c
+            for c in children
+            if c.is_file() and masked_volume(c) is None and c.name.lower() not in _INDEX_NAMES
         ]
         series = [c for c in children if c.is_dir() and any(c.iterdir())]
-        if volumes or series:
-            out += volumes + series
+        if series or any(_is_volume_file(c) for c in files):
+            out += files + series
         else:
             out.append(p)
     return out

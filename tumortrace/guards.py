@@ -26,19 +26,27 @@ from tumortrace.errors import InvalidVolumeError, TumorTraceError, UnsafeArchive
 __all__ = [
     "CHUNK",
     "SUPPORTED",
+    "TRAILING_SLACK",
     "check_ratio",
     "check_voxels",
     "guarded",
     "nums",
     "one_line",
     "printable",
+    "read_capped",
 ]
 
-SUPPORTED = ".nii, .nii.gz, a folder holding one DICOM series, or a .zip of one DICOM series"
+SUPPORTED = (
+    ".nii, .nii.gz, .mgz/.mgh (FreeSurfer), a folder holding one DICOM series, or a .zip of "
+    "one DICOM series"
+)
 """What :func:`tumortrace.io.load_volume` accepts, as shown in error messages."""
 
 CHUNK = 1 << 20
 """Bytes per read of a counted stream (a decompressing NIfTI, a zip member)."""
+
+TRAILING_SLACK = 16 << 20
+"""Bytes tolerated after the data a NIfTI or MGH header declares (never read into memory)."""
 
 
 def printable(text: str) -> str:
@@ -140,3 +148,32 @@ def check_voxels(shape: tuple[int, ...], source: str, limits: IOLimits, what: st
             f"the {limits.max_voxels:,}-voxel cap; expected one brain MRI volume. Crop or "
             "resample it first."
         )
+
+
+def read_capped(stream, head: bytes, declared: int, limit: int, source: str) -> bytes:
+    """The rest of a (possibly decompressing) stream after ``head``, read in chunks with a counter.
+
+    A stream longer than ``limit`` bytes stops there (a decompression bomb behind a small header
+    never reaches memory); one shorter than the ``declared`` bytes is truncated.
+
+    Raises:
+        UnsafeArchiveError: over ``limit``.
+        InvalidVolumeError: fewer than ``declared`` bytes.
+    """
+    buf = bytearray(head)
+    while True:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > limit:
+            raise UnsafeArchiveError(
+                f"{source}: decompressed data exceeds the {limit:,}-byte cap (the header declares "
+                f"{declared:,} bytes); the file looks like a decompression bomb and was rejected."
+            )
+    if len(buf) < declared:
+        raise InvalidVolumeError(
+            f"{source} is truncated: {len(buf):,} of {declared:,} bytes present. Copy or download "
+            "the file again."
+        )
+    return bytes(buf)

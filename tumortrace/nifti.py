@@ -19,13 +19,19 @@ import numpy as np
 
 from tumortrace.config import IOLimits
 from tumortrace.errors import InvalidVolumeError, UnsafeArchiveError
-from tumortrace.guards import CHUNK, SUPPORTED, check_ratio, check_voxels, one_line
+from tumortrace.guards import (
+    SUPPORTED,
+    TRAILING_SLACK,
+    check_ratio,
+    check_voxels,
+    one_line,
+    read_capped,
+)
 from tumortrace.volume import Volume, spatial_shape, volume_from_array
 
 __all__ = ["GZIP_MAGIC", "load_nifti", "nifti_class"]
 
 GZIP_MAGIC = b"\x1f\x8b"
-_TRAILING_SLACK = 16 << 20  # bytes tolerated after the data a NIfTI header declares
 
 
 def nifti_class(head: bytes) -> type[nib.Nifti1Image] | None:
@@ -105,23 +111,8 @@ def _read_stream(
             f"{source}: the NIfTI header is damaged ({one_line(str(err))[:200]})."
         ) from err
     declared = _check_nifti_header(header, source, limits, compressed)
-    limit = min(cap, declared + _TRAILING_SLACK)  # trailing bytes are never read into memory
-    while True:
-        chunk = stream.read(CHUNK)
-        if not chunk:
-            break
-        buf += chunk
-        if len(buf) > limit:
-            raise UnsafeArchiveError(
-                f"{source}: decompressed data exceeds the {limit:,}-byte cap (the header declares "
-                f"{declared:,} bytes); the file looks like a decompression bomb and was rejected."
-            )
-    if len(buf) < declared:
-        raise InvalidVolumeError(
-            f"{source} is truncated: {len(buf):,} of {declared:,} bytes present. Copy or download "
-            "the file again."
-        )
-    return bytes(buf)
+    limit = min(cap, declared + TRAILING_SLACK)  # trailing bytes are never read into memory
+    return read_capped(stream, bytes(buf), declared, limit, source)
 
 
 def load_nifti(path: Path, source: str, limits: IOLimits) -> Volume:
