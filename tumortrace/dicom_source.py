@@ -117,9 +117,15 @@ def _name(ds: Dataset) -> str:
 def _headers(folder: Path, source: str, limits: IOLimits) -> DicomSource | None:
     import pydicom
 
-    files, _ = dicom_series(folder, source, limits)
-    if not files:
+    plan, _ = dicom_series(folder, source, limits)
+    if plan is None:
         return None
+    if plan.frame_order is not None or len(plan.files) == 1:
+        raise DicomExportError(
+            f"{source}: an enhanced (multi-frame) series; DICOM results are written for a series "
+            "of one file per slice only (the other outputs are written)."
+        )
+    files = plan.files
     datasets = []
     for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
