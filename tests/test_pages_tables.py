@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from app_fixtures import make_benchmark_files, make_tiny_weights
+from app_fixtures import add_case_predictions, make_benchmark_files, make_tiny_weights
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +112,26 @@ def test_about_page_cards_use_the_one_number_format(monkeypatch):
     assert re.fullmatch(r"\d+(\.\d)? ± \d+(\.\d)?", rows["n train"])  # not 201.3333 ± 0.5774
     assert re.fullmatch(r"0\.\d{3} ± 0\.\d{3}", rows["accuracy"])
     assert not [c for c in _cells(at) if RAW_NUMBER.search(c)]
+
+
+def test_benchmarks_page_breaks_the_test_parts_down_by_source_and_kind(
+    fixture_weights, tmp_path, monkeypatch
+):
+    """A benchmark whose test predictions carry ``source`` and ``kind`` (the real-tumour cohort):
+    each network's tab shows the breakdown beside the totals; the shipped kind-less ones do not."""
+    folder = tmp_path / "weights"
+    shutil.copytree(fixture_weights, folder)
+    add_case_predictions(folder / "benchmarks", "mc3", seed=3)
+    path = folder / "benchmarks" / "mc3.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    kinds = [("ixi", "real"), ("ixi", "carved"), ("tcga-lgg", "healthy-made")]
+    for fold in record["folds"]:
+        for i, case in enumerate(fold["cases"]):
+            case["source"], case["kind"] = kinds[i % len(kinds)]
+    path.write_text(json.dumps(record), encoding="utf-8")
+    at = _open("pages/benchmarks.py", folder, monkeypatch)
+    assert sum(m.value.startswith("**By source and kind**") for m in at.markdown) == 1  # mc3 only
+    table = next(d.value for d in at.dataframe if "called tumour %" in d.value.columns)
+    assert {"ixi", "tcga-lgg", "all"} <= set(table["source"])
+    assert {"real", "carved", "healthy-made"} <= set(table["kind"])
+    assert not any(RAW_NUMBER.search(c) for c in table.to_numpy().ravel().astype(str))
