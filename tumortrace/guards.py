@@ -27,6 +27,7 @@ __all__ = [
     "CHUNK",
     "SUPPORTED",
     "TRAILING_SLACK",
+    "check_declared_bytes",
     "check_ratio",
     "check_voxels",
     "guarded",
@@ -135,6 +136,17 @@ def check_ratio(decompressed: int, compressed: int, source: str, limits: IOLimit
             f"{source}: {compressed:,} compressed bytes declare {decompressed:,} decompressed "
             f"({ratio:,.0f}x, over the {limits.max_compression_ratio:g}x cap); MRI compresses "
             "2-10x, so the file was rejected as a decompression bomb."
+        )
+
+
+def check_declared_bytes(declared: int, source: str, limits: IOLimits) -> None:
+    """Rejects a header that declares more image bytes than ``limits.max_decompressed_bytes``
+    (NIfTI, MGH: before any voxel is read)."""
+    cap = limits.max_decompressed_bytes
+    if declared > cap:
+        raise UnsafeArchiveError(
+            f"{source}: the header declares {declared:,} bytes of image data, over the "
+            f"{cap:,}-byte cap; expected a single brain MRI volume. Resample or crop it first."
         )
 
 

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from tumortrace.config import IOLimits
-from tumortrace.errors import InvalidVolumeError, UnsafeArchiveError
+from tumortrace.errors import InvalidVolumeError
 from tumortrace.guards import (
     SUPPORTED,
     TRAILING_SLACK,
+    check_declared_bytes,
     check_ratio,
     check_voxels,
     one_line,
@@ -58,12 +59,7 @@ def _check_mgh_header(header, source: str, limits: IOLimits, compressed: int | N
             f"{source}: voxel type {dtype} is not a real scalar; expected a grey-scale MRI volume."
         )
     declared = MGH_HEADER_BYTES + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    cap = limits.max_decompressed_bytes
-    if declared > cap:
-        raise UnsafeArchiveError(
-            f"{source}: the header declares {declared:,} bytes of image data, over the "
-            f"{cap:,}-byte cap; expected a single brain MRI volume. Resample or crop it first."
-        )
+    check_declared_bytes(declared, source, limits)
     check_voxels(shape, source, limits, "the header")
     zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
     if not np.isfinite(zooms).all() or (zooms <= 0).any():

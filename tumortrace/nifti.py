@@ -18,10 +18,11 @@ import nibabel as nib
 import numpy as np
 
 from tumortrace.config import IOLimits
-from tumortrace.errors import InvalidVolumeError, UnsafeArchiveError
+from tumortrace.errors import InvalidVolumeError
 from tumortrace.guards import (
     SUPPORTED,
     TRAILING_SLACK,
+    check_declared_bytes,
     check_ratio,
     check_voxels,
     one_line,
@@ -61,12 +62,7 @@ def _check_nifti_header(
             "scalar; expected a grey-scale MRI volume (RGB or complex images are not supported)."
         )
     declared = offset + int(np.prod(stored_shape, dtype=np.int64)) * dtype.itemsize
-    cap = limits.max_decompressed_bytes
-    if declared > cap:
-        raise UnsafeArchiveError(
-            f"{source}: the header declares {declared:,} bytes of image data, over the "
-            f"{cap:,}-byte cap; expected a single brain MRI volume. Resample or crop it first."
-        )
+    check_declared_bytes(declared, source, limits)
     check_voxels(stored_shape, source, limits, "the header")
     pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
     if not np.isfinite(pixdim).all() or (pixdim == 0).any():
