@@ -67,6 +67,13 @@ PRIVATE_SCHEME = "99TMTR"
 
 MANUFACTURER = "TumorTrace"
 NOTICE = "research use only, not for clinical use"
+_DEVICE: dict[str, str] = {
+    "manufacturer": MANUFACTURER,
+    "manufacturer_model_name": "TumorTrace",
+    "software_versions": __version__,
+    "device_serial_number": "none",
+}
+"""The equipment attributes every map and segmentation names (highdicom keyword arguments)."""
 _SERIES_SR, _SERIES_PM, _SERIES_SEG = 9100, 9101, 9201
 
 
@@ -216,10 +223,7 @@ def _parametric_map(source: DicomSource, frames: np.ndarray, arch: str, geom: _G
         series_number=_SERIES_PM + n,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name="TumorTrace",
-        software_versions=__version__,
-        device_serial_number="none",
+        **_DEVICE,
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[_mapping(arch)],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
@@ -417,10 +421,7 @@ def _segmentation(source: DicomSource, frames: np.ndarray, arch: str, geom: _Geo
         series_number=_SERIES_SEG + n,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name="TumorTrace",
-        software_versions=__version__,
-        device_serial_number="none",
+        **_DEVICE,
         pixel_measures=geom.measures,
         plane_orientation=geom.orientation,
         plane_positions=geom.positions,
