@@ -7,9 +7,11 @@ skips, except in CI (``TUMORTRACE_REQUIRE_BROWSER=1``), where it fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -364,18 +366,14 @@ def test_benchmarks_and_about_pages(page):
     assert page.locator("[data-testid='stException']").count() == 0
 
 
-@pytest.mark.parametrize("sample", ["hgg", "lgg"])
-def test_a_bundled_tumour_sample_opens_on_its_lesion_with_the_shipped_weights(page, sample):
-    """The shipped weights on the bundled HGG and LGG samples: once the verdict is in, the
-    viewer's planes cross at the networks' pooled evidence for a tumour, and that voxel lies in
-    the sample's true lesion (``samples/<sample>_lesion.nii.gz``). A second server with the
-    shipped weights, a new page of the module's browser (one Playwright per process). Screenshot
-    ``analyze-<sample>-opening.png``."""
+@contextlib.contextmanager
+def _shipped_sample(page, option: str) -> Iterator[tuple[object, object, list]]:
+    """A second server with the shipped weights and a new page of the module's browser (one
+    Playwright per process), the bundled sample whose name matches ``option`` picked and analysed
+    (the "Opened on" line and the three probability bars shown, the page idle). Yields ``(page,
+    the "Opened on" locator, requests to outside the app)``; the page is closed afterwards."""
     from playwright.sync_api import expect
 
-    from tumortrace.io import load_volume
-
-    option = {"hgg": "high-grade glioma", "lgg": "low-grade glioma"}[sample]
     with local_app.serve(ROOT / "weights") as app:
         shipped = page.context.browser.new_page(viewport={"width": 1600, "height": 2600})
         try:
@@ -388,15 +386,30 @@ def test_a_bundled_tumour_sample_opens_on_its_lesion_with_the_shipped_weights(pa
             expect(said).to_be_visible(timeout=480_000)
             expect(shipped.locator(".js-plotly-plot")).to_have_count(3)  # the probability bars
             _wait_idle(shipped)
-            shipped.wait_for_timeout(1500)  # the browser has taken the opening position
-            xyz = tuple(
-                int(shipped.locator(f"canvas[data-plane={plane}]").get_attribute("data-slice")) - 1
-                for plane in ("sagittal", "coronal", "axial")
-            )
-            _shot(shipped, f"analyze-{sample}-opening.png")
-            reason = said.first.inner_text()
+            yield shipped, said, outside
         finally:
             shipped.close()
+
+
+@pytest.mark.parametrize("sample", ["hgg", "lgg"])
+def test_a_bundled_tumour_sample_opens_on_its_lesion_with_the_shipped_weights(page, sample):
+    """The shipped weights on the bundled HGG and LGG samples: once the verdict is in, the
+    viewer's planes cross at the networks' pooled evidence for a tumour, and that voxel lies in
+    the sample's true lesion (``samples/<sample>_lesion.nii.gz``). A second server with the
+    shipped weights, a new page of the module's browser (one Playwright per process). Screenshot
+    ``analyze-<sample>-opening.png``."""
+
+    from tumortrace.io import load_volume
+
+    option = {"hgg": "high-grade glioma", "lgg": "low-grade glioma"}[sample]
+    with _shipped_sample(page, option) as (shipped, said, outside):
+        shipped.wait_for_timeout(1500)  # the browser has taken the opening position
+        xyz = tuple(
+            int(shipped.locator(f"canvas[data-plane={plane}]").get_attribute("data-slice")) - 1
+            for plane in ("sagittal", "coronal", "axial")
+        )
+        _shot(shipped, f"analyze-{sample}-opening.png")
+        reason = said.first.inner_text()
     assert not outside, f"the page fetched from outside the app: {outside}"
     lesion = load_volume(ROOT / "samples" / f"{sample}_lesion.nii.gz").data > 0.5
     assert "pooled evidence for a tumour" in reason
@@ -410,23 +423,11 @@ def test_the_bundled_real_glioblastoma_is_analysed_with_the_shipped_weights(page
     viewer opens is shown, not checked against a lesion.)"""
     from playwright.sync_api import expect
 
-    with local_app.serve(ROOT / "weights") as app:
-        shipped = page.context.browser.new_page(viewport={"width": 1600, "height": 2600})
-        try:
-            outside = _watch_requests(shipped, app.url)
-            shipped.set_default_timeout(240_000)
-            shipped.goto(app.url)
-            shipped.get_by_role("combobox", name="Sample volume").click()
-            shipped.get_by_role("option", name=re.compile("Real glioblastoma")).click()
-            expect(shipped.get_by_text(re.compile(r"^Opened on "))).to_be_visible(timeout=480_000)
-            expect(shipped.locator(".js-plotly-plot")).to_have_count(3)  # the probability bars
-            expect(shipped.get_by_text(re.compile(r"^Prediction:"))).to_have_count(3)
-            _wait_idle(shipped)
-            warning = shipped.get_by_test_id("stAlertContentWarning")  # on the page, not folded
-            expect(warning.get_by_text(re.compile(r"Thick slices \(6\.5 mm\)"))).to_be_visible()
-            shipped.wait_for_timeout(1500)
-            _shot(shipped, "analyze-real-hgg.png")
-            assert shipped.locator("[data-testid='stException']").count() == 0
-        finally:
-            shipped.close()
+    with _shipped_sample(page, "Real glioblastoma") as (shipped, _, outside):
+        expect(shipped.get_by_text(re.compile(r"^Prediction:"))).to_have_count(3)
+        warning = shipped.get_by_test_id("stAlertContentWarning")  # on the page, not folded
+        expect(warning.get_by_text(re.compile(r"Thick slices \(6\.5 mm\)"))).to_be_visible()
+        shipped.wait_for_timeout(1500)
+        _shot(shipped, "analyze-real-hgg.png")
+        assert shipped.locator("[data-testid='stException']").count() == 0
     assert not outside, f"the page fetched from outside the app: {outside}"
